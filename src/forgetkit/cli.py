@@ -1,0 +1,166 @@
+"""``forgetkit`` command line: a thin shell over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ForgetkitError
+
+
+def _print_table(results: dict) -> None:
+    from .report import results_table
+
+    print(results_table([(results["method"], results["tasks"])]))
+    s = results["summary"]
+    print(f"\naverage H {s['h_mean_avg']:.2f}  Acc_f {s['acc_f_avg']:.2f}  Acc_r {s['acc_r_avg']:.2f}  "
+          f"({s['seconds_total']:.0f} s of training and evaluation)")
+
+
+def cmd_forget(args) -> None:
+    from .api import load_config
+    from .engine import run_forgetting
+
+    overrides = list(args.override)
+    if args.out:
+        overrides.append(f"output_dir={args.out}")
+    cfg = load_config(args.config, overrides)
+    results = run_forgetting(cfg, progress=not args.quiet, overwrite=args.overwrite)
+    _print_table(results)
+    print(f"\nresults, report.md and plots in {cfg.output_dir}/")
+
+
+def cmd_demo(args) -> None:
+    args.config = "demo"
+    args.overwrite = True
+    cmd_forget(args)
+
+
+def cmd_pretrain(args) -> None:
+    from .config import apply_overrides, from_dict, read_yaml
+    from .pretrain import PretrainConfig, pretrain
+
+    data = read_yaml(args.config) if args.config else {}
+    overrides = list(args.override)
+    for key in ("arch", "epochs", "out"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    if args.data:
+        overrides.append(f"data.source={args.data}")
+    if args.root:
+        overrides.append(f"data.root={args.root}")
+    cfg = from_dict(PretrainConfig, apply_overrides(data, overrides))
+    _, info = pretrain(cfg, progress=not args.quiet)
+    print(f"test accuracy {info['test_accuracy']:.2f} % after {info['seconds']:.0f} s; saved to {info['out']}/")
+
+
+def cmd_import_weights(args) -> None:
+    from .data import DataConfig, load_data
+    from .models import load_external_weights, save_model
+
+    classes = load_data(DataConfig(source="image_folder", root=args.data_root)).classes
+    indices = None
+    if args.class_index_file:
+        names = [ln.strip() for ln in Path(args.class_index_file).read_text().splitlines() if ln.strip()]
+        missing = [c for c in classes if c not in names]
+        if missing:
+            raise ForgetkitError(f"{args.class_index_file} lacks classes {missing[:5]}; it must list every class "
+                                 f"folder name in the checkpoint's output order")
+        indices = [names.index(c) for c in classes]
+    model = load_external_weights(args.weights, args.arch, len(classes), class_indices=indices)
+    save_model(model, args.out, classes, imported_from=str(args.weights), history=[])
+    print(f"saved {args.arch} with {len(classes)} classes to {args.out}/")
+
+
+def cmd_methods(args) -> None:
+    from .methods import METHODS
+
+    for name in METHODS:
+        doc = (METHODS.get(name).__module__ and sys.modules[METHODS.get(name).__module__].__doc__ or "").strip()
+        print(f"{name:12s} {doc.splitlines()[0] if doc else ''}")
+
+
+def cmd_models(args) -> None:
+    from .models import PRESETS
+
+    for name in PRESETS:
+        print(f"{name:14s} {(PRESETS.get(name).__doc__ or '').strip().splitlines()[0]}")
+
+
+def cmd_config(args) -> None:
+    from .config import describe
+    from .engine import RunConfig
+    from .methods import METHODS
+
+    rows = describe(RunConfig)
+    if args.method:
+        rows += describe(METHODS.get(args.method).config_cls, "method.")
+    for key, default, help_text in rows:
+        print(f"{key:32s} {default:22s} {help_text}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forgetkit", description="Make pre-trained vision models forget classes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def run_flags(p):
+        p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override, e.g. train.epochs=3 (repeatable)")
+        p.add_argument("--out", help="output folder (overrides output_dir)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("demo", help="continual GS-LoRA forgetting on the embedded Fashion-MNIST model")
+    run_flags(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("forget", help="run a forgetting protocol from a YAML config")
+    p.add_argument("-c", "--config", required=True, help="YAML file or packaged config name (demo, ...)")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
+    run_flags(p)
+    p.set_defaults(func=cmd_forget)
+
+    p = sub.add_parser("pretrain", help="train a ViT classifier and save a forgetkit checkpoint")
+    p.add_argument("-c", "--config", help="YAML with PretrainConfig fields")
+    p.add_argument("--data", help="data source: fashion_mnist, image_folder or synthetic")
+    p.add_argument("--root", help="data root folder")
+    p.add_argument("--arch", help="model preset (forgetkit models)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--out", help="checkpoint folder to write")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("import-weights", help="make a forgetkit checkpoint from timm/torchvision ViT weights")
+    p.add_argument("--weights", required=True, help=".safetensors or .pth file (read with weights_only=True)")
+    p.add_argument("--arch", default="vit_b16")
+    p.add_argument("--data-root", required=True, help="image-folder dataset whose classes the model will have")
+    p.add_argument("--class-index-file", help="class names in the checkpoint head's order, one per line (for "
+                                              "ImageNet100: imagenet_folder_names.txt)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_import_weights)
+
+    sub.add_parser("methods", help="list forgetting methods").set_defaults(func=cmd_methods)
+    sub.add_parser("models", help="list model presets").set_defaults(func=cmd_models)
+    p = sub.add_parser("config", help="list config keys, defaults and help")
+    p.add_argument("method", nargs="?", help="also list this method's keys")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ForgetkitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""Data sources: where labelled images come from (Fashion-MNIST IDX files, image folders, synthetic images)."""
+
+from .datasets import LabeledImages, Preprocess, TensorImages, FolderImages, DataSplits
+from .sources import SOURCES, DataConfig, load_data
+
+__all__ = [
+    "LabeledImages", "Preprocess", "TensorImages", "FolderImages", "DataSplits", "SOURCES", "DataConfig", "load_data",
+]

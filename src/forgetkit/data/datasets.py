@@ -1,0 +1,135 @@
+"""In-memory and on-disk labelled image datasets, with the model's preprocessing applied per item."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ForgetkitError
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What a model expects as input; stored in every checkpoint manifest so data and model always agree."""
+
+    image_size: int = field(metadata={"help": "square input side in pixels; images are resized to it"})
+    in_chans: int = field(metadata={"help": "1 (grey) or 3 (RGB); images are converted to it"})
+    mean: tuple[float, ...] = field(default=(0.5,), metadata={"help": "per-channel mean subtracted after /255"})
+    std: tuple[float, ...] = field(default=(0.5,), metadata={"help": "per-channel std divided after the mean"})
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0,1] float C×H×W tensor -> normalised float tensor of the model's shape."""
+        x = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+        if x.shape[0] != self.in_chans:
+            if self.in_chans == 1:  # ITU-R 601 luma, as PIL's "L" conversion
+                x = (0.299 * x[0:1] + 0.587 * x[1:2] + 0.114 * x[2:3]) if x.shape[0] == 3 else x[:1]
+            else:
+                x = x.expand(self.in_chans, -1, -1) if x.shape[0] == 1 else x[: self.in_chans]
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x[None], size=(self.image_size, self.image_size), mode="bilinear",
+                              antialias=True, align_corners=False)[0]
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return (x - mean) / std
+
+    def to_dict(self) -> dict:
+        return {"image_size": self.image_size, "in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std)}
+
+
+class LabeledImages(torch.utils.data.Dataset):
+    """A dataset with a class list and integer targets; items are ``(image tensor, label)``.
+
+    Labels always index ``classes`` (the original index space): subsets never renumber them.
+    """
+
+    classes: list[str]
+    targets: torch.Tensor
+    preprocess: Preprocess | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def raw(self, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int):
+        img = self.raw(index)
+        if self.preprocess is not None:
+            img = self.preprocess(img)
+        return img, int(self.targets[index])
+
+    def with_preprocess(self, preprocess: Preprocess) -> "LabeledImages":
+        self.preprocess = preprocess
+        return self
+
+    def subset(self, indices: torch.Tensor) -> "SubsetImages":
+        """The items at ``indices``, keeping labels and the class list."""
+        return SubsetImages(self, torch.as_tensor(indices, dtype=torch.long))
+
+    def indices_of(self, classes: Sequence[int]) -> torch.Tensor:
+        """Indices of the items whose label is in ``classes``."""
+        mask = torch.isin(self.targets, torch.as_tensor(list(classes), dtype=torch.long))
+        return torch.nonzero(mask).flatten()
+
+
+class SubsetImages(LabeledImages):
+    """A view of some items of another dataset; shares its preprocessing."""
+
+    def __init__(self, parent: LabeledImages, indices: torch.Tensor):
+        self.parent, self.indices = parent, indices
+        self.classes, self.targets = parent.classes, parent.targets[indices]
+
+    def __getitem__(self, index: int):
+        return self.parent[int(self.indices[index])]
+
+
+class TensorImages(LabeledImages):
+    """Images held in memory as a uint8 tensor N×C×H×W (Fashion-MNIST, synthetic data)."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: list[str]):
+        if images.ndim == 3:
+            images = images[:, None]
+        self.images, self.targets, self.classes = images, targets.long(), list(classes)
+
+    def raw(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
+class FolderImages(LabeledImages):
+    """Images on disk, one folder per class (``ROOT/<class>/<image>``), decoded with PIL when read."""
+
+    def __init__(self, paths: list[str], targets: list[int], classes: list[str]):
+        self.paths, self.targets, self.classes = paths, torch.as_tensor(targets, dtype=torch.long), list(classes)
+
+    def raw(self, index: int) -> torch.Tensor:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L" if self.preprocess is not None and self.preprocess.in_chans == 1 else "RGB")
+                data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+                return data.view(im.size[1], im.size[0], -1).permute(2, 0, 1).contiguous()
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise ForgetkitError(f"cannot read image {path} ({err}); delete or replace the corrupt file") from None
+
+
+@dataclass
+class DataSplits:
+    """Train and test images of one dataset, with the same class list."""
+
+    name: str
+    train: LabeledImages
+    test: LabeledImages
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+    def with_preprocess(self, preprocess: Preprocess) -> "DataSplits":
+        self.train.with_preprocess(preprocess)
+        self.test.with_preprocess(preprocess)
+        return self

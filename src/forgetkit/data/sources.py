@@ -1,0 +1,163 @@
+"""Registered data sources. Each returns :class:`DataSplits` with matching train/test class lists."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from ..errors import ForgetkitError
+from ..registry import Registry
+from .datasets import DataSplits, FolderImages, TensorImages
+
+SOURCES: Registry = Registry("data source")
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+
+
+@dataclass
+class DataConfig:
+    """Which images to use."""
+
+    source: str = field(default="fashion_mnist", metadata={"help": f"data source: one of fashion_mnist, "
+                                                                   "image_folder, synthetic"})
+    root: str | None = field(default=None, metadata={"help": "folder of the data (image_folder: ROOT/train/<class>/*"
+                                                             " and ROOT/test/<class>/*; fashion_mnist: IDX files)"})
+    num_classes: int = field(default=6, metadata={"help": "synthetic only: number of classes"})
+    image_size: int = field(default=16, metadata={"help": "synthetic only: image side"})
+    train_per_class: int = field(default=60, metadata={"help": "synthetic only: training images per class"})
+    test_per_class: int = field(default=20, metadata={"help": "synthetic only: test images per class"})
+    seed: int = field(default=0, metadata={"help": "synthetic only: seed of the generated images"})
+
+
+def load_data(cfg: DataConfig) -> DataSplits:
+    """Load the data a config names and check that train and test agree."""
+    splits = SOURCES.get(cfg.source)(cfg)
+    if splits.train.classes != splits.test.classes:
+        raise ForgetkitError(f"train and test class lists of {splits.name} differ; they must name the same classes")
+    return splits
+
+
+# ---------------------------------------------------------------------------------------------------- Fashion-MNIST
+def read_idx(path: Path) -> torch.Tensor:
+    """Read an IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as err:
+        raise ForgetkitError(f"cannot read IDX file {path} ({err}); re-install the data") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ForgetkitError(f"{path} is not an unsigned-byte IDX file; re-install the data")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4: 4 + 4 * ndim])
+    payload = data[4 + 4 * ndim:]
+    expected = 1
+    for d in dims:
+        expected *= d
+    if len(payload) != expected:
+        raise ForgetkitError(f"{path} is truncated ({len(payload)} of {expected} bytes); re-install the data")
+    return torch.frombuffer(bytearray(payload), dtype=torch.uint8).view(*dims)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise ForgetkitError(
+        f"Fashion-MNIST file {stem}[.gz] not found in {root}; install Debian's dataset-fashion-mnist package "
+        f"(apt-get install dataset-fashion-mnist) or set data.root to the folder holding the IDX files"
+    )
+
+
+@SOURCES.register("fashion_mnist")
+def fashion_mnist(cfg: DataConfig) -> DataSplits:
+    root = Path(cfg.root or FASHION_MNIST_ROOT)
+    if not root.is_dir():
+        raise ForgetkitError(
+            f"dataset path {root} does not exist; install Debian's dataset-fashion-mnist package or set data.root"
+        )
+    parts = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
+        if len(images) != len(labels):
+            raise ForgetkitError(f"{root}: {split} images and labels differ in count; re-install the data")
+        parts[split] = TensorImages(images, labels.long(), FASHION_MNIST_CLASSES)
+    return DataSplits("fashion_mnist", parts["train"], parts["test"])
+
+
+# ---------------------------------------------------------------------------------------------------- image folders
+def _scan_folder(split_root: Path) -> tuple[list[str], dict[str, list[str]]]:
+    if not split_root.is_dir():
+        raise ForgetkitError(f"dataset path {split_root} does not exist; lay the data out as ROOT/train/<class>/* and "
+                             f"ROOT/test/<class>/*")
+    classes = sorted(p.name for p in split_root.iterdir() if p.is_dir())
+    if not classes:
+        raise ForgetkitError(f"{split_root} has no class folders; put each class's images in {split_root}/<class>/")
+    files = {}
+    for name in classes:
+        found = sorted(str(p) for p in (split_root / name).rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        if not found:
+            raise ForgetkitError(f"class folder {split_root / name} is empty (no {', '.join(IMG_EXTENSIONS[:4])}... "
+                                 f"files); add its images or remove the folder")
+        files[name] = found
+    return classes, files
+
+
+@SOURCES.register("image_folder")
+def image_folder(cfg: DataConfig) -> DataSplits:
+    """``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*``; class index = position in the sorted folder names.
+
+    This is torchvision's ImageFolder convention, and the layout of the CASIA-100 and ImageNet100 data of the
+    GS-LoRA papers, which therefore load as they are.
+    """
+    if not cfg.root:
+        raise ForgetkitError("data.root is required for the image_folder source; set it to the folder holding "
+                             "train/ and test/")
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise ForgetkitError(f"dataset path {root} does not exist; check data.root")
+    train_classes, train_files = _scan_folder(root / "train")
+    test_classes, test_files = _scan_folder(root / "test")
+    if train_classes != test_classes:
+        only_train = sorted(set(train_classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(train_classes))
+        raise ForgetkitError(
+            f"train/test class mismatch in {root}: only in train {only_train[:5]}, only in test {only_test[:5]}; "
+            f"both folders must hold the same class folders"
+        )
+
+    def build(files: dict[str, list[str]]) -> FolderImages:
+        paths, targets = [], []
+        for index, name in enumerate(train_classes):
+            paths += files[name]
+            targets += [index] * len(files[name])
+        return FolderImages(paths, targets, train_classes)
+
+    return DataSplits(root.name, build(train_files), build(test_files))
+
+
+# ---------------------------------------------------------------------------------------------------- synthetic
+@SOURCES.register("synthetic")
+def synthetic(cfg: DataConfig) -> DataSplits:
+    """Small generated grey images: each class is a fixed random pattern plus noise. For tests and smoke runs."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    size = cfg.image_size
+    patterns = torch.rand(cfg.num_classes, 1, size, size, generator=gen)
+
+    def draw(per_class: int) -> TensorImages:
+        labels = torch.arange(cfg.num_classes).repeat_interleave(per_class)
+        noise = 0.35 * torch.randn(len(labels), 1, size, size, generator=gen)
+        images = ((patterns[labels] + noise).clamp(0, 1) * 255).to(torch.uint8)
+        return TensorImages(images, labels, [f"class_{i}" for i in range(cfg.num_classes)])
+
+    return DataSplits("synthetic", draw(cfg.train_per_class), draw(cfg.test_per_class))

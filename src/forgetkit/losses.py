@@ -1,0 +1,29 @@
+"""The forgetting losses of GS-LoRA, as pure functions (gs-lora.md §2)."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+
+def bounded_forget_loss(logits: torch.Tensor, labels: torch.Tensor, bound: float) -> torch.Tensor:
+    """``ReLU(BND − CE)`` on the batch-mean cross-entropy of forget samples.
+
+    Minimising it raises the forget CE until it reaches ``bound`` and then stops (zero gradient), instead of
+    the unbounded gradient ascent that destroys the model.
+    """
+    return F.relu(bound - F.cross_entropy(logits, labels))
+
+
+def group_lasso(groups: Iterable[Iterable[torch.Tensor]]) -> torch.Tensor:
+    """``Σ_g sqrt(Σ_{P∈g} ||P||_F²)``: the L2 norm of each group, summed, which drives whole groups to zero."""
+    norms = [torch.sqrt(sum((p ** 2).sum() for p in group)) for group in groups]
+    return torch.stack(norms).sum()
+
+
+def group_norms(groups: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """The norm of each group, as the lasso sees it."""
+    with torch.no_grad():
+        return {k: float(torch.sqrt(sum((p ** 2).sum() for p in g))) for k, g in groups.items()}

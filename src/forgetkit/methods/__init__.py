@@ -1,0 +1,9 @@
+"""Forgetting methods, one module each, chosen by name from :data:`METHODS`.
+
+``forgetkit methods`` lists them. A method registers itself with ``@register_method("name")``.
+"""
+
+from .base import METHODS, Method, MethodContext, register_method, build_method
+from . import gs_lora  # noqa: F401  (registers)
+
+__all__ = ["METHODS", "Method", "MethodContext", "register_method", "build_method"]

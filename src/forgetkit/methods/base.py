@@ -1,0 +1,95 @@
+"""The method interface: what the engine calls, and nothing else.
+
+A method sees one task at a time. ``setup_task`` receives the current (merged) model and returns the module to
+train; ``training_step`` receives a forget batch and a retain batch and returns named losses (the key ``loss``
+is optimised); ``finish_task`` returns the plain model that the next task starts from. Teachers, importance
+passes, prototypes and merges are the method's business: the engine has no method branches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..config import from_dict
+from ..errors import ForgetkitError
+from ..protocol import Task, TaskData
+from ..registry import Registry
+
+METHODS: Registry = Registry("method")
+DEFAULT_METHOD = "gs_lora"
+
+
+def register_method(name: str):
+    """Class decorator: register a :class:`Method` subclass under ``name``."""
+
+    def decorator(cls):
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return decorator
+
+
+@dataclass
+class MethodContext:
+    """What a method may know about the run."""
+
+    device: torch.device
+    seed: int
+    num_classes: int
+    epochs: int
+    steps_per_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class of forgetting methods."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type]
+    default_lr: ClassVar[float] = 1e-2
+
+    def __init__(self, cfg, ctx: MethodContext):
+        self.cfg, self.ctx = cfg, ctx
+
+    def setup_task(self, model: torch.nn.Module, task: Task, data: TaskData) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def training_step(self, forget: tuple[torch.Tensor, torch.Tensor], retain: tuple[torch.Tensor, torch.Tensor],
+                      epoch: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the optimiser updates (default: everything trainable in the module being trained)."""
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def task_stats(self) -> dict[str, Any]:
+        """Extra per-task numbers for results.json, taken before ``finish_task``."""
+        return {}
+
+    def save_task(self, directory: Path) -> None:
+        """Optional per-task artefacts (adapters); called before ``finish_task``."""
+
+    def finish_task(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+
+def build_method(spec: dict, ctx: MethodContext) -> Method:
+    """Build a method from ``{"name": ..., **config fields}``."""
+    spec = dict(spec or {})
+    name = spec.pop("name", None) or DEFAULT_METHOD
+    cls = METHODS.get(name)
+    return cls(from_dict(cls.config_cls, spec, f"method({name})"), ctx)
+
+
+def resolved_method_config(spec: dict) -> dict:
+    """The method section with every default filled in (for the saved config)."""
+    from ..config import to_dict
+
+    spec = dict(spec or {})
+    name = spec.pop("name", None) or DEFAULT_METHOD
+    cls = METHODS.get(name)
+    return {"name": name, **to_dict(from_dict(cls.config_cls, spec, f"method({name})"))}

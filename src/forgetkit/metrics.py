@@ -1,0 +1,64 @@
+"""Accuracy per class, forgetting metrics (Acc_f, Acc_r, Acc_o, H-Mean) and LoRA group statistics.
+
+Definitions (gs-lora.md §4):
+
+* ``Acc_f``: top-1 accuracy on the test images of the classes forgotten in this task;
+* ``Acc_r``: on the classes retained;
+* ``Acc_o``: on the classes forgotten in earlier tasks (lower is better; ``None`` on the first task);
+* ``H = 2·Drop·Acc_r / (Drop + Acc_r)`` with ``Drop = Acc_f(reference) − Acc_f(after)``; the reference is the
+  pre-trained model, which is how every published H of the T-PAMI tables recomputes.
+
+Accuracy is plain argmax over all outputs (forgotten classes still compete). ``margin=True`` gives the original
+code's CosFace "margin-penalised" accuracy, which subtracts the margin from the true class and so needs the label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class PerClass:
+    """Correct predictions and image counts per class."""
+
+    correct: torch.Tensor
+    total: torch.Tensor
+
+    def accuracy(self, classes: Sequence[int]) -> float | None:
+        """Accuracy in percent over the images of ``classes`` (None when there are none)."""
+        idx = torch.as_tensor(list(classes), dtype=torch.long)
+        if len(idx) == 0:
+            return None
+        total = self.total[idx].sum().item()
+        return None if total == 0 else 100.0 * self.correct[idx].sum().item() / total
+
+
+@torch.no_grad()
+def evaluate_classes(model, dataset, device="cpu", batch_size: int = 256, margin: bool = False,
+                     progress: bool = False) -> PerClass:
+    """Run ``model`` over ``dataset`` once and count correct predictions per class."""
+    num_classes = len(dataset.classes)
+    correct = torch.zeros(num_classes, dtype=torch.long)
+    total = torch.zeros(num_classes, dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        logits = model(x.to(device), y.to(device) if margin else None)
+        pred = logits.argmax(1).cpu()
+        total += torch.bincount(y, minlength=num_classes)
+        correct += torch.bincount(y[pred == y], minlength=num_classes)
+    model.train(was_training)
+    return PerClass(correct, total)
+
+
+def h_mean(acc_f_reference: float, acc_f_after: float, acc_r_after: float) -> float:
+    """Harmonic mean of the forgetting drop and the retained accuracy (percent); 0 when both are 0."""
+    drop = acc_f_reference - acc_f_after
+    if drop + acc_r_after <= 0:
+        return 0.0
+    return 2.0 * drop * acc_r_after / (drop + acc_r_after)

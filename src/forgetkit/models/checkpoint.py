@@ -1,0 +1,162 @@
+"""forgetkit model checkpoints (safetensors + JSON manifest) and loading of timm / torchvision ViT weights.
+
+A forgetkit checkpoint is a folder::
+
+    model.safetensors   the merged weights (never any LoRA factor: an update can never be applied twice)
+    manifest.json       format, ModelSpec, class names, preprocessing, fingerprint, history of edits
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import ForgetkitError
+from ..io import load_weights, read_json, save_weights, write_json
+from .presets import ModelSpec, model_spec
+from .vit import ForgetModel
+
+FORMAT = "forgetkit-model"
+FORMAT_VERSION = 1
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's tensors (names, shapes and bytes): identifies exactly one set of weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_no_lora(state: dict[str, torch.Tensor], where: str) -> None:
+    lora = [k for k in state if "lora_" in k]
+    if lora:
+        raise ForgetkitError(
+            f"{where} holds un-merged LoRA factors ({lora[0]}, ...); merge them first (forgetkit merges after each "
+            f"task) so that a saved model can never apply its update twice"
+        )
+
+
+def save_model(model: ForgetModel, directory: str | Path, classes: list[str], **extra) -> Path:
+    """Write ``model.safetensors`` and ``manifest.json`` (atomically) and return the folder."""
+    directory = Path(directory)
+    state = model.state_dict()
+    _check_no_lora(state, "the model to save")
+    if len(classes) != model.spec.num_classes:
+        raise ForgetkitError(f"{len(classes)} class names given for a model with {model.spec.num_classes} outputs")
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "spec": model.spec.to_dict(),
+        "classes": list(classes),
+        "preprocess": model.spec.preprocess.to_dict(),
+        "fingerprint": fingerprint(model),
+        **extra,
+    }
+    save_weights(directory / "model.safetensors", state)
+    write_json(directory / "manifest.json", manifest)
+    return directory
+
+
+def load_model(directory: str | Path) -> tuple[ForgetModel, dict]:
+    """Load a forgetkit checkpoint folder; returns the model (eval mode) and its manifest."""
+    directory = Path(directory)
+    if directory.is_file():
+        directory = directory.parent
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        raise ForgetkitError(f"{directory} is not a forgetkit checkpoint (no manifest.json); create one with "
+                             f"`forgetkit pretrain`, or load foreign weights with load_external_weights")
+    manifest = read_json(manifest_path)
+    if manifest.get("format") != FORMAT:
+        raise ForgetkitError(f"{manifest_path} is not a forgetkit model manifest (format={manifest.get('format')!r})")
+    spec = ModelSpec.from_dict(manifest["spec"])
+    model = ForgetModel(spec)
+    state = load_weights(directory / "model.safetensors")
+    _check_no_lora(state, str(directory))
+    _load_strict(model, state, str(directory))
+    model.eval()
+    return model, manifest
+
+
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"wrong shape {len(wrong)} (e.g. {k}: checkpoint {tuple(state[k].shape)} vs model "
+                         f"{tuple(own[k].shape)})")
+        raise ForgetkitError(f"architecture of {where} does not match the model: {'; '.join(parts)}. Choose the "
+                             f"preset and num_classes the weights were trained with")
+    model.load_state_dict(state, strict=True)
+
+
+# ------------------------------------------------------------------------------------------ foreign ViT checkpoints
+def _torchvision_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename torchvision ``VisionTransformer`` keys to timm ``VisionTransformer`` keys (same maths)."""
+    out = {}
+    for key, value in state.items():
+        new = key
+        if key == "class_token":
+            new = "cls_token"
+        elif key == "encoder.pos_embedding":
+            new = "pos_embed"
+        elif key.startswith("conv_proj."):
+            new = "patch_embed.proj." + key[len("conv_proj."):]
+        elif key.startswith("encoder.ln."):
+            new = "norm." + key[len("encoder.ln."):]
+        elif key.startswith("heads.head."):
+            new = "head." + key[len("heads.head."):]
+        else:
+            m = re.match(r"encoder\.layers\.encoder_layer_(\d+)\.(.*)", key)
+            if m:
+                i, rest = m.groups()
+                rest = (rest.replace("ln_1.", "norm1.").replace("ln_2.", "norm2.")
+                        .replace("self_attention.in_proj_", "attn.qkv.").replace("self_attention.out_proj.", "attn.proj.")
+                        .replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")
+                        .replace("mlp.linear_1.", "mlp.fc1.").replace("mlp.linear_2.", "mlp.fc2."))
+                new = f"blocks.{i}.{rest}"
+        out[new] = value
+    return out
+
+
+def load_external_weights(path: str | Path, arch: str, num_classes: int, class_indices: list[int] | None = None,
+                          **overrides) -> ForgetModel:
+    """Build a preset and fill it from a timm or torchvision ViT checkpoint (``.safetensors`` or ``.pth``).
+
+    ``.pth`` files are read with ``torch.load(weights_only=True)`` only. The classifier rows are taken from the
+    checkpoint's head: all of them when it has ``num_classes`` outputs, or the rows ``class_indices`` (for example
+    the 100 ImageNet-1k indices of ImageNet100, as the GS-LoRA paper restricts the 1000-way head).
+    """
+    spec = model_spec(arch, num_classes, **overrides)
+    model = ForgetModel(spec)
+    state = load_weights(path)
+    if any(k.startswith("encoder.layers.") for k in state):
+        state = _torchvision_to_timm(state)
+    head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+    body = {k: v for k, v in state.items() if not k.startswith("head.")}
+    _load_strict(model.backbone, body, str(path))
+    if head and spec.head == "linear":
+        weight, bias = head["weight"], head.get("bias")
+        if class_indices is not None:
+            weight, bias = weight[class_indices], (bias[class_indices] if bias is not None else None)
+        if weight.shape != model.head.fc.weight.shape:
+            raise ForgetkitError(f"head of {path} has {weight.shape[0]} outputs, the model {num_classes}; pass "
+                                 f"class_indices to pick the rows of the classes you use")
+        model.head.fc.weight.data.copy_(weight)
+        if bias is not None:
+            model.head.fc.bias.data.copy_(bias)
+    return model.eval()

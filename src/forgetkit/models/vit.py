@@ -1,0 +1,71 @@
+"""The classifier forgetkit edits: a timm VisionTransformer body and a linear or CosFace head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+
+from .presets import ModelSpec
+
+
+class LinearHead(nn.Module):
+    """Plain linear classifier; ``labels`` is accepted and ignored so every head has one signature."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(emb)
+
+
+class CosFaceHead(nn.Module):
+    """CosFace (large-margin cosine) head: ``s·cos(θ_j)``, and ``s·(cos(θ_y) − m)`` for the true class.
+
+    The margin is applied only when labels are given (training, or the original code's margin-penalised accuracy);
+    plain inference returns ``s·cos`` so prediction never needs the label.
+    """
+
+    def __init__(self, dim: int, num_classes: int, scale: float = 64.0, margin: float = 0.35):
+        super().__init__()
+        self.scale, self.margin = scale, margin
+        self.weight = nn.Parameter(torch.empty(num_classes, dim))
+        nn.init.xavier_uniform_(self.weight)
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        cos = F.linear(F.normalize(emb), F.normalize(self.weight))
+        if labels is not None:
+            cos = cos - self.margin * F.one_hot(labels, cos.shape[1]).to(cos.dtype)
+        return self.scale * cos
+
+
+class ForgetModel(nn.Module):
+    """ViT classifier with an ``embed`` method (the pooled feature) and a head taking optional labels."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.backbone = VisionTransformer(
+            img_size=spec.image_size, patch_size=spec.patch_size, in_chans=spec.in_chans, num_classes=0,
+            embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio,
+            qkv_bias=spec.qkv_bias, drop_rate=spec.drop_rate, proj_drop_rate=spec.drop_rate,
+            global_pool="token", class_token=True,
+        )
+        if spec.attn_scale == "model_dim":
+            # Face Transformer quirk (gs-lora.md §1.1): softmax scale dim**-0.5, not head_dim**-0.5. timm's fused
+            # attention ignores `scale`, so the explicit path is used.
+            for block in self.backbone.blocks:
+                block.attn.fused_attn = False
+                block.attn.scale = spec.embed_dim ** -0.5
+        if spec.head == "cosface":
+            self.head = CosFaceHead(spec.embed_dim, spec.num_classes, spec.cosface_scale, spec.cosface_margin)
+        else:
+            self.head = LinearHead(spec.embed_dim, spec.num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.embed(x), labels)

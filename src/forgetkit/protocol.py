@@ -1,0 +1,200 @@
+"""Forgetting protocols: class order, the sequence of tasks, and the data each task may use.
+
+Continual protocol of the GS-LoRA papers (gs-lora.md §3.2), with N classes retained at the first task, K forgotten
+per task and T tasks over a seeded class order::
+
+    retain_t = order[0 : N − t·K]
+    forget_t = order[N − t·K : N − (t−1)·K]
+    old_t    = classes forgotten in tasks < t
+
+Single-step "C-Y" forgetting is the same with T = 1 and K = Y. Deletion requests by name are explicit task lists
+(``tasks: [[Sandal, Bag], [Coat]]``). Labels always stay in the original class-index space.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from .data import DataSplits, LabeledImages
+from .errors import ForgetkitError
+from .runtime import derived_generator
+
+
+@dataclass
+class ProtocolConfig:
+    """Which classes are forgotten when, and how much training data each task may use."""
+
+    forget_per_task: int = field(default=2, metadata={"help": "K: classes forgotten per task"})
+    num_tasks: int = field(default=4, metadata={"help": "T: number of forgetting tasks (1 = single-step)"})
+    first_retained: int | None = field(default=None, metadata={
+        "help": "N: classes retained at the first task; N + K must equal the number of classes (default C − K)"})
+    order_seed: int | None = field(default=1337, metadata={
+        "help": "seed of the class-order shuffle (Python random; 1337 gives the papers' order); null = sorted order"})
+    tasks: list[list[str]] | None = field(default=None, metadata={
+        "help": "explicit forget requests by class name, one list per task (overrides K, T, N and the order)"})
+    retain_classes: list[str] | None = field(default=None, metadata={
+        "help": "with tasks: the classes to keep (default: every class never forgotten)"})
+    forget_ratio: float = field(default=0.1, metadata={"help": "fraction of each forget class's training images "
+                                                                "used"})
+    retain_ratio: float = field(default=0.1, metadata={"help": "fraction of each retained class's training images "
+                                                                "used as replay data"})
+    shots: int | None = field(default=None, metadata={
+        "help": "few-shot: exactly this many training images per forget and per retained class (overrides ratios)"})
+    val_per_class: int = field(default=0, metadata={
+        "help": "training images per class held out as a validation split (never trained on)"})
+    eval_split: str = field(default="test", metadata={"help": "test, or val (the held-out training images; for "
+                                                              "choosing hyper-parameters without the test set)"})
+
+
+@dataclass
+class Task:
+    """One forgetting request: class indices to forget, to retain, and forgotten earlier."""
+
+    index: int
+    forget: list[int]
+    retain: list[int]
+    old: list[int]
+
+
+def class_order(num_classes: int, seed: int | None) -> list[int]:
+    """Class indices shuffled with Python's ``random`` (seed 1337 reproduces the GS-LoRA papers' order)."""
+    order = list(range(num_classes))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    return order
+
+
+def _resolve_names(names: list[str], classes: list[str], what: str) -> list[int]:
+    if not names:
+        raise ForgetkitError(f"{what} is empty; name at least one class to forget")
+    out = []
+    for name in names:
+        if name not in classes:
+            close = difflib.get_close_matches(str(name), classes, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ForgetkitError(f"unknown class '{name}' in {what}.{hint} Classes are: {', '.join(classes[:12])}"
+                                 f"{' ...' if len(classes) > 12 else ''}")
+        out.append(classes.index(name))
+    if len(set(out)) != len(out):
+        raise ForgetkitError(f"{what} names a class twice; list each class once")
+    return out
+
+
+def make_tasks(cfg: ProtocolConfig, classes: list[str]) -> list[Task]:
+    """The task sequence of a protocol, checked against the dataset's classes."""
+    num_classes = len(classes)
+    if cfg.tasks is not None:
+        if not cfg.tasks:
+            raise ForgetkitError("protocol.tasks is empty; give at least one list of classes to forget")
+        forget_sets = [_resolve_names(list(names), classes, f"protocol.tasks[{i}]") for i, names in
+                       enumerate(cfg.tasks)]
+        seen: set[int] = set()
+        for i, fs in enumerate(forget_sets):
+            again = seen & set(fs)
+            if again:
+                raise ForgetkitError(f"protocol.tasks[{i}] forgets {classes[min(again)]!r} again; each class can be "
+                                     f"forgotten once")
+            seen |= set(fs)
+        if cfg.retain_classes is not None:
+            keep = _resolve_names(list(cfg.retain_classes), classes, "protocol.retain_classes")
+            overlap = set(keep) & seen
+            if overlap:
+                raise ForgetkitError(f"class {classes[min(overlap)]!r} is both forgotten and retained; remove it from "
+                                     f"protocol.retain_classes or from protocol.tasks")
+        else:
+            keep = [c for c in range(num_classes) if c not in seen]
+        if not keep:
+            raise ForgetkitError("no class would be retained; forgetting every class leaves nothing to keep")
+        tasks, forgotten = [], []
+        for t, fs in enumerate(forget_sets):
+            later = [c for later_fs in forget_sets[t + 1:] for c in later_fs]
+            tasks.append(Task(t, fs, keep + later, list(forgotten)))
+            forgotten += fs
+        return tasks
+
+    k, t_count = cfg.forget_per_task, cfg.num_tasks
+    if k < 1 or t_count < 1:
+        raise ForgetkitError("protocol.forget_per_task and protocol.num_tasks must be at least 1")
+    n = cfg.first_retained if cfg.first_retained is not None else num_classes - k
+    if n + k != num_classes:
+        raise ForgetkitError(f"first_retained ({n}) + forget_per_task ({k}) must equal the number of classes "
+                             f"({num_classes}); leave first_retained unset to use {num_classes - k}")
+    if n - (t_count - 1) * k < 1:
+        raise ForgetkitError(f"forget_per_task × num_tasks = {k * t_count} needs more than the {num_classes} classes "
+                             f"available (at least one class must remain); lower K or T")
+    order = class_order(num_classes, cfg.order_seed)
+    tasks = []
+    for t in range(t_count):
+        lo, hi = n - t * k, n - (t - 1) * k
+        tasks.append(Task(t, order[lo:hi], order[:lo], order[hi:]))
+    return tasks
+
+
+@dataclass
+class TaskData:
+    """The training images one task may use (forget and replay subsets) and the evaluation images."""
+
+    forget: LabeledImages
+    retain: LabeledImages
+
+
+class Protocol:
+    """A protocol bound to a dataset: tasks, held-out validation images, and per-task subsamples."""
+
+    def __init__(self, cfg: ProtocolConfig, splits: DataSplits, seed: int):
+        if cfg.eval_split not in ("test", "val"):
+            raise ForgetkitError(f"protocol.eval_split must be test or val, not {cfg.eval_split!r}")
+        if cfg.eval_split == "val" and cfg.val_per_class < 1:
+            raise ForgetkitError("protocol.eval_split is val but protocol.val_per_class is 0; hold out some images")
+        for name in ("forget_ratio", "retain_ratio"):
+            value = getattr(cfg, name)
+            if not 0 < value <= 1:
+                raise ForgetkitError(f"protocol.{name} must be in (0, 1], got {value}")
+        if cfg.shots is not None and cfg.shots < 1:
+            raise ForgetkitError("protocol.shots must be at least 1 (or null for ratio sampling)")
+        self.cfg, self.splits, self.seed = cfg, splits, seed
+        self.tasks = make_tasks(cfg, splits.classes)
+        self._pool, val = self._split_validation()
+        self.eval_images = splits.test if cfg.eval_split == "test" else splits.train.subset(val)
+
+    @property
+    def setting(self) -> str:
+        base = "single_step" if len(self.tasks) == 1 else "continual"
+        return f"{base}_{self.cfg.shots}shot" if self.cfg.shots else base
+
+    def _split_validation(self) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """Per-class pools of trainable indices, and the validation indices held out of them."""
+        gen = derived_generator(self.seed, 7919)
+        pools, val = {}, []
+        targets = self.splits.train.targets
+        for c in range(len(self.splits.classes)):
+            idx = torch.nonzero(targets == c).flatten()
+            idx = idx[torch.randperm(len(idx), generator=gen)]
+            if self.cfg.val_per_class and len(idx) <= self.cfg.val_per_class:
+                raise ForgetkitError(f"class {self.splits.classes[c]!r} has {len(idx)} training images, too few to "
+                                     f"hold out val_per_class={self.cfg.val_per_class}")
+            val.append(idx[: self.cfg.val_per_class])
+            pools[c] = idx[self.cfg.val_per_class:]
+        return pools, torch.cat(val) if val else torch.zeros(0, dtype=torch.long)
+
+    def _draw(self, classes: list[int], ratio: float, task: int, salt: int) -> torch.Tensor:
+        gen = derived_generator(self.seed, task, salt)
+        chosen = []
+        for c in classes:
+            pool = self._pool[c]
+            n = self.cfg.shots if self.cfg.shots else max(1, round(ratio * len(pool)))
+            if n > len(pool):
+                raise ForgetkitError(f"class {self.splits.classes[c]!r} has {len(pool)} training images, fewer than "
+                                     f"the {n} asked for; lower protocol.shots")
+            chosen.append(pool[torch.randperm(len(pool), generator=gen)[:n]])
+        return torch.sort(torch.cat(chosen)).values if chosen else torch.zeros(0, dtype=torch.long)
+
+    def task_data(self, task: Task) -> TaskData:
+        """Training subsets for ``task``: drawn per class from the run's seed and the task index only."""
+        forget = self._draw(task.forget, self.cfg.forget_ratio, task.index, 1)
+        retain = self._draw(task.retain, self.cfg.retain_ratio, task.index, 2)
+        return TaskData(self.splits.train.subset(forget), self.splits.train.subset(retain))

@@ -1,0 +1,132 @@
+"""Run outputs: ``results.json``, ``config.yaml``, a markdown report laid out like T-PAMI Table 3, and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .io import atomic_write, write_json, write_text, write_yaml
+
+
+def fmt(value, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def task_label(task: dict) -> str:
+    """The papers' column label: classes present − classes forgotten (e.g. 100-20)."""
+    return f"{len(task['retain_classes']) + len(task['forget_classes'])}-{len(task['forget_classes'])}"
+
+
+def results_table(rows: list[tuple[str, list[dict]]], pretrained_row: list[dict] | None = None) -> str:
+    """Markdown table: rows = methods, columns = tasks, cells = H / Acc_r / Acc_f / Acc_o (percent)."""
+    ref = pretrained_row if pretrained_row is not None else rows[0][1]
+    header = "| Method | " + " | ".join(task_label(t) for t in ref) + " |"
+    lines = [header, "|" + "---|" * (len(ref) + 1)]
+    lines.append("| Pre-train | " + " | ".join(
+        f"– / {fmt(t['pretrained']['acc_r'])} / {fmt(t['pretrained']['acc_f'])}"
+        + (f" / {fmt(t['pretrained']['acc_o'])}" if t["pretrained"]["acc_o"] is not None else "") for t in ref) + " |")
+    for name, tasks in rows:
+        cells = []
+        for t in tasks:
+            a = t["after"]
+            cell = f"{fmt(t['h_mean'])} / {fmt(a['acc_r'])} / {fmt(a['acc_f'])}"
+            if a["acc_o"] is not None:
+                cell += f" / {fmt(a['acc_o'])}"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(results: dict) -> str:
+    tasks = results["tasks"]
+    out = [f"# forgetkit run: {results['method']} on {results['dataset']} ({results['setting']})", ""]
+    out.append(f"Seed {results['seed']}; evaluated on the {results['eval_split']} split with "
+               f"{results['accuracy']} accuracy; pre-trained accuracy {fmt(results['pretrained']['acc'])} %.")
+    out += ["", "Cells are H / Acc_r / Acc_f / Acc_o in percent (Acc_o: classes forgotten in earlier tasks; "
+            "none on the first task). H uses the drop of Acc_f from the pre-trained model.", ""]
+    out.append(results_table([(results["method"], tasks)]))
+    out += ["", "## Per task", "", "| task | forgotten | H | Acc_f before → after | Acc_r before → after | "
+            "Acc_o after | seconds | trainable / total params | groups near zero |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in tasks:
+        b, a = t["before"], t["after"]
+        zeroed = f"{t['groups_zeroed']} / {t['num_groups']}" if "groups_zeroed" in t else "–"
+        out.append(
+            f"| {t['index'] + 1} | {', '.join(t['forget_classes'])} | {fmt(t['h_mean'])} | {fmt(b['acc_f'])} → "
+            f"{fmt(a['acc_f'])} | {fmt(b['acc_r'])} → {fmt(a['acc_r'])} | {fmt(a['acc_o'])} | {t['seconds']:.1f} | "
+            f"{t['trainable_params']:,} / {t['total_params']:,} ({100 * t['trainable_params'] / t['total_params']:.2f} %)"
+            f" | {zeroed} |")
+    if tasks and "group_norms" in tasks[0]:
+        keys = list(tasks[0]["group_norms"])
+        out += ["", "## LoRA group norms (one group per block, √Σ‖P‖² at the end of each task)", "",
+                "| task | " + " | ".join(f"block {k}" for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
+        for t in tasks:
+            out.append(f"| {t['index'] + 1} | " + " | ".join(f"{t['group_norms'][k]:.3g}" for k in keys) + " |")
+    s = results["summary"]
+    out += ["", "## Summary", "", f"- average H: {fmt(s['h_mean_avg'])}", f"- average Acc_f: {fmt(s['acc_f_avg'])}",
+            f"- average Acc_r: {fmt(s['acc_r_avg'])}", f"- average Acc_o: {fmt(s['acc_o_avg'])}",
+            f"- total seconds: {s['seconds_total']}", "",
+            "Plots: `accuracy.png` (accuracies after each task), `group_norms.png` (LoRA group norms).", ""]
+    return "\n".join(out)
+
+
+def plot_accuracy(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = results["tasks"]
+    xs = list(range(1, len(tasks) + 1))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key, label, style in (("acc_r", "Acc_r (retained)", "o-"), ("acc_f", "Acc_f (forgotten now)", "s-"),
+                              ("acc_o", "Acc_o (forgotten earlier)", "^-")):
+        ys = [t["after"][key] for t in tasks]
+        pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+        if pts:
+            ax.plot(*zip(*pts), style, label=label)
+    ax.plot(xs, [t["pretrained"]["acc_r"] for t in tasks], "o--", color="grey", alpha=0.6, label="Acc_r pre-trained")
+    ax.plot(xs, [t["h_mean"] for t in tasks], "d:", color="black", label="H-Mean")
+    ax.set_xticks(xs, [task_label(t) for t in tasks])
+    ax.set_xlabel("task (classes present − forgotten)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_title(f"{results['method']} on {results['dataset']}")
+    ax.legend(fontsize=7, loc="center left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def plot_group_norms(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in results["tasks"] if "group_norms" in t]
+    if not tasks:
+        return
+    keys = list(tasks[0]["group_norms"])
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    width = 0.8 / len(tasks)
+    for i, t in enumerate(tasks):
+        ax.bar([j + i * width for j in range(len(keys))], [max(t["group_norms"][k], 1e-6) for k in keys], width,
+               label=f"task {t['index'] + 1}")
+    ax.set_yscale("log")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], [f"block {k}" for k in keys])
+    ax.set_ylabel("group norm √Σ‖P‖² (log)")
+    ax.set_title("LoRA group norms per block: few blocks change")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def write_outputs(out: Path, results: dict, config: dict) -> None:
+    """Write config, report and plots first and ``results.json`` last: its presence means a complete run."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_yaml(out / "config.yaml", config)
+    write_text(out / "report.md", markdown_report(results))
+    plot_accuracy(results, out / "accuracy.png")
+    plot_group_norms(results, out / "group_norms.png")
+    write_json(out / "results.json", results)
