@@ -22,8 +22,7 @@ def results_table(rows: list[tuple[str, list[dict]]], pretrained_row: list[dict]
     header = "| Method | " + " | ".join(task_label(t) for t in ref) + " |"
     lines = [header, "|" + "---|" * (len(ref) + 1)]
     lines.append("| Pre-train | " + " | ".join(
-        f"– / {fmt(t['pretrained']['acc_r'])} / {fmt(t['pretrained']['acc_f'])}"
-        + (f" / {fmt(t['pretrained']['acc_o'])}" if t["pretrained"]["acc_o"] is not None else "") for t in ref) + " |")
+        f"– / {fmt(t['pretrained']['acc_r'])} / {fmt(t['pretrained']['acc_f'])}" for t in ref) + " |")
     for name, tasks in rows:
         cells = []
         for t in tasks:

@@ -1,0 +1,89 @@
+"""Quality bar of GS-LoRA on the embedded continual protocol (issue 2), measured, not assumed.
+
+Runs a forgetting config (default: the demo, Fashion-MNIST 10-2 … 4-2) and checks after every task:
+
+* Acc_f ≤ 2 %, and Acc_o ≤ 2 % from the second task on;
+* Acc_r ≥ pre-trained Acc_r − 3 points;
+* H ≥ 0.95 · H_max, with H_max = 2·Acc_f_pre·Acc_r_pre / (Acc_f_pre + Acc_r_pre);
+* trainable parameters ≤ 5 % of the model;
+* at least one LoRA group (block) near zero when α > 0.
+
+Writes ``quality.md`` and ``quality.json`` next to the run's own outputs and exits 1 if any check fails.
+
+    .venv/bin/python bench/gs_lora_quality.py [--config demo] [--out runs/bench-quality] [-o key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+
+import torch
+
+import forgetkit as fk
+from forgetkit.io import write_json, write_text
+from forgetkit.methods.base import resolved_method_config
+from forgetkit.report import fmt, task_label
+
+
+def check(results: dict, alpha: float) -> list[dict]:
+    rows = []
+    for t in results["tasks"]:
+        pre, after = t["pretrained"], t["after"]
+        h_max = 2 * pre["acc_f"] * pre["acc_r"] / (pre["acc_f"] + pre["acc_r"])
+        ratio = 100 * t["trainable_params"] / t["total_params"]
+        checks = {
+            "acc_f <= 2": after["acc_f"] <= 2,
+            "acc_o <= 2": after["acc_o"] is None or after["acc_o"] <= 2,
+            "acc_r >= pre - 3": after["acc_r"] >= pre["acc_r"] - 3,
+            "H >= 0.95 H_max": t["h_mean"] >= 0.95 * h_max,
+            "trainable <= 5 %": ratio <= 5,
+            "a group near zero": alpha == 0 or t.get("groups_zeroed", 0) >= 1,
+        }
+        rows.append({"task": task_label(t), "h": t["h_mean"], "h_max": h_max, "acc_r": after["acc_r"],
+                     "acc_r_pre": pre["acc_r"], "acc_f": after["acc_f"], "acc_o": after["acc_o"],
+                     "trainable_pct": ratio, "groups_zeroed": t.get("groups_zeroed"), "num_groups": t.get("num_groups"),
+                     "seconds": t["seconds"], "checks": checks})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="demo")
+    parser.add_argument("--out", default="runs/bench-quality")
+    parser.add_argument("-o", "--override", action="append", default=[])
+    args = parser.parse_args()
+    cfg = fk.load_config(args.config, args.override + [f"output_dir={args.out}"])
+    start = time.time()
+    results = fk.run_forgetting(cfg, progress=True, overwrite=True)
+    wall = time.time() - start
+    alpha = resolved_method_config(cfg.method).get("alpha", 0.0)
+    rows = check(results, alpha)
+    names = list(rows[0]["checks"])
+    lines = [f"# GS-LoRA quality bar: {results['dataset']}, {results['setting']}", "",
+             f"Command: `.venv/bin/python bench/gs_lora_quality.py --config {args.config}"
+             + "".join(f" -o {o}" for o in args.override) + "`",
+             f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+             f"wall time {wall:.0f} s (training and evaluation).", "",
+             "| task | H (H_max) | Acc_r (pre) | Acc_f | Acc_o | trainable | groups ~0 | seconds | "
+             + " | ".join(names) + " |", "|" + "---|" * (8 + len(names))]
+    for r in rows:
+        lines.append(
+            f"| {r['task']} | {fmt(r['h'])} ({fmt(r['h_max'])}) | {fmt(r['acc_r'])} ({fmt(r['acc_r_pre'])}) | "
+            f"{fmt(r['acc_f'])} | {fmt(r['acc_o'])} | {r['trainable_pct']:.2f} % | {r['groups_zeroed']}/{r['num_groups']}"
+            f" | {r['seconds']:.1f} | " + " | ".join("pass" if r["checks"][n] else "FAIL" for n in names) + " |")
+    norms = ["", "Group norms per block (√Σ‖P‖², end of task):", ""]
+    for t in results["tasks"]:
+        norms.append(f"- {task_label(t)}: " + ", ".join(f"{k}: {v:.3g}" for k, v in t["group_norms"].items()))
+    ok = all(all(r["checks"].values()) for r in rows)
+    text = "\n".join(lines + norms + ["", f"Verdict: {'all checks pass' if ok else 'some checks FAIL'}", ""])
+    write_text(f"{args.out}/quality.md", text)
+    write_json(f"{args.out}/quality.json", {"rows": rows, "wall_seconds": wall, "pass": ok})
+    print(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

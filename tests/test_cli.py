@@ -1,0 +1,82 @@
+import json
+
+from forgetkit.cli import main
+
+from conftest import tiny_run_overrides
+
+
+def test_forget_command_runs_and_prints_table(tiny_model_dir, tmp_path, capsys):
+    args = ["forget", "-c", "demo", "-q"]
+    for item in tiny_run_overrides(tiny_model_dir, tmp_path / "cli") + ["protocol.forget_ratio=1.0",
+                                                                        "protocol.retain_ratio=0.5"]:
+        args += ["-o", item]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| Pre-train |" in out and "average H" in out
+    assert json.loads((tmp_path / "cli" / "results.json").read_text())["method"] == "gs_lora"
+
+
+def test_config_typo_is_one_clear_line(capsys):
+    assert main(["forget", "-c", "demo", "-o", "train.epoch=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown config key") and "did you mean 'epochs'" in err and "\n" not in err
+
+
+def test_unknown_class_in_a_request(tiny_model_dir, tmp_path, capsys):
+    args = ["forget", "-c", "demo", "-q"]
+    for item in tiny_run_overrides(tiny_model_dir, tmp_path / "x") + ["protocol.tasks=[[class_9]]"]:
+        args += ["-o", item]
+    assert main(args) == 2
+    assert "unknown class 'class_9'" in capsys.readouterr().err
+
+
+def test_listing_commands(capsys):
+    assert main(["methods"]) == 0
+    assert "gs_lora" in capsys.readouterr().out
+    assert main(["models"]) == 0
+    assert "face_vit_p8s8" in capsys.readouterr().out
+    assert main(["config", "gs_lora"]) == 0
+    assert "method.alpha_warmup_epochs" in capsys.readouterr().out
+
+
+def test_pretrain_command(tmp_path, capsys):
+    assert main(["pretrain", "--data", "synthetic", "--arch", "vit_test", "--epochs", "1", "--out",
+                 str(tmp_path / "m"), "-q"]) == 0
+    assert (tmp_path / "m" / "manifest.json").is_file()
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_image_folder_pretrain_then_forget_by_name(tmp_path, capsys):
+    from conftest import make_image_folder
+    import forgetkit as fk
+
+    root = make_image_folder(tmp_path / "imgs", classes=("cat", "dog", "fox", "owl"), per_class=6, size=(18, 18))
+    assert main(["pretrain", "--data", "image_folder", "--root", str(root), "--arch", "vit_test", "--epochs", "2",
+                 "--out", str(tmp_path / "m"), "-q", "-o", "warmup_steps=1"]) == 0
+    results = fk.forget(str(tmp_path / "m"), [["dog"], ["owl"]], output_dir=str(tmp_path / "run"), progress=False,
+                        data={"source": "image_folder", "root": str(root)},
+                        overrides=["protocol.forget_ratio=1.0", "protocol.retain_ratio=1.0", "train.epochs=1",
+                                   "train.batch_size=4"])
+    assert [t["forget_classes"] for t in results["tasks"]] == [["dog"], ["owl"]]
+    assert results["tasks"][1]["old_classes"] == ["dog"] and results["dataset"] == "imgs"
+
+
+def test_import_weights_from_torchvision_pth(tmp_path, capsys):
+    import torch
+    from torchvision.models.vision_transformer import VisionTransformer
+    from conftest import make_image_folder
+    import forgetkit as fk
+
+    root = make_image_folder(tmp_path / "imgs", classes=("b", "a"), per_class=2, size=(16, 16))
+    tv = VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=128,
+                           num_classes=4).eval()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    (tmp_path / "names.txt").write_text("z\na\ny\nb\n")
+    # vit_test is grey; this checkpoint is RGB, so the preset must be told -> a clear mismatch error first
+    assert main(["import-weights", "--weights", str(tmp_path / "tv.pth"), "--arch", "vit_test", "--data-root",
+                 str(root), "--class-index-file", str(tmp_path / "names.txt"), "--out", str(tmp_path / "m")]) == 2
+    assert "does not match" in capsys.readouterr().err
+    model = fk.load_external_weights(tmp_path / "tv.pth", "vit_test", 2, class_indices=[1, 3], in_chans=3)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(x), tv(x)[:, [1, 3]], atol=1e-5)

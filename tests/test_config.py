@@ -1,0 +1,50 @@
+import pytest
+
+import forgetkit as fk
+from forgetkit.config import apply_overrides, from_dict
+from forgetkit.engine import RunConfig
+from forgetkit.errors import ForgetkitError
+from forgetkit.methods.base import resolved_method_config
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(ForgetkitError, match=r"unknown config key 'config.train.epoch'.*did you mean 'epochs'"):
+        from_dict(RunConfig, {"train": {"epoch": 3}})
+    with pytest.raises(ForgetkitError, match="unknown config key 'config.protocl'"):
+        from_dict(RunConfig, {"protocl": {}})
+
+
+def test_unknown_method_key_and_method():
+    with pytest.raises(ForgetkitError, match=r"method\(gs_lora\).bdn.*did you mean 'bnd'"):
+        resolved_method_config({"name": "gs_lora", "bdn": 3})
+    with pytest.raises(ForgetkitError, match="unknown method 'gslora'.*Did you mean 'gs_lora'"):
+        resolved_method_config({"name": "gslora"})
+
+
+def test_types_are_checked_and_overrides_parsed():
+    cfg = from_dict(RunConfig, apply_overrides({}, ["train.epochs=3", "train.lr=1e-3", "protocol.tasks=[[a, b]]",
+                                                     "method.beta=[0.1, 0.2]"]))
+    assert cfg.train.epochs == 3 and cfg.train.lr == 1e-3 and cfg.protocol.tasks == [["a", "b"]]
+    assert resolved_method_config(cfg.method)["beta"] == [0.1, 0.2]
+    with pytest.raises(ForgetkitError, match="train.epochs must be an integer"):
+        from_dict(RunConfig, {"train": {"epochs": "many"}})
+    with pytest.raises(ForgetkitError, match="must look like"):
+        apply_overrides({}, ["train.epochs"])
+
+
+@pytest.mark.parametrize("name", fk.packaged_configs())
+def test_packaged_configs_load_and_validate(name):
+    cfg = fk.load_config(name)
+    method = resolved_method_config(cfg.method)
+    assert method["name"] in fk.METHODS
+    assert cfg.output_dir.startswith("runs/")
+
+
+def test_resolved_method_config_fills_defaults():
+    full = resolved_method_config({"alpha": 0.5})
+    assert full["name"] == "gs_lora" and full["alpha"] == 0.5 and full["lora"]["rank"] == 8
+
+
+def test_missing_config_file():
+    with pytest.raises(ForgetkitError, match="not found.*demo"):
+        fk.load_config("no/such.yaml")

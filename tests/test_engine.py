@@ -1,0 +1,116 @@
+import json
+
+import pytest
+import torch
+
+import forgetkit as fk
+from forgetkit.errors import ForgetkitError
+from forgetkit.methods.gs_lora import GSLoRA
+
+from conftest import tiny_run_overrides
+
+
+def run(model_dir, out, *extra, overwrite=False):
+    cfg = fk.load_config(None, tiny_run_overrides(model_dir, out) + list(extra))
+    return fk.run_forgetting(cfg, progress=False, overwrite=overwrite)
+
+
+def test_gs_lora_forgets_and_retains_end_to_end(tiny_model_dir, tmp_path):
+    results = run(tiny_model_dir, tmp_path / "r")
+    assert results["pretrained"]["acc"] > 70
+    for task in results["tasks"]:
+        assert task["before"]["acc_f"] >= 50, "the tiny model must know the classes before forgetting them"
+        assert task["after"]["acc_f"] <= 5
+        assert task["after"]["acc_r"] >= task["before"]["acc_r"] - 10
+        assert task["trainable_params"] < 0.25 * task["total_params"]
+        assert set(task["group_norms"]) == {"0", "1"}
+    assert results["tasks"][1]["after"]["acc_o"] <= 5  # the first task's classes stay forgotten
+    on_disk = json.loads((tmp_path / "r" / "results.json").read_text())
+    for key in ("method", "dataset", "setting", "seed", "pretrained", "tasks", "summary"):
+        assert key in on_disk
+    for key in ("index", "forget_classes", "retain_classes", "before", "after", "h_mean", "seconds",
+                "trainable_params", "total_params", "group_norms"):
+        assert key in on_disk["tasks"][0]
+    assert on_disk["tasks"][0]["after"]["acc_o"] is None
+    for name in ("config.yaml", "report.md", "accuracy.png", "group_norms.png", "model/model.safetensors",
+                 "adapters/task_0/adapter_model.safetensors"):
+        assert (tmp_path / "r" / name).is_file(), name
+    assert "| Pre-train |" in (tmp_path / "r" / "report.md").read_text()
+    # the saved edited model reproduces the final accuracies
+    model, manifest = fk.load_model(tmp_path / "r" / "model")
+    assert [h["forgotten"] for h in manifest["history"]] == [t["forget_classes"] for t in results["tasks"]]
+
+
+def _comparable(results):
+    return [{k: v for k, v in t.items() if k != "seconds"} for t in results["tasks"]]
+
+
+def test_same_seed_same_results(tiny_model_dir, tmp_path):
+    a = run(tiny_model_dir, tmp_path / "a")
+    b = run(tiny_model_dir, tmp_path / "b")
+    assert _comparable(a) == _comparable(b)
+    assert a["loss_log"] == b["loss_log"]
+    c = run(tiny_model_dir, tmp_path / "c", "seed=1")
+    assert c["loss_log"] != a["loss_log"]
+
+
+def test_results_are_not_overwritten_silently(tiny_model_dir, tmp_path):
+    run(tiny_model_dir, tmp_path / "r", "train.epochs=1")
+    before = (tmp_path / "r" / "results.json").read_text()
+    with pytest.raises(ForgetkitError, match="already holds results.json.*--overwrite"):
+        run(tiny_model_dir, tmp_path / "r", "train.epochs=1")
+    assert (tmp_path / "r" / "results.json").read_text() == before
+
+
+def test_nan_loss_stops_with_last_good_state_saved(tiny_model_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = GSLoRA.training_step
+
+    def flaky(self, forget, retain, epoch):
+        calls["n"] += 1
+        losses = original(self, forget, retain, epoch)
+        if calls["n"] == 3:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(GSLoRA, "training_step", flaky)
+    with pytest.raises(ForgetkitError, match="loss became nan.*last good model"):
+        run(tiny_model_dir, tmp_path / "r")
+    model, manifest = fk.load_model(tmp_path / "r" / "last_good")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert manifest["history"][-1]["reason"] == "non-finite loss"
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_class_mismatch_between_model_and_data(tiny_model_dir, tmp_path):
+    with pytest.raises(ForgetkitError, match="trained on classes"):
+        run(tiny_model_dir, tmp_path / "r", "data.num_classes=5")
+
+
+def test_one_step_moves_only_lora(tiny_model_dir):
+    model, _ = fk.load_model(tiny_model_dir)
+    splits = fk.load_data(fk.DataConfig(source="synthetic")).with_preprocess(model.spec.preprocess)
+    proto = fk.protocol.Protocol(fk.ProtocolConfig(num_tasks=1), splits, seed=0)
+    task = proto.tasks[0]
+    ctx = fk.methods.MethodContext(device=torch.device("cpu"), seed=0, num_classes=6, epochs=1)
+    method = fk.methods.build_method({"name": "gs_lora", "alpha_warmup_epochs": 0}, ctx)
+    module = method.setup_task(model, task, proto.task_data(task))
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    opt = torch.optim.AdamW(method.parameters(), lr=1e-2)
+    x, y = splits.train[0][0][None], torch.tensor([task.forget[0]])
+    xr, yr = splits.train[100][0][None], torch.tensor([splits.train[100][1]])
+    losses = method.training_step((x, y), (xr, yr), epoch=0)
+    assert set(losses) == {"loss", "forget", "retain", "structure"}
+    losses["loss"].backward()
+    opt.step()
+    for name, p in module.named_parameters():
+        changed = not torch.equal(before[name], p.detach())
+        assert changed == ("lora_" in name), name
+
+
+def test_group_lasso_drives_groups_down(tiny_model_dir, tmp_path):
+    free = run(tiny_model_dir, tmp_path / "a", "method.alpha=0", "protocol.num_tasks=1")
+    sparse = run(tiny_model_dir, tmp_path / "b", "method.alpha=0.5", "method.alpha_warmup_epochs=0",
+                 "protocol.num_tasks=1")
+    f, s = free["tasks"][0]["group_norms"], sparse["tasks"][0]["group_norms"]
+    assert sum(s.values()) < 0.5 * sum(f.values())

@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+
+from forgetkit.losses import bounded_forget_loss, group_lasso, group_norms
+from forgetkit.metrics import PerClass, evaluate_classes, h_mean
+
+
+def test_bounded_forget_loss_hand_computed():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    labels = torch.tensor([0, 0])
+    ce = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(1 / (1 + math.e))) / 2  # batch mean
+    loss = bounded_forget_loss(logits, labels, bound=5.0)
+    assert loss.item() == pytest.approx(5.0 - ce, abs=1e-6)
+    loss.backward()
+    assert logits.grad.abs().sum() > 0  # below the bound: pushes CE up
+    logits.grad = None
+    done = bounded_forget_loss(logits, labels, bound=0.5)  # CE ≈ 0.72 > 0.5: nothing left to do
+    assert done.item() == 0.0
+    done.backward()
+    assert logits.grad.abs().sum() == 0
+
+
+def test_group_lasso_hand_computed():
+    a, b = torch.tensor([3.0, 4.0]), torch.tensor([[1.0, 2.0], [2.0, 4.0]])
+    c = torch.tensor([0.0, 0.0])
+    assert group_lasso([[a], [b, c]]).item() == pytest.approx(5.0 + 5.0)
+    assert group_lasso([[a, b]]).item() == pytest.approx(math.sqrt(25 + 25))
+    assert group_norms({"0": [a], "1": [c]}) == {"0": pytest.approx(5.0), "1": 0.0}
+
+
+def test_group_lasso_gradient_points_along_the_group():
+    p = torch.tensor([3.0, 4.0], requires_grad=True)
+    group_lasso([[p]]).backward()
+    assert torch.allclose(p.grad, torch.tensor([0.6, 0.8]))
+
+
+@pytest.mark.parametrize("pre_f,acc_f,acc_r,published", [
+    (74.65, 0.00, 74.16, 74.40),   # T-PAMI Table 3, GS-LoRA 100-20
+    (73.80, 0.00, 73.37, 73.59),   # Table 3, GS-LoRA 80-20
+    (73.91, 0.06, 74.88, 74.36),   # Table 3, GS-LoRA 60-20
+    (87.40, 0.10, 85.00, 86.13),   # Table 4, GS-LoRA 100-20
+    (74.65, 14.29, 72.85, 66.02),  # Table 3 few-shot, GS-LoRA 100-20
+    (70.88, 3.58, 66.96, 67.13),   # Table 2, L2* 100-5
+])
+def test_h_mean_recomputes_published_rows(pre_f, acc_f, acc_r, published):
+    assert h_mean(pre_f, acc_f, acc_r) == pytest.approx(published, abs=0.01)
+
+
+def test_h_mean_exposes_the_papers_typo():
+    # Table 2 LwF 100-5 prints 67.95, but its own Acc_r 68.55 / Acc_f 0.00 give 69.70 (gs-lora.md §6.1)
+    assert h_mean(70.88, 0.00, 68.55) == pytest.approx(69.70, abs=0.01)
+    assert h_mean(50.0, 60.0, 0.0) == 0.0
+
+
+def test_per_class_accuracy_and_evaluation():
+    pc = PerClass(correct=torch.tensor([5, 0, 3]), total=torch.tensor([10, 4, 3]))
+    assert pc.accuracy([0, 2]) == pytest.approx(100 * 8 / 13)
+    assert pc.accuracy([]) is None
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x, labels=None):
+            return torch.nn.functional.one_hot(x[:, 0].long(), 3).float()
+
+    class DS(torch.utils.data.Dataset):
+        classes = ["a", "b", "c"]
+        x = torch.tensor([[0.0], [1.0], [1.0], [2.0]])
+        y = torch.tensor([0, 1, 2, 2])
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return self.x[i], int(self.y[i])
+
+    pc = evaluate_classes(Fixed(), DS(), batch_size=3)
+    assert pc.correct.tolist() == [1, 1, 1] and pc.total.tolist() == [1, 1, 2]

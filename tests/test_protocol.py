@@ -1,0 +1,107 @@
+import random
+
+import pytest
+import torch
+
+from forgetkit.data import DataConfig, load_data
+from forgetkit.errors import ForgetkitError
+from forgetkit.protocol import Protocol, ProtocolConfig, class_order, make_tasks
+
+PAPER_ORDER = [83, 17, 10, 9, 89, 52, 7, 32, 37, 77, 61, 34, 78, 55, 56, 63, 69, 22, 75, 66, 35, 72, 71, 23, 86, 38,
+               24, 5, 29, 30, 16, 11, 82, 19, 57, 14, 91, 27, 98, 53, 0, 20, 59, 28, 47, 18, 6, 48, 12, 62, 1, 43, 3,
+               60, 41, 85, 4, 95, 97, 36, 94, 65, 67, 99, 25, 33, 70, 40, 92, 31, 58, 15, 45, 2, 87, 76, 80, 44, 64,
+               8, 51, 54, 13, 88, 84, 26, 50, 39, 96, 81, 49, 42, 21, 93, 74, 73, 46, 90, 68, 79]
+CLASSES_100 = [f"id{i:03d}" for i in range(100)]
+
+
+def test_seed_1337_reproduces_the_papers_class_order():
+    assert class_order(100, 1337) == PAPER_ORDER
+    assert class_order(5, None) == [0, 1, 2, 3, 4]
+
+
+def test_continual_protocol_of_the_papers():
+    tasks = make_tasks(ProtocolConfig(first_retained=80, forget_per_task=20, num_tasks=4), CLASSES_100)
+    for t, task in enumerate(tasks):
+        assert task.forget == PAPER_ORDER[80 - 20 * t: 100 - 20 * t]
+        assert task.retain == PAPER_ORDER[: 80 - 20 * t]
+        assert sorted(task.old) == sorted(PAPER_ORDER[100 - 20 * t:])
+    assert tasks[3].retain == PAPER_ORDER[:20]
+
+
+def test_demo_protocol_tasks():
+    tasks = make_tasks(ProtocolConfig(forget_per_task=2, num_tasks=4), [str(i) for i in range(10)])
+    # Python random, seed 1337 over 10 classes: order [0, 3, 7, 2, 1, 6, 4, 5, 8, 9]
+    assert [t.forget for t in tasks] == [[8, 9], [4, 5], [1, 6], [7, 2]]
+    assert [len(t.retain) for t in tasks] == [8, 6, 4, 2]
+
+
+def test_too_many_tasks_is_refused():
+    with pytest.raises(ForgetkitError, match="forget_per_task × num_tasks"):
+        make_tasks(ProtocolConfig(forget_per_task=3, num_tasks=4), [str(i) for i in range(10)])
+    with pytest.raises(ForgetkitError, match="must equal the number of classes"):
+        make_tasks(ProtocolConfig(forget_per_task=3, num_tasks=1, first_retained=9), [str(i) for i in range(10)])
+
+
+NAMES = ["cat", "dog", "fox", "owl"]
+
+
+def test_explicit_requests_by_name():
+    tasks = make_tasks(ProtocolConfig(tasks=[["dog"], ["owl", "cat"]]), NAMES)
+    assert tasks[0].forget == [1] and sorted(tasks[0].retain) == [0, 2, 3] and tasks[0].old == []
+    assert tasks[1].forget == [3, 0] and tasks[1].retain == [2] and tasks[1].old == [1]
+
+
+@pytest.mark.parametrize("cfg,match", [
+    (ProtocolConfig(tasks=[["dgo"]]), "unknown class 'dgo'.*Did you mean 'dog'"),
+    (ProtocolConfig(tasks=[[]]), "empty"),
+    (ProtocolConfig(tasks=[]), "empty"),
+    (ProtocolConfig(tasks=[["dog"], ["dog"]]), "again"),
+    (ProtocolConfig(tasks=[["dog"]], retain_classes=["cat", "dog"]), "both forgotten and retained"),
+    (ProtocolConfig(tasks=[["cat", "dog", "fox", "owl"]]), "no class would be retained"),
+])
+def test_bad_forget_requests(cfg, match):
+    with pytest.raises(ForgetkitError, match=match):
+        make_tasks(cfg, NAMES)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_data(DataConfig(source="synthetic", num_classes=6, train_per_class=50, test_per_class=5))
+
+
+def test_ratio_subsampling_is_per_class_and_seeded(splits):
+    proto = Protocol(ProtocolConfig(forget_ratio=0.2, retain_ratio=0.1, num_tasks=2), splits, seed=0)
+    data = proto.task_data(proto.tasks[0])
+    counts = torch.bincount(data.forget.targets, minlength=6)
+    assert all(counts[c] == 10 for c in proto.tasks[0].forget) and counts.sum() == 20
+    assert torch.bincount(data.retain.targets, minlength=6)[proto.tasks[0].retain].tolist() == [5] * 4
+    torch.manual_seed(123)  # the global RNG must not matter
+    random.seed(5)
+    again = Protocol(ProtocolConfig(forget_ratio=0.2, retain_ratio=0.1, num_tasks=2), splits, seed=0)
+    assert torch.equal(again.task_data(again.tasks[0]).forget.indices, data.forget.indices)
+    other = Protocol(ProtocolConfig(forget_ratio=0.2, retain_ratio=0.1, num_tasks=2), splits, seed=1)
+    assert not torch.equal(other.task_data(other.tasks[0]).forget.indices, data.forget.indices)
+
+
+def test_few_shot_draws_exactly_n_per_class(splits):
+    proto = Protocol(ProtocolConfig(shots=4, num_tasks=2), splits, seed=0)
+    for task in proto.tasks:
+        data = proto.task_data(task)
+        assert torch.bincount(data.forget.targets, minlength=6)[task.forget].tolist() == [4] * len(task.forget)
+        assert torch.bincount(data.retain.targets, minlength=6)[task.retain].tolist() == [4] * len(task.retain)
+    assert proto.setting == "continual_4shot"
+    with pytest.raises(ForgetkitError, match="fewer than"):
+        p = Protocol(ProtocolConfig(shots=51, num_tasks=1), splits, seed=0)
+        p.task_data(p.tasks[0])
+
+
+def test_validation_split_is_held_out(splits):
+    proto = Protocol(ProtocolConfig(val_per_class=5, eval_split="val", forget_ratio=1.0, retain_ratio=1.0,
+                                    num_tasks=1), splits, seed=0)
+    val = set(proto.eval_images.indices.tolist())
+    assert len(val) == 30
+    data = proto.task_data(proto.tasks[0])
+    trained = set(data.forget.indices.tolist()) | set(data.retain.indices.tolist())
+    assert not val & trained and len(trained) == 6 * 45
+    with pytest.raises(ForgetkitError, match="val_per_class is 0"):
+        Protocol(ProtocolConfig(eval_split="val"), splits, seed=0)
