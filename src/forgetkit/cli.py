@@ -78,8 +78,8 @@ def cmd_methods(args) -> None:
     from .methods import METHODS
 
     for name in METHODS:
-        doc = (METHODS.get(name).__module__ and sys.modules[METHODS.get(name).__module__].__doc__ or "").strip()
-        print(f"{name:12s} {doc.splitlines()[0] if doc else ''}")
+        doc = (METHODS.get(name).__doc__ or "").strip()
+        print(f"{name:10s} {doc.splitlines()[0] if doc else ''}")
 
 
 def cmd_models(args) -> None:

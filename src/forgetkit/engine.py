@@ -20,7 +20,7 @@ from .config import to_dict
 from .data import DataConfig, load_data
 from .errors import ForgetkitError
 from .methods import MethodContext, build_method
-from .methods.base import METHODS, resolved_method_config
+from .methods.base import METHODS, NonFiniteLoss, resolved_method_config
 from .metrics import PerClass, evaluate_classes, h_mean
 from .models import load_model, save_model
 from .protocol import Protocol, ProtocolConfig
@@ -138,11 +138,8 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         data = protocol.task_data(task)
         before = current
         module = method.setup_task(model, task, data)
-        params = method.parameters()
-        trainable = sum(p.numel() for p in params)
-        optimizer = torch.optim.AdamW([
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.train.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
+        trainable = method.trainable_count()
+        optimizer = method.make_optimizer(lr, cfg.train.weight_decay)
         forget_loader = _loader(data.forget, cfg.train.batch_size, derived_generator(cfg.seed, task.index, 11))
         retain_loader = _loader(data.retain, cfg.train.batch_size, derived_generator(cfg.seed, task.index, 12))
         if forget_loader is None:
@@ -161,17 +158,14 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
                 xf, yf = next(forget_iter)
                 retain_batch = next(retain_iter)
                 retain_batch = (retain_batch[0].to(device), retain_batch[1].to(device)) if retain_batch else None
-                losses = method.training_step((xf.to(device), yf.to(device)), retain_batch, epoch)
-                loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    _save_last_good(method, manifest, splits.classes, out / "last_good", task, cfg)
+                try:
+                    losses = method.step((xf.to(device), yf.to(device)), retain_batch, epoch, optimizer)
+                except NonFiniteLoss as err:
+                    _save_last_good(method, manifest, splits.classes, out / "last_good", task)
                     raise ForgetkitError(
-                        f"loss became {loss.item()} at task {task.index}, epoch {epoch}, step {step}; the last good "
+                        f"loss became {err.value} at task {task.index}, epoch {epoch}, step {step}; the last good "
                         f"model (before this step) is saved in {out / 'last_good'}. Lower train.lr or the "
-                        f"method's loss weights")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                        f"method's loss weights") from None
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 bar.update(1)
@@ -241,7 +235,7 @@ def _summary(tasks: list[dict]) -> dict:
     }
 
 
-def _save_last_good(method, manifest, classes, directory: Path, task, cfg: RunConfig) -> None:
+def _save_last_good(method, manifest, classes, directory: Path, task) -> None:
     model = method.finish_task().cpu()
     history = list(manifest.get("history", [])) + [{"interrupted_task": task.index, "reason": "non-finite loss"}]
     save_model(model, directory, classes, history=history)

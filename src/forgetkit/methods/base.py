@@ -45,6 +45,14 @@ class MethodContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class NonFiniteLoss(Exception):
+    """Raised by :meth:`Method.step` before an update when a loss is NaN or infinite."""
+
+    def __init__(self, value: float):
+        super().__init__(value)
+        self.value = value
+
+
 class Method:
     """Base class of forgetting methods."""
 
@@ -62,9 +70,38 @@ class Method:
                       epoch: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def step(self, forget, retain, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """One optimisation step: losses, a finite check before any update, backward, optimiser step.
+
+        Methods with several passes per step (SCRUB's max and min passes) override this and call
+        :meth:`apply` for each pass.
+        """
+        losses = self.training_step(forget, retain, epoch)
+        self.apply(losses["loss"], optimizer)
+        return losses
+
+    @staticmethod
+    def apply(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(loss.item())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def make_optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """AdamW over :meth:`parameters`, decay on ≥2-d tensors only (as timm's optimiser factory)."""
+        params = self.parameters()
+        return torch.optim.AdamW([
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
+
     def parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the optimiser updates (default: everything trainable in the module being trained)."""
         return [p for p in self.module.parameters() if p.requires_grad]
+
+    def trainable_count(self) -> int:
+        """Parameters of the deployed model this method changes (reported as trainable_params)."""
+        return sum(p.numel() for p in self.parameters())
 
     def task_stats(self) -> dict[str, Any]:
         """Extra per-task numbers for results.json, taken before ``finish_task``."""

@@ -43,6 +43,8 @@ class GSLoRAConfig:
 
 @register_method("gs_lora")
 class GSLoRA(Method):
+    """GS-LoRA: group-sparse LoRA on every FFN, bounded forgetting + retention, merged after each task."""
+
     config_cls = GSLoRAConfig
     default_lr = 1e-2
 

@@ -69,3 +69,24 @@ class ForgetModel(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embed(x), labels)
+
+    # The two halves used by split-network methods (LIRF): lower(x) gives the tokens after the first `split`
+    # blocks, upper(tokens) finishes the forward pass; upper(lower(x)) == forward(x).
+    def lower(self, x: torch.Tensor, split: int) -> torch.Tensor:
+        vit = self.backbone
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        for block in vit.blocks[:split]:
+            x = block(x)
+        return x
+
+    def upper(self, tokens: torch.Tensor, split: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        vit = self.backbone
+        for block in vit.blocks[split:]:
+            tokens = block(tokens)
+        return self.head(vit.forward_head(vit.norm(tokens), pre_logits=True), labels)
+
+    def lower_parameter_names(self, split: int) -> set[str]:
+        """Parameters of the lower half: patch embedding, class token, positions and the first `split` blocks."""
+        prefixes = ("backbone.patch_embed.", "backbone.cls_token", "backbone.pos_embed", "backbone.reg_token") + tuple(
+            f"backbone.blocks.{i}." for i in range(split))
+        return {n for n, _ in self.named_parameters() if n.startswith(prefixes)}

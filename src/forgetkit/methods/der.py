@@ -1,0 +1,83 @@
+"""DER and DER++ (Buzzega et al.) as the papers' baselines (gs-lora.md §5).
+
+``DER:   L = CE(f(x_f), ỹ_f) + λ_der · Σ_batch ‖e(x_r) − e_T(x_r)‖²``
+``DER++: L = DER + λ_plus · CE(f(x_r'), y_r')`` on a second, independently drawn replay batch.
+
+As in the papers' code the match is on embeddings (not logits) of a teacher copy, squared norm summed over the
+batch, which is why the default weights are small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..runtime import derived_generator
+from .base import register_method
+from .finetune import FinetuneConfig, FullFinetune
+
+
+@dataclass
+class DERConfig(FinetuneConfig):
+    """DER hyper-parameters (paper: face continual λ_der 0.01; face lr 1e-3)."""
+
+    der_weight: float = field(default=0.01, metadata={"help": "λ_der: weight of the embedding match on replay"})
+
+
+@dataclass
+class DERPPConfig(DERConfig):
+    """DER++ hyper-parameters (paper: face continual 0.005 + 0.005)."""
+
+    der_weight: float = field(default=0.005, metadata={"help": "λ_der: weight of the embedding match on replay"})
+    plus_weight: float = field(default=0.005, metadata={"help": "λ_plus: weight of the CE on a second replay batch"})
+
+
+@register_method("der")
+class DER(FullFinetune):
+    """DER: random wrong labels on forget data + match the teacher's embeddings of replay data."""
+
+    config_cls = DERConfig
+    uses_teacher = True
+    default_lr = 1e-3
+
+    def der_term(self, retain) -> torch.Tensor:
+        xr, _ = retain
+        with torch.no_grad():
+            target = self.teacher.embed(xr)
+        return (self.module.embed(xr) - target).pow(2).sum()
+
+    def training_step(self, forget, retain, epoch):
+        xf, wrong = forget[0], self.wrong_labels(forget[1])
+        losses = {"forget": F.cross_entropy(self.logits(xf, wrong), wrong)}
+        losses["der"] = self.der_term(retain) if retain else xf.new_zeros(())
+        losses["loss"] = losses["forget"] + self.cfg.der_weight * losses["der"]
+        return losses
+
+
+@register_method("der_pp")
+class DERPlusPlus(DER):
+    """DER++: DER + CE on a second replay batch."""
+
+    config_cls = DERPPConfig
+
+    def before_training(self):
+        self.second = None
+        if len(self.data.retain):
+            loader = torch.utils.data.DataLoader(self.data.retain, batch_size=32, shuffle=True,
+                                                 generator=derived_generator(self.ctx.seed, self.task.index, 41))
+            self.second = _cycle(loader)
+
+    def training_step(self, forget, retain, epoch):
+        losses = super().training_step(forget, retain, epoch)
+        if self.second is not None:
+            x2, y2 = (t.to(self.ctx.device) for t in next(self.second))
+            losses["plus"] = F.cross_entropy(self.logits(x2, y2), y2)
+            losses["loss"] = losses["loss"] + self.cfg.plus_weight * losses["plus"]
+        return losses
+
+
+def _cycle(loader):
+    while True:
+        yield from loader

@@ -1,0 +1,83 @@
+"""Shared machinery of the papers' full fine-tuning baselines.
+
+* All parameters train except the classifier head (as in the papers' baselines; ``train_head`` opens it).
+* "Forgetting" by cross-entropy towards a random *wrong* label, drawn uniformly from every class but the true one.
+  The original drew ``(y + randint(1, 100)) mod K`` with K = the number of forget classes, i.e. only from the first
+  K label indices, whatever those classes are (gs-lora.md §5); ``faithful_relabel: true`` reproduces that.
+* A frozen teacher is a copy of the model at the start of each task (the original copied the pre-trained model
+  once; both are the same on the first task).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from ..runtime import derived_generator
+from .base import Method
+
+
+@dataclass
+class FinetuneConfig:
+    """Options shared by the full fine-tuning baselines."""
+
+    train_head: bool = field(default=False, metadata={"help": "also train the classifier head (papers: frozen)"})
+    faithful_relabel: bool = field(default=False, metadata={
+        "help": "draw wrong labels from the first K label indices as the original code did (a bug)"})
+
+
+class FullFinetune(Method):
+    """Base of the baselines that update the whole backbone."""
+
+    default_lr = 1e-4
+    uses_teacher = False
+
+    def setup_task(self, model, task, data):
+        self.task, self.data = task, data
+        self.generator = derived_generator(self.ctx.seed, task.index, 31)
+        for name, param in model.named_parameters():
+            param.requires_grad = self.cfg.train_head or not name.startswith("head.")
+        self.teacher = None
+        if self.uses_teacher:
+            self.teacher = copy.deepcopy(model).eval()
+            for param in self.teacher.parameters():
+                param.requires_grad = False
+        self.module = model
+        self.before_training()
+        model.train()
+        return model
+
+    def before_training(self) -> None:
+        """Hook for importance passes and buffers, run once the task's model and data are set."""
+
+    def wrong_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """A random label different from each true label (see the module docstring)."""
+        if self.cfg.faithful_relabel:
+            k = len(self.task.forget)
+            offset = torch.randint(1, 100, labels.shape, generator=self.generator).to(labels.device)
+            return (labels + offset) % k
+        c = self.ctx.num_classes
+        offset = torch.randint(1, c, labels.shape, generator=self.generator).to(labels.device)
+        return (labels + offset) % c
+
+    def logits(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.module(x, labels)
+
+    def finish_task(self):
+        self.teacher = None
+        for param in self.module.parameters():
+            param.requires_grad = False
+        return self.module.eval()
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton distillation: ``T² · KL(softmax(t/T) ‖ softmax(s/T))``, averaged over the batch.
+
+    The original LwF took the log of a log-softmax, replaced the NaNs by 0, and so optimised a KD term that was
+    identically zero (gs-lora.md §5); this is the intended term.
+    """
+    log_p_student = torch.log_softmax(student_logits / temperature, dim=1)
+    p_teacher = torch.softmax(teacher_logits / temperature, dim=1)
+    return torch.nn.functional.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature ** 2

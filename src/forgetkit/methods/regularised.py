@@ -1,0 +1,140 @@
+"""L2*, EWC* and MAS*: rehearsal plus an importance-weighted pull towards earlier weights (gs-lora.md §5).
+
+``L = CE(f(x_f), ỹ_f) + CE(f(x_r), y_r) + λ · Σ_tasks Σ_θ Ω_θ (θ − θ*_task)²``, with θ* the weights at the start
+of each task so far and Ω: 1 (L2), the diagonal empirical Fisher of CE on the replay data (EWC), or the mean
+absolute gradient of the squared logit norm (MAS). The star means "with a rehearsal buffer", as in the papers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .base import register_method
+from .finetune import FinetuneConfig, FullFinetune
+
+
+@dataclass
+class L2Config(FinetuneConfig):
+    """L2* hyper-parameters (paper: face continual λ 0.1; single-step and ImageNet 0.05)."""
+
+    reg_lambda: float = field(default=0.1, metadata={"help": "λ: weight of the penalty"})
+    online: bool = field(default=False, metadata={"help": "keep one running anchor instead of one per task"})
+
+
+@dataclass
+class EWCConfig(L2Config):
+    """EWC* hyper-parameters (paper: face λ 10, ImageNet 3)."""
+
+    reg_lambda: float = field(default=10.0, metadata={"help": "λ: weight of the Fisher-weighted penalty"})
+
+
+@dataclass
+class MASConfig(L2Config):
+    """MAS* hyper-parameters (paper: face continual λ 0.005, single-step 5, ImageNet 0.002)."""
+
+    reg_lambda: float = field(default=0.005, metadata={"help": "λ: weight of the MAS-weighted penalty"})
+
+
+class ImportanceRegularised(FullFinetune):
+    """Shared loop; subclasses define :meth:`importance`."""
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        self.anchors: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+
+    def importance(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def before_training(self):
+        omega = self.importance()
+        theta = {n: p.detach().clone() for n, p in self.trainable().items()}
+        if self.cfg.online and self.anchors:
+            old_theta, old_omega = self.anchors[0]
+            omega = {n: old_omega[n] + omega[n] for n in omega}
+            self.anchors = [(theta, omega)]
+        else:
+            self.anchors.append((theta, omega))
+
+    def penalty(self) -> torch.Tensor:
+        params = self.trainable()
+        total = next(iter(params.values())).new_zeros(())
+        for theta, omega in self.anchors:
+            for name, param in params.items():
+                total = total + (omega[name] * (param - theta[name]) ** 2).sum()
+        return total
+
+    def replay_batches(self, limit: int = 20):
+        loader = torch.utils.data.DataLoader(self.data.retain, batch_size=32, shuffle=False)
+        for i, (x, y) in enumerate(loader):
+            if i >= limit:
+                break
+            yield x.to(self.ctx.device), y.to(self.ctx.device)
+
+    def training_step(self, forget, retain, epoch):
+        xf, wrong = forget[0], self.wrong_labels(forget[1])
+        losses = {"forget": F.cross_entropy(self.logits(xf, wrong), wrong)}
+        losses["retain"] = F.cross_entropy(self.logits(*retain), retain[1]) if retain else xf.new_zeros(())
+        losses["penalty"] = self.penalty()
+        losses["loss"] = losses["forget"] + losses["retain"] + self.cfg.reg_lambda * losses["penalty"]
+        return losses
+
+
+@register_method("l2")
+class L2(ImportanceRegularised):
+    """L2*: every weight equally important."""
+
+    config_cls = L2Config
+
+    def importance(self):
+        return {n: torch.ones_like(p) for n, p in self.trainable().items()}
+
+
+def _gradient_importance(method: ImportanceRegularised, objective) -> dict[str, torch.Tensor]:
+    """Mean over replay batches of ``objective(grad)`` per parameter, in eval mode."""
+    params = method.trainable()
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    was_training = method.module.training
+    method.module.eval()
+    batches = 0
+    for x, y in method.replay_batches():
+        grads = torch.autograd.grad(objective(x, y), list(params.values()), allow_unused=True)
+        for (name, _), grad in zip(params.items(), grads):
+            if grad is not None:
+                total[name] += method.transform(grad, len(x))
+        batches += 1
+    method.module.train(was_training)
+    return {n: v / max(1, batches) for n, v in total.items()}
+
+
+@register_method("ewc")
+class EWC(ImportanceRegularised):
+    """EWC*: Ω = diagonal empirical Fisher of the replay CE (true labels), as the original: grad² · batch size."""
+
+    config_cls = EWCConfig
+
+    @staticmethod
+    def transform(grad, batch_size):
+        return grad.pow(2) * batch_size
+
+    def importance(self):
+        return _gradient_importance(self, lambda x, y: F.cross_entropy(self.module(x, y), y))
+
+
+@register_method("mas")
+class MAS(ImportanceRegularised):
+    """MAS*: Ω = |∇ mean(logits²)| on replay images (no labels needed)."""
+
+    config_cls = MASConfig
+
+    @staticmethod
+    def transform(grad, batch_size):
+        return grad.abs()
+
+    def importance(self):
+        return _gradient_importance(self, lambda x, y: self.module(x, y).pow(2).mean())

@@ -1,0 +1,221 @@
+"""Table-driven tests over the method registry, on the tiny pre-trained ViT (peft-style)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import forgetkit as fk
+from forgetkit.losses import group_lasso
+from forgetkit.methods import METHODS, MethodContext, build_method
+from forgetkit.methods.finetune import kd_loss
+from forgetkit.methods.lirf import attention_map
+from forgetkit.protocol import Protocol, ProtocolConfig
+
+from conftest import tiny_run_overrides
+
+FULL_FINETUNE = ["l2", "ewc", "mas", "lwf", "der", "der_pp", "fdr", "scrub", "scrub_s"]
+
+
+def test_registry_has_gs_lora_and_the_eleven_baselines():
+    assert set(METHODS.names()) == {"gs_lora", "retrain", "l2", "ewc", "mas", "lwf", "der", "der_pp", "fdr",
+                                    "scrub", "scrub_s", "lirf"}
+
+
+def setup(tiny_model_dir, name, **cfg):
+    model, _ = fk.load_model(tiny_model_dir)
+    splits = fk.load_data(fk.DataConfig(source="synthetic")).with_preprocess(model.spec.preprocess)
+    proto = Protocol(ProtocolConfig(num_tasks=1, forget_ratio=0.5, retain_ratio=0.2), splits, seed=0)
+    task = proto.tasks[0]
+    ctx = MethodContext(device=torch.device("cpu"), seed=0, num_classes=6, epochs=2)
+    method = build_method({"name": name, **cfg}, ctx)
+    original = copy.deepcopy(model)
+    module = method.setup_task(model, task, proto.task_data(task))
+    data = proto.task_data(task)
+    forget = next(iter(torch.utils.data.DataLoader(data.forget, batch_size=8)))
+    retain = next(iter(torch.utils.data.DataLoader(data.retain, batch_size=8)))
+    return method, module, original, task, forget, retain
+
+
+def expected_trainable(name, module):
+    names = {n for n, _ in module.named_parameters()}
+    if name == "gs_lora":
+        return {n for n in names if "lora_" in n}
+    if name == "lirf":
+        return module.lower_parameter_names(module.spec.depth // 2)
+    if name == "retrain":
+        return names
+    return {n for n in names if not n.startswith("head.")}
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_one_step_changes_only_what_it_should(tiny_model_dir, name):
+    method, module, original, task, forget, retain = setup(tiny_model_dir, name)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    optimizer = method.make_optimizer(1e-3, 0.0)
+    for _ in range(2):  # two steps: on the first, LoRA's A gets no gradient while B is still zero
+        losses = method.step(forget, retain, 0, optimizer)
+    assert torch.isfinite(losses["loss"])
+    changed = {n for n, p in module.named_parameters() if not torch.equal(before[n], p.detach())}
+    allowed = expected_trainable(name, module)
+    assert changed <= allowed, sorted(changed - allowed)[:3]
+    assert len(changed) >= 0.8 * len(allowed)
+    if name == "retrain":  # a fresh model: the pre-trained one is left alone and not reused
+        assert not torch.equal(module.head.fc.weight, original.head.fc.weight)
+
+
+def perturb(module, scale=0.05):
+    """Move the trainable weights away from the teacher copy so distillation terms are non-zero."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+def fix_labels(method):
+    """Make the wrong-label draw reproducible: return the labels the method will draw next."""
+    method.generator = torch.Generator().manual_seed(7)
+    return lambda y: method.wrong_labels(y) if False else _replay_wrong(y, method)
+
+
+def _replay_wrong(y, method):
+    gen = torch.Generator().manual_seed(7)
+    c = method.ctx.num_classes
+    return (y + torch.randint(1, c, y.shape, generator=gen)) % c
+
+
+def test_gs_lora_loss_terms(tiny_model_dir):
+    method, module, _, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, "gs_lora", alpha_warmup_epochs=0,
+                                                        alpha=0.3, bnd=20.0, beta=[0.5])
+    with torch.no_grad():
+        for n, p in module.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    losses = method.training_step((xf, yf), (xr, yr), epoch=0)
+    ce_f = F.cross_entropy(module(xf), yf)
+    groups = {}
+    for n, p in module.named_parameters():
+        if "lora_" in n:
+            groups.setdefault(n.split("blocks.")[1].split(".")[0], []).append(p)
+    expected_structure = sum(torch.sqrt(sum((p ** 2).sum() for p in g)) for g in groups.values())
+    expected = 0.5 * torch.relu(20.0 - ce_f) + F.cross_entropy(module(xr), yr) + 0.3 * expected_structure
+    assert torch.allclose(losses["structure"], expected_structure, atol=1e-5)
+    assert torch.allclose(losses["loss"], expected, atol=1e-4)
+    assert method.alpha_at(0) == 0.3
+    method.cfg.alpha_warmup_epochs = 2
+    assert method.alpha_at(1) == 0.0 and method.alpha_at(2) == 0.3
+
+
+@pytest.mark.parametrize("name", ["l2", "ewc", "mas"])
+def test_importance_penalty_terms(tiny_model_dir, name):
+    method, module, original, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, name, reg_lambda=2.0)
+    fix_labels(method)
+    wrong = _replay_wrong(yf, method)
+    theta0 = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    omega = method.anchors[0][1]
+    if name == "l2":
+        assert all(torch.equal(o, torch.ones_like(o)) for o in omega.values())
+    if name == "ewc":  # Fisher by hand over the replay batches method.importance uses
+        module.eval()
+        batches = list(method.replay_batches())
+        name0 = "backbone.blocks.0.mlp.fc1.weight"
+        fisher = sum(torch.autograd.grad(F.cross_entropy(module(x), y), dict(module.named_parameters())[name0])[0]
+                     .pow(2) * len(x) for x, y in batches) / len(batches)
+        module.train()
+        assert torch.allclose(omega[name0], fisher, rtol=1e-4, atol=1e-10)
+    perturb(module)
+    losses = method.training_step((xf, yf), (xr, yr), epoch=0)
+    penalty = sum((omega[n] * (p - theta0[n]) ** 2).sum() for n, p in module.named_parameters() if p.requires_grad)
+    expected = F.cross_entropy(module(xf), wrong) + F.cross_entropy(module(xr), yr) + 2.0 * penalty
+    assert torch.allclose(losses["penalty"], penalty, rtol=1e-5)
+    assert torch.allclose(losses["loss"], expected, rtol=1e-5)
+
+
+def test_wrong_labels_are_wrong_and_cover_all_classes(tiny_model_dir):
+    method, *_ = setup(tiny_model_dir, "lwf")
+    y = torch.full((3000,), 2)
+    wrong = method.wrong_labels(y)
+    assert (wrong != 2).all() and set(wrong.tolist()) == {0, 1, 3, 4, 5}
+    method.cfg.faithful_relabel = True  # the original's bug: only indices below K = number of forget classes
+    assert set(method.wrong_labels(y).tolist()) <= set(range(len(method.task.forget)))
+
+
+def test_lwf_der_fdr_terms(tiny_model_dir):
+    for name in ("lwf", "der", "der_pp", "fdr"):
+        method, module, original, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, name)
+        fix_labels(method)
+        wrong = _replay_wrong(yf, method)
+        perturb(module)
+        if name == "der_pp":
+            method.second = iter([(xr, yr)])
+        losses = method.training_step((xf, yf), (xr, yr), epoch=0)
+        teacher = original.eval()
+        forget_ce = F.cross_entropy(module(xf), wrong)
+        if name == "lwf":
+            p_t = F.softmax(teacher(xr) / 2, 1)
+            kd = (p_t * (p_t.log() - F.log_softmax(module(xr) / 2, 1))).sum(1).mean() * 4
+            expected = forget_ce + 0.5 * kd + 10 * F.cross_entropy(module(xr), yr)
+        elif name in ("der", "der_pp"):
+            der = ((module.embed(xr) - teacher.embed(xr)) ** 2).sum()
+            expected = forget_ce + method.cfg.der_weight * der
+            if name == "der_pp":
+                expected = expected + 0.005 * F.cross_entropy(module(xr), yr)
+        else:
+            expected = forget_ce + 50 * torch.sqrt(((module(xr) - teacher(xr)) ** 2).sum(1)).mean()
+        assert losses["loss"].item() > forget_ce.item() + 1e-4, name  # the teacher term is really there
+        assert torch.allclose(losses["loss"], expected, rtol=1e-4), name
+
+
+def test_scrub_passes(tiny_model_dir):
+    method, module, original, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, "scrub_s", smoothing=0.5)
+    perturb(module)
+    swa = method.swa
+    smooth = sum((p - swa[n]).norm() for n, p in module.named_parameters() if p.requires_grad)
+    teacher = original.eval()
+    losses = method.training_step((xf, yf), (xr, yr), epoch=0)
+    assert torch.allclose(losses["max"], -kd_loss(module(xf), teacher(xf), 2.0) + 0.5 * smooth, rtol=1e-4)
+    expected_min = 0.99 * F.cross_entropy(module(xr), yr) + 1e-3 * kd_loss(module(xr), teacher(xr), 2.0) + 0.5 * smooth
+    assert torch.allclose(losses["min"], expected_min, rtol=1e-4)
+    assert method.max_active(0) and not method.max_active(1)  # first half of 2 epochs
+
+
+def test_lirf_terms_use_the_real_class_indices(tiny_model_dir):
+    method, module, original, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, "lirf")
+    fix_labels(method)
+    wrong = _replay_wrong(yf, method)
+    perturb(module)
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.allclose(module.upper(module.lower(x, 1), 1), module(x), atol=1e-6)
+    losses = method.training_step((xf, yf), (xr, yr), epoch=0)
+    teacher, deposit = original.eval(), method.deposit
+    s, t, d = module(xf), teacher(xf), deposit(xf)
+
+    def kl(a, b, cols):
+        p = F.softmax(a[:, cols] / 10, 1)
+        return (p * (p.log() - F.log_softmax(b[:, cols] / 10, 1))).sum(1).mean() * 100
+
+    at = F.mse_loss(attention_map(module.lower(xf, 1)), attention_map(teacher.lower(xf, 1)))
+    expected = (0.9 * F.cross_entropy(s, wrong) - 300 * at + 10 * 0.1 * kl(t, s, task.retain)
+                + 0.05 * (0.1 * kl(t, d, task.forget) + 0.9 * F.cross_entropy(d, yf)) + 5 * F.cross_entropy(module(xr), yr))
+    assert torch.allclose(losses["loss"], expected, rtol=1e-4)
+    optimizer = method.make_optimizer(1e-3, 0.0)
+    dep_before = {n: p.detach().clone() for n, p in deposit.named_parameters() if p.requires_grad}
+    method.step((xf, yf), (xr, yr), 0, optimizer)
+    assert any(not torch.equal(dep_before[n], p) for n, p in deposit.named_parameters() if p.requires_grad), \
+        "the deposit half must be trained (the original never optimised it)"
+
+
+# Paper defaults assume CosFace logits on a 100-class face model; on the 6-class toy, FDR's λ = 50 anchors the
+# model so firmly that it cannot move in a few epochs, so the toy uses λ = 1 (the benchmark reports both).
+TOY_OVERRIDES = {"fdr": ["method.fdr_weight=1.0"]}
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_forgetting_happens_on_a_toy_task(tiny_model_dir, tmp_path, name):
+    cfg = fk.load_config(None, tiny_run_overrides(tiny_model_dir, tmp_path) + [
+        f"method={{name: {name}}}", "protocol.num_tasks=1", "train.epochs=6"] + TOY_OVERRIDES.get(name, []))
+    task = fk.run_forgetting(cfg, progress=False)["tasks"][0]
+    assert task["before"]["acc_f"] >= 50
+    assert task["after"]["acc_f"] <= task["before"]["acc_f"] - 20, task["after"]
