@@ -80,3 +80,24 @@ def test_import_weights_from_torchvision_pth(tmp_path, capsys):
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(model(x), tv(x)[:, [1, 3]], atol=1e-5)
+
+
+def test_bench_command_writes_one_comparison(tiny_model_dir, tmp_path, capsys):
+    import csv
+
+    spec = tmp_path / "bench.yaml"
+    overrides = [o for o in tiny_run_overrides(tiny_model_dir, tmp_path) if not o.startswith(("method.", "output_dir"))]
+    spec.write_text("base: demo\noverrides: " + json.dumps(overrides + ["train.epochs=2"]) +
+                    "\nmethods:\n  gs_lora: {bnd: 5.0}\n  lwf: {train: {lr: 0.001}}\n  retrain: {}\n")
+    assert main(["bench", "-c", str(spec), "--out", str(tmp_path / "bench"), "-q"]) == 0
+    rows = list(csv.DictReader((tmp_path / "bench" / "comparison.csv").open()))
+    assert list(rows[0]) == ["method", "task", "h_mean", "acc_r", "acc_f", "acc_o", "seconds", "trainable_ratio"]
+    assert [r["method"] for r in rows] == ["gs_lora"] * 2 + ["lwf"] * 2 + ["retrain"] * 2
+    assert rows[0]["acc_o"] == "" and rows[1]["acc_o"] != ""
+    assert float(rows[0]["trainable_ratio"]) < float(rows[2]["trainable_ratio"]) <= 100
+    for name in ("comparison.md", "comparison.png", "gs_lora/results.json", "retrain/results.json"):
+        assert (tmp_path / "bench" / name).is_file()
+    lwf_cfg = (tmp_path / "bench" / "lwf" / "config.yaml").read_text()
+    assert "lr: 0.001" in lwf_cfg and "name: lwf" in lwf_cfg
+    assert "bnd: 5.0" in (tmp_path / "bench" / "gs_lora" / "config.yaml").read_text()
+    assert "| retrain |" in capsys.readouterr().out

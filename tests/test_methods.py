@@ -219,3 +219,27 @@ def test_forgetting_happens_on_a_toy_task(tiny_model_dir, tmp_path, name):
     task = fk.run_forgetting(cfg, progress=False)["tasks"][0]
     assert task["before"]["acc_f"] >= 50
     assert task["after"]["acc_f"] <= task["before"]["acc_f"] - 20, task["after"]
+
+
+@pytest.fixture(scope="module")
+def folder_model(tmp_path_factory):
+    from conftest import make_image_folder
+
+    root = make_image_folder(tmp_path_factory.mktemp("folder") / "imgs", classes=("ant", "bee", "cat", "dog"),
+                             per_class=6, size=(20, 20))
+    out = root.parent / "model"
+    fk.pretrain(fk.PretrainConfig(data=fk.DataConfig(source="image_folder", root=str(root)), arch="vit_test",
+                                  epochs=1, warmup_steps=1, threads=1, out=str(out)), progress=False)
+    return root, out
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_runs_continual_on_an_image_folder(folder_model, tmp_path, name):
+    root, model_dir = folder_model
+    results = fk.forget(str(model_dir), [["bee"], ["dog"]], method=name, output_dir=str(tmp_path), progress=False,
+                        data={"source": "image_folder", "root": str(root)},
+                        overrides=["protocol.forget_ratio=1.0", "protocol.retain_ratio=1.0", "train.epochs=1",
+                                   "train.batch_size=4"])
+    assert results["setting"] == "continual" and len(results["tasks"]) == 2
+    assert results["tasks"][1]["old_classes"] == ["bee"]
+    assert (tmp_path / "model" / "model.safetensors").is_file()

@@ -38,6 +38,16 @@ def cmd_demo(args) -> None:
     cmd_forget(args)
 
 
+def cmd_bench(args) -> None:
+    from .bench import load_bench_spec, run_bench
+
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    spec = load_bench_spec(args.config, methods, args.out, args.override)
+    run_bench(spec, progress=not args.quiet)
+    print((Path(spec.output_dir) / "comparison.md").read_text())
+    print(f"comparison.md, comparison.csv and comparison.png in {spec.output_dir}/")
+
+
 def cmd_pretrain(args) -> None:
     from .config import apply_overrides, from_dict, read_yaml
     from .pretrain import PretrainConfig, pretrain
@@ -120,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
     run_flags(p)
     p.set_defaults(func=cmd_forget)
+
+    p = sub.add_parser("bench", help="run several methods on one protocol and compare them")
+    p.add_argument("-c", "--config", help="bench spec YAML (default: every method on the demo protocol)")
+    p.add_argument("--methods", help="comma-separated subset of methods")
+    run_flags(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("pretrain", help="train a ViT classifier and save a forgetkit checkpoint")
     p.add_argument("-c", "--config", help="YAML with PretrainConfig fields")

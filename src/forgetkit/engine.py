@@ -24,7 +24,7 @@ from .methods.base import METHODS, NonFiniteLoss, resolved_method_config
 from .metrics import PerClass, evaluate_classes, h_mean
 from .models import load_model, save_model
 from .protocol import Protocol, ProtocolConfig
-from .runtime import derived_generator, seed_everything, setup_device
+from .runtime import cycle, derived_generator, seed_everything, setup_device
 
 BUILTIN_MODELS = {"builtin:fmnist_vit": Path(__file__).parent / "assets" / "fmnist_vit"}
 
@@ -41,7 +41,7 @@ class TrainConfig:
     min_lr: float = field(default=0.0, metadata={"help": "floor of the cosine schedule"})
     warmup_epochs: int = field(default=0, metadata={"help": "epochs of linear learning-rate warm-up"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
-    threads: int = field(default=0, metadata={"help": "CPU threads (0 = all cores)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default, one per core)"})
 
 
 @dataclass
@@ -90,11 +90,6 @@ def _loader(dataset, batch_size: int, generator: torch.Generator):
         return None
     return torch.utils.data.DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True,
                                        drop_last=False, generator=generator)
-
-
-def _cycle(loader):
-    while True:
-        yield from loader
 
 
 def _accs(pc: PerClass, task) -> dict[str, float | None]:
@@ -146,8 +141,8 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
             raise ForgetkitError(f"task {task.index} has no forget images; check the protocol ratios/shots")
         steps = max(len(forget_loader), len(retain_loader) if retain_loader else 0)
         ctx.steps_per_epoch = steps
-        forget_iter = _cycle(forget_loader)
-        retain_iter = _cycle(retain_loader) if retain_loader else itertools.repeat(None)
+        forget_iter = cycle(forget_loader)
+        retain_iter = cycle(retain_loader) if retain_loader else itertools.repeat(None)
         bar = tqdm(total=cfg.train.epochs * steps, desc=f"task {task.index + 1}/{len(protocol.tasks)}",
                    disable=not progress, leave=False)
         for epoch in range(cfg.train.epochs):

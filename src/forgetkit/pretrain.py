@@ -36,7 +36,7 @@ class PretrainConfig:
     hflip: bool = field(default=True, metadata={"help": "random horizontal flips"})
     seed: int = 0
     device: str = "auto"
-    threads: int = field(default=0, metadata={"help": "CPU threads (0 = all cores)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default, one per core)"})
     out: str = field(default="checkpoints/model", metadata={"help": "output checkpoint folder"})
 
 

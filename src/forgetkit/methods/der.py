@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..runtime import derived_generator
+from ..runtime import cycle, derived_generator
 from .base import register_method
 from .finetune import FinetuneConfig, FullFinetune
 
@@ -67,7 +67,7 @@ class DERPlusPlus(DER):
         if len(self.data.retain):
             loader = torch.utils.data.DataLoader(self.data.retain, batch_size=32, shuffle=True,
                                                  generator=derived_generator(self.ctx.seed, self.task.index, 41))
-            self.second = _cycle(loader)
+            self.second = cycle(loader)
 
     def training_step(self, forget, retain, epoch):
         losses = super().training_step(forget, retain, epoch)
@@ -76,8 +76,3 @@ class DERPlusPlus(DER):
             losses["plus"] = F.cross_entropy(self.logits(x2, y2), y2)
             losses["loss"] = losses["loss"] + self.cfg.plus_weight * losses["plus"]
         return losses
-
-
-def _cycle(loader):
-    while True:
-        yield from loader

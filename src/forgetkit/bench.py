@@ -1,0 +1,162 @@
+"""Run several methods on one protocol and write one comparison (T-PAMI Table 3 layout, CSV, plot).
+
+A bench spec (YAML)::
+
+    base: demo                 # a run config (packaged name or YAML path) giving data, protocol, train, seed
+    output_dir: runs/bench
+    overrides: []              # section.key=value applied to every method
+    methods:                   # name -> that method's fields; an optional `train:` mapping overrides train.*
+      gs_lora: {}              # {} takes the base config's method section when it is the same method
+      l2: {train: {lr: 0.001}}
+
+Each method's own outputs (results.json, report, plots, model) go to ``output_dir/<method>/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .api import load_config
+from .config import from_dict, read_yaml
+from .engine import run_forgetting
+from .errors import ForgetkitError
+from .io import atomic_write, write_json, write_text
+from .methods import METHODS
+from .report import fmt, results_table, task_label
+
+CSV_COLUMNS = ["method", "task", "h_mean", "acc_r", "acc_f", "acc_o", "seconds", "trainable_ratio"]
+
+
+@dataclass
+class BenchSpec:
+    """Which methods to compare on which protocol."""
+
+    base: str = field(default="demo", metadata={"help": "run config giving data, protocol, train and seed"})
+    output_dir: str = "runs/bench"
+    overrides: list[str] = field(default_factory=list)
+    methods: dict[str, Any] = field(default_factory=lambda: {name: {} for name in METHODS.names()})
+
+
+def load_bench_spec(path: str | None, methods: list[str] | None = None, output_dir: str | None = None,
+                    overrides: list[str] | None = None) -> BenchSpec:
+    spec = from_dict(BenchSpec, read_yaml(path) if path else {}, "bench")
+    if methods:
+        spec.methods = {m: spec.methods.get(m, {}) for m in methods}
+    if output_dir:
+        spec.output_dir = output_dir
+    spec.overrides = list(spec.overrides) + list(overrides or [])
+    for name in spec.methods:
+        METHODS.get(name)  # unknown names fail before anything runs
+    return spec
+
+
+def method_overrides(base_method: dict, name: str, fields: dict | None) -> list[str]:
+    fields = dict(fields or {})
+    train = fields.pop("train", {}) or {}
+    # The base config's method section is the starting point when it configures this same method.
+    section = dict(base_method) if base_method.get("name", "gs_lora") == name else {}
+    section.update(fields)
+    section["name"] = name
+    out = [f"method={_flow(section)}"]
+    out += [f"train.{k}={_flow(v)}" for k, v in train.items()]
+    return out
+
+
+def _flow(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+
+
+def run_bench(spec: BenchSpec, progress: bool = True) -> list[dict]:
+    """Run every method of ``spec`` and write ``comparison.md``, ``comparison.csv`` and ``comparison.png``."""
+    out = Path(spec.output_dir)
+    all_results = {}
+    for name, fields in spec.methods.items():
+        base = load_config(spec.base, spec.overrides)
+        overrides = spec.overrides + method_overrides(base.method, name, fields) + [
+            f"output_dir={out / name}"]
+        if "lr" not in (fields or {}).get("train", {}):
+            overrides.append("train.lr=null")  # each method's own default unless the spec sets one
+        cfg = load_config(spec.base, overrides)
+        start = time.time()
+        if progress:
+            print(f"[bench] {name} ...", flush=True)
+        all_results[name] = run_forgetting(cfg, progress=progress, overwrite=True)
+        if progress:
+            print(f"[bench] {name} done in {time.time() - start:.0f} s", flush=True)
+    rows = comparison_rows(all_results)
+    write_comparison(out, all_results, rows, spec)
+    return rows
+
+
+def comparison_rows(all_results: dict[str, dict]) -> list[dict]:
+    rows = []
+    for name, results in all_results.items():
+        for t in results["tasks"]:
+            a = t["after"]
+            rows.append({"method": name, "task": task_label(t), "h_mean": t["h_mean"], "acc_r": a["acc_r"],
+                         "acc_f": a["acc_f"], "acc_o": a["acc_o"], "seconds": t["seconds"],
+                         "trainable_ratio": 100.0 * t["trainable_params"] / t["total_params"]})
+    return rows
+
+
+def write_comparison(out: Path, all_results: dict[str, dict], rows: list[dict], spec: BenchSpec) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r[k] is None else (round(r[k], 4) if isinstance(r[k], float) else r[k]))
+                         for k in CSV_COLUMNS})
+    write_text(out / "comparison.csv", buffer.getvalue())
+    first = next(iter(all_results.values()))
+    lines = [f"# Comparison on {first['dataset']} ({first['setting']}), seed {first['seed']}", "",
+             "Cells: H / Acc_r / Acc_f / Acc_o (percent). H uses the drop of Acc_f from the pre-trained model.", "",
+             results_table([(n, r["tasks"]) for n, r in all_results.items()]), "",
+             "| method | avg H | avg Acc_r | avg Acc_f | avg Acc_o | trainable | seconds / task |", "|---|---|---|---|---|---|---|"]
+    for name, r in all_results.items():
+        s, tasks = r["summary"], r["tasks"]
+        ratio = 100.0 * tasks[0]["trainable_params"] / tasks[0]["total_params"]
+        lines.append(f"| {name} | {fmt(s['h_mean_avg'])} | {fmt(s['acc_r_avg'])} | {fmt(s['acc_f_avg'])} | "
+                     f"{fmt(s['acc_o_avg'])} | {ratio:.2f} % | {s['seconds_total'] / len(tasks):.1f} |")
+    write_text(out / "comparison.md", "\n".join(lines) + "\n")
+    write_json(out / "comparison.json", {"spec": {"base": spec.base, "overrides": spec.overrides,
+                                                  "methods": spec.methods}, "rows": rows})
+    plot_comparison(all_results, out / "comparison.png")
+
+
+def plot_comparison(all_results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(all_results)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    first = all_results[names[0]]["tasks"]
+    xs = list(range(1, len(first) + 1))
+    for name in names:
+        tasks = all_results[name]["tasks"]
+        axes[0].plot(xs, [t["h_mean"] for t in tasks], "o-", label=name)
+    axes[0].set_xticks(xs, [task_label(t) for t in first])
+    axes[0].set_ylabel("H-Mean (%)")
+    axes[0].set_title("H-Mean per task")
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    summary = [all_results[n]["summary"] for n in names]
+    pos = range(len(names))
+    axes[1].bar([p - 0.2 for p in pos], [s["acc_r_avg"] or 0 for s in summary], 0.4, label="avg Acc_r")
+    axes[1].bar([p + 0.2 for p in pos], [s["acc_f_avg"] or 0 for s in summary], 0.4, label="avg Acc_f")
+    axes[1].scatter(list(pos), [s["acc_o_avg"] or 0 for s in summary], color="black", zorder=3, label="avg Acc_o")
+    axes[1].set_xticks(list(pos), names, rotation=45, ha="right")
+    axes[1].set_ylabel("accuracy (%)")
+    axes[1].set_title("retained vs forgotten")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
