@@ -18,9 +18,9 @@ from conftest import tiny_run_overrides
 FULL_FINETUNE = ["l2", "ewc", "mas", "lwf", "der", "der_pp", "fdr", "scrub", "scrub_s"]
 
 
-def test_registry_has_gs_lora_and_the_eleven_baselines():
-    assert set(METHODS.names()) == {"gs_lora", "retrain", "l2", "ewc", "mas", "lwf", "der", "der_pp", "fdr",
-                                    "scrub", "scrub_s", "lirf"}
+def test_registry_has_gs_lora_pp_and_the_eleven_baselines():
+    assert set(METHODS.names()) == {"gs_lora", "gs_lora_pp", "retrain", "l2", "ewc", "mas", "lwf", "der", "der_pp",
+                                    "fdr", "scrub", "scrub_s", "lirf"}
 
 
 def setup(tiny_model_dir, name, **cfg):
@@ -40,7 +40,7 @@ def setup(tiny_model_dir, name, **cfg):
 
 def expected_trainable(name, module):
     names = {n for n, _ in module.named_parameters()}
-    if name == "gs_lora":
+    if name in ("gs_lora", "gs_lora_pp"):
         return {n for n in names if "lora_" in n}
     if name == "lirf":
         return module.lower_parameter_names(module.spec.depth // 2)

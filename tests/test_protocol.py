@@ -105,3 +105,20 @@ def test_validation_split_is_held_out(splits):
     assert not val & trained and len(trained) == 6 * 45
     with pytest.raises(ForgetkitError, match="val_per_class is 0"):
         Protocol(ProtocolConfig(eval_split="val"), splits, seed=0)
+
+
+def test_missing_classes_have_no_replay_but_are_retained(splits):
+    proto = Protocol(ProtocolConfig(missing=2, forget_per_task=1, num_tasks=2, retain_ratio=0.2), splits, seed=0)
+    order = class_order(6, 1337)
+    for task in proto.tasks:
+        assert task.missing == order[:2] and set(task.missing) <= set(task.retain)
+        assert task.replay == [c for c in task.retain if c not in order[:2]]
+        labels = set(proto.task_data(task).retain.targets.tolist())
+        assert labels == set(task.replay)
+    assert proto.setting == "continual_2missing"
+    with pytest.raises(ForgetkitError, match="at least one retained class with data"):
+        make_tasks(ProtocolConfig(missing=2, num_tasks=2), [str(i) for i in range(6)])  # last task retains 2
+    named = make_tasks(ProtocolConfig(tasks=[["dog"]], missing_classes=["cat"]), NAMES)
+    assert named[0].missing == [0] and named[0].replay == [2, 3]
+    with pytest.raises(ForgetkitError, match="not retained"):
+        make_tasks(ProtocolConfig(tasks=[["dog"]], missing_classes=["dog"]), NAMES)

@@ -100,19 +100,23 @@ def comparison_rows(all_results: dict[str, dict]) -> list[dict]:
     for name, results in all_results.items():
         for t in results["tasks"]:
             a = t["after"]
-            rows.append({"method": name, "task": task_label(t), "h_mean": t["h_mean"], "acc_r": a["acc_r"],
-                         "acc_f": a["acc_f"], "acc_o": a["acc_o"], "seconds": t["seconds"],
-                         "trainable_ratio": 100.0 * t["trainable_params"] / t["total_params"]})
+            row = {"method": name, "task": task_label(t), "h_mean": t["h_mean"], "acc_r": a["acc_r"],
+                   "acc_f": a["acc_f"], "acc_o": a["acc_o"], "seconds": t["seconds"],
+                   "trainable_ratio": 100.0 * t["trainable_params"] / t["total_params"]}
+            if "acc_m" in a:  # missing-class protocols: Acc_m, and Acc_r of the classes with replay data
+                row.update(acc_m=a["acc_m"], acc_r_data=a["acc_r_data"])
+            rows.append(row)
     return rows
 
 
 def write_comparison(out: Path, all_results: dict[str, dict], rows: list[dict], spec: BenchSpec) -> None:
+    columns = CSV_COLUMNS + (["acc_m", "acc_r_data"] if any("acc_m" in r for r in rows) else [])
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r[k] is None else (round(r[k], 4) if isinstance(r[k], float) else r[k]))
-                         for k in CSV_COLUMNS})
+        writer.writerow({k: ("" if r.get(k) is None else (round(r[k], 4) if isinstance(r[k], float) else r[k]))
+                         for k in columns})
     write_text(out / "comparison.csv", buffer.getvalue())
     first = next(iter(all_results.values()))
     lines = [f"# Comparison on {first['dataset']} ({first['setting']}), seed {first['seed']}", "",

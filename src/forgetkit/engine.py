@@ -93,8 +93,12 @@ def _loader(dataset, batch_size: int, generator: torch.Generator):
 
 
 def _accs(pc: PerClass, task) -> dict[str, float | None]:
-    return {"acc_f": pc.accuracy(task.forget), "acc_r": pc.accuracy(task.retain),
+    accs = {"acc_f": pc.accuracy(task.forget), "acc_r": pc.accuracy(task.retain),
             "acc_o": pc.accuracy(task.old) if task.old else None}
+    if task.missing:  # Acc_r counts the missing classes (as T-PAMI Table 5); Acc_m and Acc_r with data apart
+        accs["acc_m"] = pc.accuracy(task.missing)
+        accs["acc_r_data"] = pc.accuracy(task.replay)
+    return accs
 
 
 def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = False) -> dict:
@@ -165,6 +169,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
+            method.end_epoch(epoch)
             loss_log.append({"task": task.index, "epoch": epoch, **{k: v / steps for k, v in sums.items()}})
         bar.close()
         stats = method.task_stats()
@@ -180,6 +185,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
             "forget_classes": [splits.classes[c] for c in task.forget],
             "retain_classes": [splits.classes[c] for c in task.retain],
             "old_classes": [splits.classes[c] for c in task.old],
+            "missing_classes": [splits.classes[c] for c in task.missing],
             "before": _accs(before, task),
             "after": after,
             "pretrained": _accs(pretrained, task),

@@ -44,6 +44,10 @@ class ProtocolConfig:
                                                                 "used as replay data"})
     shots: int | None = field(default=None, metadata={
         "help": "few-shot: exactly this many training images per forget and per retained class (overrides ratios)"})
+    missing: int = field(default=0, metadata={
+        "help": "M: the first M classes of the order are retained but have no replay data at all (missing classes)"})
+    missing_classes: list[str] | None = field(default=None, metadata={
+        "help": "with tasks: retained classes, by name, that have no replay data"})
     val_per_class: int = field(default=0, metadata={
         "help": "training images per class held out as a validation split (never trained on)"})
     eval_split: str = field(default="test", metadata={"help": "test, or val (the held-out training images; for "
@@ -58,6 +62,12 @@ class Task:
     forget: list[int]
     retain: list[int]
     old: list[int]
+    missing: list[int] = field(default_factory=list)
+
+    @property
+    def replay(self) -> list[int]:
+        """Retained classes that have replay data (all retained classes but the missing ones)."""
+        return [c for c in self.retain if c not in self.missing]
 
 
 def class_order(num_classes: int, seed: int | None) -> list[int]:
@@ -109,10 +119,16 @@ def make_tasks(cfg: ProtocolConfig, classes: list[str]) -> list[Task]:
             keep = [c for c in range(num_classes) if c not in seen]
         if not keep:
             raise ForgetkitError("no class would be retained; forgetting every class leaves nothing to keep")
+        missing = []
+        if cfg.missing_classes:
+            missing = _resolve_names(list(cfg.missing_classes), classes, "protocol.missing_classes")
+            if set(missing) - set(keep):
+                raise ForgetkitError(f"missing class {classes[min(set(missing) - set(keep))]!r} is not retained; "
+                                     f"missing classes must be among the retained ones")
         tasks, forgotten = [], []
         for t, fs in enumerate(forget_sets):
             later = [c for later_fs in forget_sets[t + 1:] for c in later_fs]
-            tasks.append(Task(t, fs, keep + later, list(forgotten)))
+            tasks.append(Task(t, fs, keep + later, list(forgotten), missing))
             forgotten += fs
         return tasks
 
@@ -126,11 +142,15 @@ def make_tasks(cfg: ProtocolConfig, classes: list[str]) -> list[Task]:
     if n - (t_count - 1) * k < 1:
         raise ForgetkitError(f"forget_per_task × num_tasks = {k * t_count} needs more than the {num_classes} classes "
                              f"available (at least one class must remain); lower K or T")
+    last_retained = n - (t_count - 1) * k
+    if cfg.missing < 0 or cfg.missing >= last_retained:
+        raise ForgetkitError(f"protocol.missing ({cfg.missing}) must leave at least one retained class with data "
+                             f"in every task (the last task retains {last_retained})")
     order = class_order(num_classes, cfg.order_seed)
     tasks = []
     for t in range(t_count):
         lo, hi = n - t * k, n - (t - 1) * k
-        tasks.append(Task(t, order[lo:hi], order[:lo], order[hi:]))
+        tasks.append(Task(t, order[lo:hi], order[:lo], order[hi:], order[: cfg.missing]))
     return tasks
 
 
@@ -163,8 +183,12 @@ class Protocol:
 
     @property
     def setting(self) -> str:
-        base = "single_step" if len(self.tasks) == 1 else "continual"
-        return f"{base}_{self.cfg.shots}shot" if self.cfg.shots else base
+        name = "single_step" if len(self.tasks) == 1 else "continual"
+        if self.cfg.shots:
+            name += f"_{self.cfg.shots}shot"
+        if self.tasks[0].missing:
+            name += f"_{len(self.tasks[0].missing)}missing"
+        return name
 
     def _split_validation(self) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
         """Per-class pools of trainable indices, and the validation indices held out of them."""
@@ -196,5 +220,5 @@ class Protocol:
     def task_data(self, task: Task) -> TaskData:
         """Training subsets for ``task``: drawn per class from the run's seed and the task index only."""
         forget = self._draw(task.forget, self.cfg.forget_ratio, task.index, 1)
-        retain = self._draw(task.retain, self.cfg.retain_ratio, task.index, 2)
+        retain = self._draw(task.replay, self.cfg.retain_ratio, task.index, 2)
         return TaskData(self.splits.train.subset(forget), self.splits.train.subset(retain))

@@ -22,14 +22,17 @@ def results_table(rows: list[tuple[str, list[dict]]], pretrained_row: list[dict]
     header = "| Method | " + " | ".join(task_label(t) for t in ref) + " |"
     lines = [header, "|" + "---|" * (len(ref) + 1)]
     lines.append("| Pre-train | " + " | ".join(
-        f"– / {fmt(t['pretrained']['acc_r'])} / {fmt(t['pretrained']['acc_f'])}" for t in ref) + " |")
+        f"– / {fmt(t['pretrained']['acc_r'])} / {fmt(t['pretrained']['acc_f'])}"
+        + (f" / – / {fmt(t['pretrained']['acc_m'])}" if "acc_m" in t["pretrained"] else "") for t in ref) + " |")
     for name, tasks in rows:
         cells = []
         for t in tasks:
             a = t["after"]
             cell = f"{fmt(t['h_mean'])} / {fmt(a['acc_r'])} / {fmt(a['acc_f'])}"
-            if a["acc_o"] is not None:
+            if a["acc_o"] is not None or "acc_m" in a:
                 cell += f" / {fmt(a['acc_o'])}"
+            if "acc_m" in a:  # T-PAMI Table 5 layout: H / Acc_r / Acc_f / Acc_o / Acc_m
+                cell += f" / {fmt(a['acc_m'])}"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -41,7 +44,8 @@ def markdown_report(results: dict) -> str:
     out.append(f"Seed {results['seed']}; evaluated on the {results['eval_split']} split with "
                f"{results['accuracy']} accuracy; pre-trained accuracy {fmt(results['pretrained']['acc'])} %.")
     out += ["", "Cells are H / Acc_r / Acc_f / Acc_o in percent (Acc_o: classes forgotten in earlier tasks; "
-            "none on the first task). H uses the drop of Acc_f from the pre-trained model.", ""]
+            "none on the first task), then Acc_m when some retained classes have no replay data (Acc_r then "
+            "includes them). H uses the drop of Acc_f from the pre-trained model.", ""]
     out.append(results_table([(results["method"], tasks)]))
     out += ["", "## Per task", "", "| task | forgotten | H | Acc_f before → after | Acc_r before → after | "
             "Acc_o after | seconds | trainable / total params | groups near zero |", "|---|---|---|---|---|---|---|---|---|"]

@@ -4,6 +4,6 @@
 """
 
 from .base import METHODS, Method, MethodContext, register_method, build_method
-from . import gs_lora, regularised, lwf, der, fdr, scrub, lirf, retrain  # noqa: F401  (each registers itself)
+from . import gs_lora, gs_lora_pp, regularised, lwf, der, fdr, scrub, lirf, retrain  # noqa: F401  (each registers itself)
 
 __all__ = ["METHODS", "Method", "MethodContext", "register_method", "build_method"]

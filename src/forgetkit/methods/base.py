@@ -95,6 +95,9 @@ class Method:
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
 
+    def end_epoch(self, epoch: int) -> None:
+        """Called after the last step of each epoch (weight averages, schedules)."""
+
     def parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the optimiser updates (default: everything trainable in the module being trained)."""
         return [p for p in self.module.parameters() if p.requires_grad]

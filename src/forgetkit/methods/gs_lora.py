@@ -46,7 +46,7 @@ class GSLoRAConfig:
 class GSLoRA(Method):
     """GS-LoRA: group-sparse LoRA on every FFN, bounded forgetting + retention, merged after each task."""
 
-    config_cls = GSLoRAConfig
+    config_cls: type = GSLoRAConfig
     default_lr = 1e-2
 
     def __init__(self, cfg: GSLoRAConfig, ctx):
@@ -57,7 +57,7 @@ class GSLoRA(Method):
             raise ForgetkitError("method.beta is empty; give one β per task (or one for all)")
 
     def setup_task(self, model, task, data):
-        self.task = task
+        self.task, self.data = task, data
         self.beta = self.cfg.beta[min(task.index, len(self.cfg.beta) - 1)]
         self.base_fingerprint = fingerprint(model)
         self.module = add_lora(model, self.cfg.lora)
@@ -72,13 +72,21 @@ class GSLoRA(Method):
     def training_step(self, forget, retain, epoch):
         xf, yf = forget
         xr, yr = retain if retain is not None else (xf[:0], yf[:0])
-        # One forward for both streams; labels go to the head (CosFace applies its margin, linear ignores them).
-        logits = self.module(torch.cat([xf, xr]), torch.cat([yf, yr]))
+        # One forward for both streams (LoRA is active inside the wrapped model's layers); labels go to the head
+        # (CosFace applies its margin, a linear head ignores them).
+        inner = self.module.base_model.model
+        emb = inner.embed(torch.cat([xf, xr]))
+        logits = inner.head(emb, torch.cat([yf, yr]))
         forget_loss = bounded_forget_loss(logits[: len(xf)], yf, self.cfg.bnd)
         retain_loss = F.cross_entropy(logits[len(xf):], yr) if len(xr) else logits.new_zeros(())
         structure = group_lasso(self.groups.values())
         loss = self.beta * forget_loss + retain_loss + self.alpha_at(epoch) * structure
-        return {"loss": loss, "forget": forget_loss, "retain": retain_loss, "structure": structure}
+        losses = {"loss": loss, "forget": forget_loss, "retain": retain_loss, "structure": structure}
+        return self.extra_terms(losses, emb[: len(xf)], yf, emb[len(xf):], yr)
+
+    def extra_terms(self, losses, emb_forget, yf, emb_retain, yr):
+        """Hook for GS-LoRA++'s prototype terms; GS-LoRA adds nothing."""
+        return losses
 
     def task_stats(self):
         norms = group_norms(self.groups)

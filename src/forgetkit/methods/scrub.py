@@ -55,7 +55,6 @@ class SCRUB(FullFinetune):
 
     def before_training(self):
         self.swa = {n: p.detach().clone() for n, p in self.module.named_parameters() if p.requires_grad}
-        self.last_epoch = 0
 
     def smoothing_term(self) -> torch.Tensor:
         terms = [(p - self.swa[n]).norm() for n, p in self.module.named_parameters() if p.requires_grad]
@@ -81,13 +80,13 @@ class SCRUB(FullFinetune):
         limit = self.cfg.max_epochs if self.cfg.max_epochs is not None else math.ceil(self.ctx.epochs / 2)
         return epoch < limit
 
+    def end_epoch(self, epoch):
+        with torch.no_grad():  # the weight average moves once per epoch
+            for name, param in self.module.named_parameters():
+                if name in self.swa:
+                    self.swa[name].mul_(0.9).add_(param.detach(), alpha=0.1)
+
     def step(self, forget, retain, epoch, optimizer):
-        if epoch != self.last_epoch:  # the weight average moves once per epoch
-            with torch.no_grad():
-                for name, param in self.module.named_parameters():
-                    if name in self.swa:
-                        self.swa[name].mul_(0.9).add_(param.detach(), alpha=0.1)
-            self.last_epoch = epoch
         losses = {}
         if self.max_active(epoch):
             losses["max"] = self.max_loss(forget)

@@ -1,0 +1,97 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import forgetkit as fk
+from forgetkit.methods.gs_lora_pp import class_prototypes, prototype_distance
+
+from test_methods import setup
+from conftest import tiny_run_overrides
+
+
+def test_prototypes_are_class_mean_embeddings(tiny_model_dir):
+    model, _ = fk.load_model(tiny_model_dir)
+    splits = fk.load_data(fk.DataConfig(source="synthetic")).with_preprocess(model.spec.preprocess)
+    part = splits.train.subset(torch.arange(0, 130))  # classes 0, 1 (60 each) and 10 images of class 2
+    protos, present = class_prototypes(model, [part], 6, "cpu", batch_size=17)
+    assert present.tolist() == [True, True, True, False, False, False]
+    with torch.no_grad():
+        emb = model.embed(torch.stack([part[i][0] for i in range(120, 130)]))
+    assert torch.allclose(protos[2], emb.mean(0), atol=1e-5)
+
+
+def test_prototype_distances_hand_computed():
+    emb = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    proto = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    kl = prototype_distance(emb, proto, "kl")
+    p0, q0 = torch.tensor([0.5, 0.5]), torch.softmax(emb[0], 0)
+    assert kl[0].item() == pytest.approx((p0 * (p0.log() - q0.log())).sum().item(), abs=1e-6)
+    assert prototype_distance(emb, proto, "l2").tolist() == pytest.approx([0.5, 0.5])
+    assert prototype_distance(proto, proto, "kl").abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("distance", ["kl", "l2"])
+def test_push_and_pull_terms(tiny_model_dir, distance):
+    method, module, original, task, (xf, yf), (xr, yr) = setup(
+        tiny_model_dir, "gs_lora_pp", proto_forget_weight=[0.3], proto_retain_weight=[0.7], proto_bound=5.0,
+        proto_distance=distance, alpha_warmup_epochs=0)
+    with torch.no_grad():
+        for n, p in module.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    losses = method.training_step((xf, yf), (xr, yr), epoch=0)
+    protos = method.prototypes
+    inner = module.base_model.model
+    d_f = prototype_distance(inner.embed(xf), protos[yf], distance).mean()
+    d_r = prototype_distance(inner.embed(xr), protos[yr], distance).mean()
+    assert losses["proto_push"].item() == pytest.approx(max(0.0, 5.0 - d_f.item()), abs=1e-5)
+    assert losses["proto_pull"].item() == pytest.approx(d_r.item(), abs=1e-5)
+    base = (0.2 * losses["forget"] + losses["retain"] + 0.2 * losses["structure"])
+    assert losses["loss"].item() == pytest.approx((base + 0.3 * losses["proto_push"] + 0.7 * d_r).item(), rel=1e-5)
+    # the pull term really pulls: its gradient moves replay embeddings towards their prototypes
+    assert d_r.item() > 0
+    grads = torch.autograd.grad(losses["proto_pull"], [p for p in module.parameters() if p.requires_grad],
+                                allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_prototypes_come_from_the_start_of_task_model_not_a_random_one(tiny_model_dir):
+    method, module, original, task, *_ = setup(tiny_model_dir, "gs_lora_pp")
+    assert sorted(method.present.nonzero().flatten().tolist()) == sorted(task.forget + task.replay)
+    data = [method.data.forget, method.data.retain]
+    expected, _ = class_prototypes(original, data, 6, "cpu")
+    assert torch.allclose(method.prototypes, expected, atol=1e-5)
+    torch.manual_seed(3)
+    random_protos, _ = class_prototypes(fk.create_model("vit_test", 6), data, 6, "cpu")
+    assert not torch.allclose(method.prototypes, random_protos, atol=1e-2)  # the original's single-step bug
+
+
+def test_ema_is_applied_to_the_merged_model(tiny_model_dir):
+    method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora_pp", ema_decay=0.5,
+                                                           ema_start_epoch=0)
+    layers = method.lora_layers()
+    name = next(iter(layers))
+    deltas = []
+    for epoch in range(3):
+        with torch.no_grad():
+            for n, p in module.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+        deltas.append(layers[name].get_delta_weight("default").detach().clone())
+        method.end_epoch(epoch)
+    expected_ema = 0.5 * (0.5 * deltas[0] + 0.5 * deltas[1]) + 0.5 * deltas[2]
+    w0 = original.get_submodule(name.removeprefix("base_model.model.")).weight.detach()
+    merged = method.finish_task()
+    got = merged.get_submodule(name.removeprefix("base_model.model.")).weight.detach()
+    assert torch.allclose(got, w0 + expected_ema, atol=1e-5)
+    assert not torch.allclose(got, w0 + deltas[2], atol=1e-4)  # not simply the last update
+
+
+def test_gs_lora_pp_end_to_end_with_missing_classes(tiny_model_dir, tmp_path):
+    cfg = fk.load_config(None, tiny_run_overrides(tiny_model_dir, tmp_path) + [
+        "method.name=gs_lora_pp", "protocol.missing=1", "method.proto_retain_weight=[0.01]"])
+    results = fk.run_forgetting(cfg, progress=False)
+    for t in results["tasks"]:
+        assert t["missing_classes"] and "acc_m" in t["after"] and "acc_r_data" in t["after"]
+        assert t["after"]["acc_f"] <= 10
+    assert results["setting"] == "continual_1missing"
