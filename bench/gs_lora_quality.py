@@ -11,14 +11,17 @@ Runs a forgetting config (default: the demo, Fashion-MNIST 10-2 … 4-2) and che
 Writes ``quality.md`` and ``quality.json`` next to the run's own outputs and exits 1 if any check fails.
 
     .venv/bin/python bench/gs_lora_quality.py [--config demo] [--out runs/bench-quality] [-o key=value ...]
+    .venv/bin/python bench/gs_lora_quality.py --from-results runs/bench/gs_lora   # check a finished run
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -54,16 +57,25 @@ def main() -> int:
     parser.add_argument("--config", default="demo")
     parser.add_argument("--out", default="runs/bench-quality")
     parser.add_argument("-o", "--override", action="append", default=[])
+    parser.add_argument("--from-results", help="check an existing run folder (results.json + config.yaml) instead "
+                                               "of running")
     args = parser.parse_args()
-    cfg = fk.load_config(args.config, args.override + [f"output_dir={args.out}"])
-    start = time.time()
-    results = fk.run_forgetting(cfg, progress=True, overwrite=True)
-    wall = time.time() - start
+    if args.from_results:
+        results = json.loads((Path(args.from_results) / "results.json").read_text())
+        cfg = fk.load_config(str(Path(args.from_results) / "config.yaml"))
+        wall = results["summary"]["seconds_total"]
+        args.out = args.from_results
+    else:
+        cfg = fk.load_config(args.config, args.override + [f"output_dir={args.out}"])
+        start = time.time()
+        results = fk.run_forgetting(cfg, progress=True, overwrite=True)
+        wall = time.time() - start
     alpha = resolved_method_config(cfg.method).get("alpha", 0.0)
     rows = check(results, alpha)
     names = list(rows[0]["checks"])
     lines = [f"# GS-LoRA quality bar: {results['dataset']}, {results['setting']}", "",
-             f"Command: `.venv/bin/python bench/gs_lora_quality.py --config {args.config}"
+             "Command: `.venv/bin/python bench/gs_lora_quality.py "
+             + (f"--from-results {args.from_results}" if args.from_results else f"--config {args.config}")
              + "".join(f" -o {o}" for o in args.override) + "`",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
              f"wall time {wall:.0f} s (training and evaluation).", "",
@@ -72,7 +84,8 @@ def main() -> int:
     for r in rows:
         lines.append(
             f"| {r['task']} | {fmt(r['h'])} ({fmt(r['h_max'])}) | {fmt(r['acc_r'])} ({fmt(r['acc_r_pre'])}) | "
-            f"{fmt(r['acc_f'])} | {fmt(r['acc_o'])} | {r['trainable_pct']:.2f} % | {r['groups_zeroed']}/{r['num_groups']}"
+            f"{fmt(r['acc_f'])} | {fmt(r['acc_o'])} | {r['trainable_pct']:.2f} % | "
+            f"{r['groups_zeroed']}/{r['num_groups']}"
             f" | {r['seconds']:.1f} | " + " | ".join("pass" if r["checks"][n] else "FAIL" for n in names) + " |")
     norms = ["", "Group norms per block (√Σ‖P‖², end of task):", ""]
     for t in results["tasks"]:

@@ -52,7 +52,8 @@ def main() -> None:
                 best = row
         chosen[name] = best["lr"]
     lines = ["# Learning rates chosen on the validation split (first task, 500 held-out training images per class)",
-             "", "| method | lr | H (val) | Acc_r (val) | Acc_f (val) | seconds | chosen |", "|---|---|---|---|---|---|---|"]
+             "", "| method | lr | H (val) | Acc_r (val) | Acc_f (val) | seconds | chosen |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['lr']:g} | {fmt(r['h_mean'])} | {fmt(r['acc_r'])} | {fmt(r['acc_f'])} | "
                      f"{r['seconds']} | {'yes' if chosen[r['method']] == r['lr'] else ''} |")

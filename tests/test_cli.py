@@ -101,3 +101,8 @@ def test_bench_command_writes_one_comparison(tiny_model_dir, tmp_path, capsys):
     assert "lr: 0.001" in lwf_cfg and "name: lwf" in lwf_cfg
     assert "bnd: 5.0" in (tmp_path / "bench" / "gs_lora" / "config.yaml").read_text()
     assert "| retrain |" in capsys.readouterr().out
+    # rebuilding the comparison from the finished runs gives the same table
+    before = (tmp_path / "bench" / "comparison.csv").read_text()
+    (tmp_path / "bench" / "comparison.csv").unlink()
+    assert main(["bench", "-c", str(spec), "--out", str(tmp_path / "bench"), "--report-only"]) == 0
+    assert (tmp_path / "bench" / "comparison.csv").read_text() == before

@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn.functional as F
 
 import forgetkit as fk
 from forgetkit.methods.gs_lora_pp import class_prototypes, prototype_distance

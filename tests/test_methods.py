@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 import forgetkit as fk
-from forgetkit.losses import group_lasso
 from forgetkit.methods import METHODS, MethodContext, build_method
 from forgetkit.methods.finetune import kd_loss
 from forgetkit.methods.lirf import attention_map
@@ -75,12 +74,12 @@ def perturb(module, scale=0.05):
 
 
 def fix_labels(method):
-    """Make the wrong-label draw reproducible: return the labels the method will draw next."""
+    """Seed the method's wrong-label draw so that `_replay_wrong` can predict it."""
     method.generator = torch.Generator().manual_seed(7)
-    return lambda y: method.wrong_labels(y) if False else _replay_wrong(y, method)
 
 
 def _replay_wrong(y, method):
+    """The wrong labels a method seeded by `fix_labels` draws next (uniform over the other classes)."""
     gen = torch.Generator().manual_seed(7)
     c = method.ctx.num_classes
     return (y + torch.randint(1, c, y.shape, generator=gen)) % c
@@ -198,7 +197,8 @@ def test_lirf_terms_use_the_real_class_indices(tiny_model_dir):
 
     at = F.mse_loss(attention_map(module.lower(xf, 1)), attention_map(teacher.lower(xf, 1)))
     expected = (0.9 * F.cross_entropy(s, wrong) - 300 * at + 10 * 0.1 * kl(t, s, task.retain)
-                + 0.05 * (0.1 * kl(t, d, task.forget) + 0.9 * F.cross_entropy(d, yf)) + 5 * F.cross_entropy(module(xr), yr))
+                + 0.05 * (0.1 * kl(t, d, task.forget) + 0.9 * F.cross_entropy(d, yf))
+                + 5 * F.cross_entropy(module(xr), yr))
     assert torch.allclose(losses["loss"], expected, rtol=1e-4)
     optimizer = method.make_optimizer(1e-3, 0.0)
     dep_before = {n: p.detach().clone() for n, p in deposit.named_parameters() if p.requires_grad}
@@ -233,13 +233,29 @@ def folder_model(tmp_path_factory):
     return root, out
 
 
+@pytest.mark.parametrize("requests", [[["bee"], ["dog"]], [["bee", "dog"]]], ids=["continual", "single_step"])
 @pytest.mark.parametrize("name", METHODS.names())
-def test_every_method_runs_continual_on_an_image_folder(folder_model, tmp_path, name):
+def test_every_method_runs_on_an_image_folder(folder_model, tmp_path, name, requests):
     root, model_dir = folder_model
-    results = fk.forget(str(model_dir), [["bee"], ["dog"]], method=name, output_dir=str(tmp_path), progress=False,
+    results = fk.forget(str(model_dir), requests, method=name, output_dir=str(tmp_path), progress=False,
                         data={"source": "image_folder", "root": str(root)},
                         overrides=["protocol.forget_ratio=1.0", "protocol.retain_ratio=1.0", "train.epochs=1",
                                    "train.batch_size=4"])
-    assert results["setting"] == "continual" and len(results["tasks"]) == 2
-    assert results["tasks"][1]["old_classes"] == ["bee"]
+    assert results["setting"] == ("continual" if len(requests) == 2 else "single_step")
+    assert [t["forget_classes"] for t in results["tasks"]] == requests
+    if len(requests) == 2:
+        assert results["tasks"][1]["old_classes"] == ["bee"]
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_mas_importance_and_retrain_loss_by_hand(tiny_model_dir):
+    method, module, original, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, "mas")
+    module.eval()
+    batches = list(method.replay_batches())
+    name0 = "backbone.blocks.1.mlp.fc2.weight"
+    param = dict(module.named_parameters())[name0]
+    expected = sum(torch.autograd.grad(module(x).pow(2).mean(), param)[0].abs() for x, _ in batches) / len(batches)
+    assert torch.allclose(method.anchors[0][1][name0], expected, rtol=1e-4, atol=1e-12)
+    retrain, fresh, original, *_ = setup(tiny_model_dir, "retrain")
+    losses = retrain.training_step((xf, yf), (xr, yr), epoch=0)
+    assert torch.allclose(losses["loss"], F.cross_entropy(fresh(xr), yr))

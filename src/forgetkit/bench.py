@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,6 @@ from typing import Any
 from .api import load_config
 from .config import from_dict, read_yaml
 from .engine import run_forgetting
-from .errors import ForgetkitError
 from .io import atomic_write, write_json, write_text
 from .methods import METHODS
 from .report import fmt, results_table, task_label
@@ -95,6 +95,20 @@ def run_bench(spec: BenchSpec, progress: bool = True) -> list[dict]:
     return rows
 
 
+def report_only(spec: BenchSpec) -> list[dict]:
+    """Rebuild the comparison from the methods' finished runs (after re-running some of them alone)."""
+    out = Path(spec.output_dir)
+    all_results = {}
+    for name in spec.methods:
+        path = out / name / "results.json"
+        if not path.is_file():
+            raise ForgetkitError(f"{path} not found; run `forgetkit bench` for {name} first")
+        all_results[name] = json.loads(path.read_text())
+    rows = comparison_rows(all_results)
+    write_comparison(out, all_results, rows, spec)
+    return rows
+
+
 def comparison_rows(all_results: dict[str, dict]) -> list[dict]:
     rows = []
     for name, results in all_results.items():
@@ -122,7 +136,8 @@ def write_comparison(out: Path, all_results: dict[str, dict], rows: list[dict], 
     lines = [f"# Comparison on {first['dataset']} ({first['setting']}), seed {first['seed']}", "",
              "Cells: H / Acc_r / Acc_f / Acc_o (percent). H uses the drop of Acc_f from the pre-trained model.", "",
              results_table([(n, r["tasks"]) for n, r in all_results.items()]), "",
-             "| method | avg H | avg Acc_r | avg Acc_f | avg Acc_o | trainable | seconds / task |", "|---|---|---|---|---|---|---|"]
+             "| method | avg H | avg Acc_r | avg Acc_f | avg Acc_o | trainable | seconds / task |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in all_results.items():
         s, tasks = r["summary"], r["tasks"]
         ratio = 100.0 * tasks[0]["trainable_params"] / tasks[0]["total_params"]
@@ -135,32 +150,41 @@ def write_comparison(out: Path, all_results: dict[str, dict], rows: list[dict], 
 
 
 def plot_comparison(all_results: dict[str, dict], path: Path) -> None:
+    """H per task (one line per method, distinct colour and marker) and average Acc_r / Acc_f / Acc_o bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(all_results)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colours = plt.get_cmap("tab20").colors
+    markers = "os^vD<>phX*P"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     first = all_results[names[0]]["tasks"]
     xs = list(range(1, len(first) + 1))
-    for name in names:
+    for i, name in enumerate(names):
         tasks = all_results[name]["tasks"]
-        axes[0].plot(xs, [t["h_mean"] for t in tasks], "o-", label=name)
+        ours = name.startswith("gs_lora")
+        colour = colours[(2 * i) % 20 + (2 * i) // 20 % 2]  # dark shades first, then the light ones
+        axes[0].plot(xs, [t["h_mean"] for t in tasks], marker=markers[i % len(markers)], color=colour,
+                     linewidth=2.6 if ours else 1.2, label=name, zorder=3 if ours else 2)
     axes[0].set_xticks(xs, [task_label(t) for t in first])
+    axes[0].set_xlabel("task (classes present − forgotten)")
     axes[0].set_ylabel("H-Mean (%)")
-    axes[0].set_title("H-Mean per task")
+    axes[0].set_title("H-Mean per task (higher is better)")
     axes[0].grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
+    axes[0].legend(fontsize=7, ncol=2, loc="lower right")
     summary = [all_results[n]["summary"] for n in names]
-    pos = range(len(names))
-    axes[1].bar([p - 0.2 for p in pos], [s["acc_r_avg"] or 0 for s in summary], 0.4, label="avg Acc_r")
-    axes[1].bar([p + 0.2 for p in pos], [s["acc_f_avg"] or 0 for s in summary], 0.4, label="avg Acc_f")
-    axes[1].scatter(list(pos), [s["acc_o_avg"] or 0 for s in summary], color="black", zorder=3, label="avg Acc_o")
-    axes[1].set_xticks(list(pos), names, rotation=45, ha="right")
+    pos = list(range(len(names)))
+    axes[1].bar([p - 0.27 for p in pos], [s["acc_r_avg"] or 0 for s in summary], 0.27, label="avg Acc_r (retained)")
+    axes[1].bar(pos, [s["acc_f_avg"] or 0 for s in summary], 0.27, label="avg Acc_f (forgotten now)")
+    axes[1].bar([p + 0.27 for p in pos], [s["acc_o_avg"] or 0 for s in summary], 0.27,
+                label="avg Acc_o (forgotten earlier)")
+    axes[1].set_xticks(pos, names, rotation=45, ha="right")
     axes[1].set_ylabel("accuracy (%)")
-    axes[1].set_title("retained vs forgotten")
-    axes[1].legend(fontsize=7)
+    axes[1].set_ylim(0, 115)
+    axes[1].set_title("retained vs forgotten (Acc_f, Acc_o: lower is better)")
+    axes[1].legend(fontsize=7, ncol=3, loc="upper center")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -39,11 +38,14 @@ def cmd_demo(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from .bench import load_bench_spec, run_bench
+    from .bench import load_bench_spec, report_only, run_bench
 
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     spec = load_bench_spec(args.config, methods, args.out, args.override)
-    run_bench(spec, progress=not args.quiet)
+    if args.report_only:
+        report_only(spec)
+    else:
+        run_bench(spec, progress=not args.quiet)
     print((Path(spec.output_dir) / "comparison.md").read_text())
     print(f"comparison.md, comparison.csv and comparison.png in {spec.output_dir}/")
 
@@ -134,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run several methods on one protocol and compare them")
     p.add_argument("-c", "--config", help="bench spec YAML (default: every method on the demo protocol)")
     p.add_argument("--methods", help="comma-separated subset of methods")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the comparison from finished runs")
     run_flags(p)
     p.set_defaults(func=cmd_bench)
 

@@ -136,7 +136,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         start = time.time()
         data = protocol.task_data(task)
         before = current
-        module = method.setup_task(model, task, data)
+        method.setup_task(model, task, data)
         trainable = method.trainable_count()
         optimizer = method.make_optimizer(lr, cfg.train.weight_decay)
         forget_loader = _loader(data.forget, cfg.train.batch_size, derived_generator(cfg.seed, task.index, 11))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import from_dict, to_dict
+from .config import to_dict
 from .data import DataConfig, load_data
 from .metrics import evaluate_classes
 from .models import create_model, save_model

@@ -48,14 +48,16 @@ def markdown_report(results: dict) -> str:
             "includes them). H uses the drop of Acc_f from the pre-trained model.", ""]
     out.append(results_table([(results["method"], tasks)]))
     out += ["", "## Per task", "", "| task | forgotten | H | Acc_f before → after | Acc_r before → after | "
-            "Acc_o after | seconds | trainable / total params | groups near zero |", "|---|---|---|---|---|---|---|---|---|"]
+            "Acc_o after | seconds | trainable / total params | groups near zero |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for t in tasks:
         b, a = t["before"], t["after"]
         zeroed = f"{t['groups_zeroed']} / {t['num_groups']}" if "groups_zeroed" in t else "–"
         out.append(
             f"| {t['index'] + 1} | {', '.join(t['forget_classes'])} | {fmt(t['h_mean'])} | {fmt(b['acc_f'])} → "
             f"{fmt(a['acc_f'])} | {fmt(b['acc_r'])} → {fmt(a['acc_r'])} | {fmt(a['acc_o'])} | {t['seconds']:.1f} | "
-            f"{t['trainable_params']:,} / {t['total_params']:,} ({100 * t['trainable_params'] / t['total_params']:.2f} %)"
+            f"{t['trainable_params']:,} / {t['total_params']:,} "
+            f"({100 * t['trainable_params'] / t['total_params']:.2f} %)"
             f" | {zeroed} |")
     if tasks and "group_norms" in tasks[0]:
         keys = list(tasks[0]["group_norms"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -38,7 +37,8 @@ class Preprocess:
         return (x - mean) / std
 
     def to_dict(self) -> dict:
-        return {"image_size": self.image_size, "in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std)}
+        return {"image_size": self.image_size, "in_chans": self.in_chans, "mean": list(self.mean),
+                "std": list(self.std)}
 
 
 class LabeledImages(torch.utils.data.Dataset):

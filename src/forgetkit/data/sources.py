@@ -26,7 +26,7 @@ FASHION_MNIST_CLASSES = [
 class DataConfig:
     """Which images to use."""
 
-    source: str = field(default="fashion_mnist", metadata={"help": f"data source: one of fashion_mnist, "
+    source: str = field(default="fashion_mnist", metadata={"help": "data source: one of fashion_mnist, "
                                                                    "image_folder, synthetic"})
     root: str | None = field(default=None, metadata={"help": "folder of the data (image_folder: ROOT/train/<class>/*"
                                                              " and ROOT/test/<class>/*; fashion_mnist: IDX files)"})

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 import torch
 
 from ..config import from_dict
-from ..errors import ForgetkitError
 from ..protocol import Task, TaskData
 from ..registry import Registry
 

@@ -61,7 +61,6 @@ class GSLoRA(Method):
         self.beta = self.cfg.beta[min(task.index, len(self.cfg.beta) - 1)]
         self.base_fingerprint = fingerprint(model)
         self.module = add_lora(model, self.cfg.lora)
-        self.spec = model.spec
         self.groups = lora_groups(self.module, model.spec.group_pattern, self.cfg.grouping)
         self.module.train()
         return self.module

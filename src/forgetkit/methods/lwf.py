@@ -48,5 +48,6 @@ class LwF(FullFinetune):
             losses["kd"] = xf.new_zeros(()) if self.cfg.faithful_zero_kd else kd_loss(student, teacher,
                                                                                        self.cfg.temperature)
             losses["retain"] = F.cross_entropy(student, yr)
-        losses["loss"] = losses["forget"] + self.cfg.kd_weight * losses["kd"] + self.cfg.retain_weight * losses["retain"]
+        losses["loss"] = (losses["forget"] + self.cfg.kd_weight * losses["kd"]
+                          + self.cfg.retain_weight * losses["retain"])
         return losses

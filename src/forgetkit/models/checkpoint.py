@@ -125,7 +125,8 @@ def _torchvision_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             if m:
                 i, rest = m.groups()
                 rest = (rest.replace("ln_1.", "norm1.").replace("ln_2.", "norm2.")
-                        .replace("self_attention.in_proj_", "attn.qkv.").replace("self_attention.out_proj.", "attn.proj.")
+                        .replace("self_attention.in_proj_", "attn.qkv.")
+                        .replace("self_attention.out_proj.", "attn.proj.")
                         .replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")
                         .replace("mlp.linear_1.", "mlp.fc1.").replace("mlp.linear_2.", "mlp.fc2."))
                 new = f"blocks.{i}.{rest}"
