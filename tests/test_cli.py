@@ -106,3 +106,5 @@ def test_bench_command_writes_one_comparison(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "bench" / "comparison.csv").unlink()
     assert main(["bench", "-c", str(spec), "--out", str(tmp_path / "bench"), "--report-only"]) == 0
     assert (tmp_path / "bench" / "comparison.csv").read_text() == before
+    assert main(["bench", "-c", str(spec), "--out", str(tmp_path / "empty"), "--report-only"]) == 2
+    assert "run `forgetkit bench` for gs_lora first" in capsys.readouterr().err

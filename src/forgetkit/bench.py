@@ -25,6 +25,7 @@ from typing import Any
 from .api import load_config
 from .config import from_dict, read_yaml
 from .engine import run_forgetting
+from .errors import ForgetkitError
 from .io import atomic_write, write_json, write_text
 from .methods import METHODS
 from .report import fmt, results_table, task_label

@@ -49,8 +49,8 @@ class DER(FullFinetune):
         return (self.module.embed(xr) - target).pow(2).sum()
 
     def training_step(self, forget, retain, epoch):
-        xf, wrong = forget[0], self.wrong_labels(forget[1])
-        losses = {"forget": F.cross_entropy(self.logits(xf, wrong), wrong)}
+        xf = forget[0]
+        losses = {"forget": self.wrong_label_ce(forget)}
         losses["der"] = self.der_term(retain) if retain else xf.new_zeros(())
         losses["loss"] = losses["forget"] + self.cfg.der_weight * losses["der"]
         return losses

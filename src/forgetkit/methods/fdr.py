@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .base import register_method
 from .finetune import FinetuneConfig, FullFinetune
@@ -30,8 +29,8 @@ class FDR(FullFinetune):
     default_lr = 1e-3
 
     def training_step(self, forget, retain, epoch):
-        xf, wrong = forget[0], self.wrong_labels(forget[1])
-        losses = {"forget": F.cross_entropy(self.logits(xf, wrong), wrong)}
+        xf = forget[0]
+        losses = {"forget": self.wrong_label_ce(forget)}
         if retain is None:
             losses["fdr"] = xf.new_zeros(())
         else:

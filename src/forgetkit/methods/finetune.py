@@ -65,6 +65,11 @@ class FullFinetune(Method):
     def logits(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.module(x, labels)
 
+    def wrong_label_ce(self, forget) -> torch.Tensor:
+        """The baselines' forgetting term: cross-entropy of the forget batch towards random wrong labels."""
+        x, wrong = forget[0], self.wrong_labels(forget[1])
+        return torch.nn.functional.cross_entropy(self.logits(x, wrong), wrong)
+
     def finish_task(self):
         self.teacher = None
         for param in self.module.parameters():

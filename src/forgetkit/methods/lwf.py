@@ -35,8 +35,8 @@ class LwF(FullFinetune):
     uses_teacher = True
 
     def training_step(self, forget, retain, epoch):
-        xf, wrong = forget[0], self.wrong_labels(forget[1])
-        losses = {"forget": F.cross_entropy(self.logits(xf, wrong), wrong)}
+        xf = forget[0]
+        losses = {"forget": self.wrong_label_ce(forget)}
         if retain is None:
             zero = xf.new_zeros(())
             losses.update(kd=zero, retain=zero)

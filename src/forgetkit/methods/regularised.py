@@ -77,8 +77,8 @@ class ImportanceRegularised(FullFinetune):
             yield x.to(self.ctx.device), y.to(self.ctx.device)
 
     def training_step(self, forget, retain, epoch):
-        xf, wrong = forget[0], self.wrong_labels(forget[1])
-        losses = {"forget": F.cross_entropy(self.logits(xf, wrong), wrong)}
+        xf = forget[0]
+        losses = {"forget": self.wrong_label_ce(forget)}
         losses["retain"] = F.cross_entropy(self.logits(*retain), retain[1]) if retain else xf.new_zeros(())
         losses["penalty"] = self.penalty()
         losses["loss"] = losses["forget"] + losses["retain"] + self.cfg.reg_lambda * losses["penalty"]
