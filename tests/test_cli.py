@@ -100,6 +100,7 @@ def test_bench_command_writes_one_comparison(tiny_model_dir, tmp_path, capsys):
     lwf_cfg = (tmp_path / "bench" / "lwf" / "config.yaml").read_text()
     assert "lr: 0.001" in lwf_cfg and "name: lwf" in lwf_cfg
     assert "bnd: 5.0" in (tmp_path / "bench" / "gs_lora" / "config.yaml").read_text()
+    assert "alpha_warmup_epochs" not in lwf_cfg  # a baseline inherits none of the base's GS-LoRA settings
     assert "| retrain |" in capsys.readouterr().out
     # rebuilding the comparison from the finished runs gives the same table
     before = (tmp_path / "bench" / "comparison.csv").read_text()

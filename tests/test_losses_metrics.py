@@ -52,6 +52,7 @@ def test_h_mean_exposes_the_papers_typo():
     # Table 2 LwF 100-5 prints 67.95, but its own Acc_r 68.55 / Acc_f 0.00 give 69.70 (gs-lora.md §6.1)
     assert h_mean(70.88, 0.00, 68.55) == pytest.approx(69.70, abs=0.01)
     assert h_mean(50.0, 60.0, 0.0) == 0.0
+    assert h_mean(89.7, 91.4, 85.15) == 0.0  # Acc_f rose: nothing was forgotten, H is 0, not negative
 
 
 def test_per_class_accuracy_and_evaluation():

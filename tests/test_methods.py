@@ -259,3 +259,18 @@ def test_mas_importance_and_retrain_loss_by_hand(tiny_model_dir):
     retrain, fresh, original, *_ = setup(tiny_model_dir, "retrain")
     losses = retrain.training_step((xf, yf), (xr, yr), epoch=0)
     assert torch.allclose(losses["loss"], F.cross_entropy(fresh(xr), yr))
+
+
+def test_bench_inherits_shared_method_settings_only():
+    from forgetkit.bench import method_overrides
+
+    import yaml
+
+    def parsed(overrides):
+        return [(o.split("=", 1)[0], yaml.safe_load(o.split("=", 1)[1])) for o in overrides]
+
+    base = {"name": "gs_lora", "lora": {"rank": 4}, "bnd": 15.0}
+    assert parsed(method_overrides(base, "gs_lora_pp", {"proto_bound": 3.0})) == [
+        ("method", {"lora": {"rank": 4}, "bnd": 15.0, "proto_bound": 3.0, "name": "gs_lora_pp"})]
+    assert parsed(method_overrides(base, "l2", {"train": {"lr": 0.001}})) == [
+        ("method", {"name": "l2"}), ("train.lr", 0.001)]

@@ -15,6 +15,7 @@ Each method's own outputs (results.json, report, plots, model) go to ``output_di
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import time
@@ -57,10 +58,12 @@ def load_bench_spec(path: str | None, methods: list[str] | None = None, output_d
 
 
 def method_overrides(base_method: dict, name: str, fields: dict | None) -> list[str]:
+    """Overrides that run method ``name``: the base config's method settings that this method's config also
+    declares (so GS-LoRA++ keeps the base's LoRA shape, β, BND and α; a baseline inherits nothing), then ``fields``."""
     fields = dict(fields or {})
     train = fields.pop("train", {}) or {}
-    # The base config's method section is the starting point when it configures this same method.
-    section = dict(base_method) if base_method.get("name", "gs_lora") == name else {}
+    declared = {f.name for f in dataclasses.fields(METHODS.get(name).config_cls)}
+    section = {k: v for k, v in base_method.items() if k in declared}
     section.update(fields)
     section["name"] = name
     out = [f"method={_flow(section)}"]

@@ -5,8 +5,8 @@ Definitions (gs-lora.md §4):
 * ``Acc_f``: top-1 accuracy on the test images of the classes forgotten in this task;
 * ``Acc_r``: on the classes retained;
 * ``Acc_o``: on the classes forgotten in earlier tasks (lower is better; ``None`` on the first task);
-* ``H = 2·Drop·Acc_r / (Drop + Acc_r)`` with ``Drop = Acc_f(reference) − Acc_f(after)``; the reference is the
-  pre-trained model, which is how every published H of the T-PAMI tables recomputes.
+* ``H = 2·Drop·Acc_r / (Drop + Acc_r)`` with ``Drop = max(0, Acc_f(reference) − Acc_f(after))``; the reference
+  is the pre-trained model, which is how every published H of the T-PAMI tables recomputes.
 
 Accuracy is plain argmax over all outputs (forgotten classes still compete). ``margin=True`` gives the original
 code's CosFace "margin-penalised" accuracy, which subtracts the margin from the true class and so needs the label.
@@ -57,8 +57,11 @@ def evaluate_classes(model, dataset, device="cpu", batch_size: int = 256, margin
 
 
 def h_mean(acc_f_reference: float, acc_f_after: float, acc_r_after: float) -> float:
-    """Harmonic mean of the forgetting drop and the retained accuracy (percent); 0 when both are 0."""
-    drop = acc_f_reference - acc_f_after
+    """Harmonic mean of the forgetting drop and the retained accuracy (percent).
+
+    A negative drop (the forgotten classes are recognised better than before) counts as no forgetting: H = 0.
+    """
+    drop = max(0.0, acc_f_reference - acc_f_after)
     if drop + acc_r_after <= 0:
         return 0.0
     return 2.0 * drop * acc_r_after / (drop + acc_r_after)
