@@ -274,3 +274,5 @@ def test_bench_inherits_shared_method_settings_only():
         ("method", {"lora": {"rank": 4}, "bnd": 15.0, "proto_bound": 3.0, "name": "gs_lora_pp"})]
     assert parsed(method_overrides(base, "l2", {"train": {"lr": 0.001}})) == [
         ("method", {"name": "l2"}), ("train.lr", 0.001)]
+    # LIRF has an `alpha` too, with another meaning: it must not receive GS-LoRA's group-lasso weight
+    assert parsed(method_overrides({"name": "gs_lora", "alpha": 0.2}, "lirf", {})) == [("method", {"name": "lirf"})]

@@ -15,7 +15,6 @@ Each method's own outputs (results.json, report, plots, model) go to ``output_di
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import time
@@ -29,6 +28,7 @@ from .engine import run_forgetting
 from .errors import ForgetkitError
 from .io import atomic_write, write_json, write_text
 from .methods import METHODS
+from .methods.base import DEFAULT_METHOD
 from .report import fmt, results_table, task_label
 
 CSV_COLUMNS = ["method", "task", "h_mean", "acc_r", "acc_f", "acc_o", "seconds", "trainable_ratio"]
@@ -58,12 +58,14 @@ def load_bench_spec(path: str | None, methods: list[str] | None = None, output_d
 
 
 def method_overrides(base_method: dict, name: str, fields: dict | None) -> list[str]:
-    """Overrides that run method ``name``: the base config's method settings that this method's config also
-    declares (so GS-LoRA++ keeps the base's LoRA shape, β, BND and α; a baseline inherits nothing), then ``fields``."""
+    """Overrides that run method ``name``: the base config's method settings when this method's config extends the
+    base method's config (GS-LoRA++ keeps the base GS-LoRA's LoRA shape, β, BND and α; a baseline, whose fields may
+    share a name but not a meaning, inherits nothing), then ``fields``."""
     fields = dict(fields or {})
     train = fields.pop("train", {}) or {}
-    declared = {f.name for f in dataclasses.fields(METHODS.get(name).config_cls)}
-    section = {k: v for k, v in base_method.items() if k in declared}
+    base_cls = METHODS.get(base_method.get("name") or DEFAULT_METHOD).config_cls
+    inherit = issubclass(METHODS.get(name).config_cls, base_cls)
+    section = {k: v for k, v in base_method.items() if k != "name"} if inherit else {}
     section.update(fields)
     section["name"] = name
     out = [f"method={_flow(section)}"]
