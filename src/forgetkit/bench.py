@@ -139,8 +139,11 @@ def write_comparison(out: Path, all_results: dict[str, dict], rows: list[dict], 
                          for k in columns})
     write_text(out / "comparison.csv", buffer.getvalue())
     first = next(iter(all_results.values()))
+    missing = any("acc_m" in r for r in rows)
+    cells = "H / Acc_r / Acc_f / Acc_o / Acc_m (Acc_r includes the missing classes)" if missing else \
+        "H / Acc_r / Acc_f / Acc_o"
     lines = [f"# Comparison on {first['dataset']} ({first['setting']}), seed {first['seed']}", "",
-             "Cells: H / Acc_r / Acc_f / Acc_o (percent). H uses the drop of Acc_f from the pre-trained model.", "",
+             f"Cells: {cells} (percent). H uses the drop of Acc_f from the pre-trained model.", "",
              results_table([(n, r["tasks"]) for n, r in all_results.items()]), "",
              "| method | avg H | avg Acc_r | avg Acc_f | avg Acc_o | trainable | seconds / task |",
              "|---|---|---|---|---|---|---|"]
