@@ -144,7 +144,6 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         if forget_loader is None:
             raise ForgetkitError(f"task {task.index} has no forget images; check the protocol ratios/shots")
         steps = max(len(forget_loader), len(retain_loader) if retain_loader else 0)
-        ctx.steps_per_epoch = steps
         forget_iter = cycle(forget_loader)
         retain_iter = cycle(retain_loader) if retain_loader else itertools.repeat(None)
         bar = tqdm(total=cfg.train.epochs * steps, desc=f"task {task.index + 1}/{len(protocol.tasks)}",

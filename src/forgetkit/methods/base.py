@@ -8,7 +8,7 @@ passes, prototypes and merges are the method's business: the engine has no metho
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,8 +40,6 @@ class MethodContext:
     seed: int
     num_classes: int
     epochs: int
-    steps_per_epoch: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class NonFiniteLoss(Exception):
