@@ -178,18 +178,18 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         model.eval()
         seconds = time.time() - start
         current = evaluate(model)
-        after = _accs(current, task)
+        after, at_start, at_pretrained = _accs(current, task), _accs(before, task), _accs(pretrained, task)
         task_results.append({
             "index": task.index,
             "forget_classes": [splits.classes[c] for c in task.forget],
             "retain_classes": [splits.classes[c] for c in task.retain],
             "old_classes": [splits.classes[c] for c in task.old],
             "missing_classes": [splits.classes[c] for c in task.missing],
-            "before": _accs(before, task),
+            "before": at_start,
             "after": after,
-            "pretrained": _accs(pretrained, task),
-            "h_mean": h_mean(_accs(pretrained, task)["acc_f"], after["acc_f"], after["acc_r"]),
-            "h_mean_from_task_start": h_mean(_accs(before, task)["acc_f"], after["acc_f"], after["acc_r"]),
+            "pretrained": at_pretrained,
+            "h_mean": h_mean(at_pretrained["acc_f"], after["acc_f"], after["acc_r"]),
+            "h_mean_from_task_start": h_mean(at_start["acc_f"], after["acc_f"], after["acc_r"]),
             "seconds": round(seconds, 2),
             "trainable_params": trainable,
             "total_params": total_params,
