@@ -34,8 +34,14 @@ def test_types_are_checked_and_overrides_parsed():
 
 @pytest.mark.parametrize("name", fk.packaged_configs())
 def test_packaged_configs_load_and_validate(name):
-    cfg = fk.load_config(name)
-    method = resolved_method_config(cfg.method)
+    if name.startswith("clip_"):  # zero-shot CLIP forgetting runs (forgetkit clip-forget)
+        from forgetkit.clip import ClipForgetConfig
+
+        cfg = fk.load_config(name, cls=ClipForgetConfig)
+        method = resolved_method_config(cfg.image_forgetting["method"]) if cfg.image_forgetting else {"name": "gs_lora"}
+    else:
+        cfg = fk.load_config(name)
+        method = resolved_method_config(cfg.method)
     assert method["name"] in fk.METHODS
     assert cfg.output_dir.startswith("runs/")
 

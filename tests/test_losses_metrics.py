@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from forgetkit.losses import bounded_forget_loss, group_lasso, group_norms
+from forgetkit.losses import bounded_forget_loss, group_lasso, group_norms, group_soft_threshold
 from forgetkit.metrics import PerClass, evaluate_classes, h_mean
 
 
@@ -28,6 +28,16 @@ def test_group_lasso_hand_computed():
     assert group_lasso([[a], [b, c]]).item() == pytest.approx(5.0 + 5.0)
     assert group_lasso([[a, b]]).item() == pytest.approx(math.sqrt(25 + 25))
     assert group_norms({"0": [a], "1": [c]}) == {"0": pytest.approx(5.0), "1": 0.0}
+
+
+def test_group_soft_threshold_by_hand():
+    a, b = torch.tensor([3.0, 4.0]), torch.tensor([0.3, 0.4])   # group norms 5 and 0.5
+    c = torch.tensor([[0.0]])
+    group_soft_threshold([[a], [b, c]], threshold=1.0)
+    assert torch.allclose(a, torch.tensor([3.0, 4.0]) * (1 - 1 / 5))  # shrunk by 1 in norm, same direction
+    assert torch.equal(b, torch.zeros(2)) and torch.equal(c, torch.zeros(1, 1))
+    group_soft_threshold([[b, c]], threshold=1.0)                 # an all-zero group stays zero (no 0/0)
+    assert torch.equal(b, torch.zeros(2))
 
 
 def test_group_lasso_gradient_points_along_the_group():

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import forgetkit as fk
+from forgetkit.losses import group_norms
 from forgetkit.methods import METHODS, MethodContext, build_method
 from forgetkit.methods.finetune import kd_loss
 from forgetkit.methods.lirf import attention_map
@@ -105,6 +106,25 @@ def test_gs_lora_loss_terms(tiny_model_dir):
     assert method.alpha_at(0) == 0.3
     method.cfg.alpha_warmup_epochs = 2
     assert method.alpha_at(1) == 0.0 and method.alpha_at(2) == 0.3
+
+
+def test_gs_lora_proximal_lasso(tiny_model_dir):
+    method, module, _, _task, forget, retain = setup(tiny_model_dir, "gs_lora", alpha_warmup_epochs=0,
+                                                     lasso_update="proximal", alpha=5.0)
+    losses = method.training_step(forget, retain, epoch=0)
+    plain = method.beta * losses["forget"] + losses["retain"]
+    assert torch.allclose(losses["loss"], plain) and losses["structure"] > 0   # the lasso is not in the loss
+    norms_before = group_norms(method.groups)
+    optimizer = method.make_optimizer(1e-3, 0.0)
+    method.step(forget, retain, 0, optimizer)
+    # after Adam's step (≤ lr per coordinate) every group shrank by lr·α = 0.005 in norm, or became exactly 0
+    for key, norm in group_norms(method.groups).items():
+        assert norm == 0.0 or norm < norms_before[key]
+    method.cfg.alpha = 1e6                                  # lr·α = 1000 exceeds every group's norm
+    method.step(forget, retain, 0, optimizer)
+    assert all(v == 0.0 for v in group_norms(method.groups).values())
+    losses = method.step(forget, retain, 0, optimizer)      # zero groups: no √0 gradient, the loss stays finite
+    assert torch.isfinite(losses["loss"])
 
 
 @pytest.mark.parametrize("name", ["l2", "ewc", "mas"])

@@ -22,8 +22,9 @@ def packaged_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
-def load_config(path_or_name: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """A :class:`RunConfig` from a YAML file or packaged config name, with ``section.key=value`` overrides."""
+def load_config(path_or_name: str | Path | None = None, overrides: list[str] | None = None, cls: type = RunConfig):
+    """A typed config (default :class:`RunConfig`) from a YAML file or packaged config name, with
+    ``section.key=value`` overrides."""
     data: dict = {}
     if path_or_name is not None:
         path = Path(path_or_name)
@@ -33,7 +34,7 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | N
             raise ForgetkitError(f"config {path_or_name} not found; give a YAML file or one of: "
                                  f"{', '.join(packaged_configs())}")
         data = read_yaml(path)
-    return from_dict(RunConfig, apply_overrides(data, overrides or []))
+    return from_dict(cls, apply_overrides(data, overrides or []))
 
 
 def forget(model: str, tasks: list[list[str]], *, method: str | dict = "gs_lora", output_dir: str = "runs/forget",

@@ -68,6 +68,35 @@ def cmd_pretrain(args) -> None:
     print(f"test accuracy {info['test_accuracy']:.2f} % after {info['seconds']:.0f} s; saved to {info['out']}/")
 
 
+def cmd_clip_forget(args) -> None:
+    from .api import load_config
+    from .clip import ClipForgetConfig, run_clip_forgetting
+
+    overrides = list(args.override) + ([f"output_dir={args.out}"] if args.out else [])
+    cfg = load_config(args.config, overrides, cls=ClipForgetConfig)
+    run_clip_forgetting(cfg, progress=not args.quiet, overwrite=args.overwrite)
+    print((Path(cfg.output_dir) / "report.md").read_text())
+    print(f"results.json, report.md and accuracy.png in {cfg.output_dir}/")
+
+
+def cmd_clip_demo(args) -> None:
+    args.config = "clip_demo"
+    args.overwrite = True
+    cmd_clip_forget(args)
+
+
+def cmd_clip_pretrain(args) -> None:
+    from .api import load_config
+    from .clip import ClipPretrainConfig, pretrain_clip
+
+    overrides = list(args.override) + [f"{k}={getattr(args, k)}" for k in ("epochs", "out")
+                                       if getattr(args, k) is not None]
+    cfg = load_config(args.config, overrides, cls=ClipPretrainConfig)
+    info = pretrain_clip(cfg, progress=not args.quiet)
+    accs = ", ".join(f"{k} {v:.2f} %" for k, v in info["zero_shot_test_accuracy"].items())
+    print(f"zero-shot test accuracy: {accs}; {info['seconds']:.0f} s; saved to {info['out']}/")
+
+
 def cmd_import_weights(args) -> None:
     from .data import DataConfig, load_data
     from .models import load_external_weights, save_model
@@ -150,6 +179,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("clip-demo", help="zero-shot CLIP class forgetting on the embedded Fashion-MNIST CLIP")
+    run_flags(p)
+    p.set_defaults(func=cmd_clip_demo)
+
+    p = sub.add_parser("clip-forget", help="forget classes from a CLIP by adapting its text projection (no images)")
+    p.add_argument("-c", "--config", required=True, help="YAML file or packaged config name (clip_demo, ...)")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
+    run_flags(p)
+    p.set_defaults(func=cmd_clip_forget)
+
+    p = sub.add_parser("clip-pretrain", help="train the small CLIP of the embedded demo on captioned images")
+    p.add_argument("-c", "--config", help="YAML with ClipPretrainConfig fields")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--out", help="checkpoint folder to write")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_clip_pretrain)
 
     p = sub.add_parser("import-weights", help="make a forgetkit checkpoint from timm/torchvision ViT weights")
     p.add_argument("--weights", required=True, help=".safetensors or .pth file (read with weights_only=True)")

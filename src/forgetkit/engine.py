@@ -22,7 +22,7 @@ from .errors import ForgetkitError
 from .methods import MethodContext, build_method
 from .methods.base import METHODS, NonFiniteLoss, resolved_method_config
 from .metrics import PerClass, evaluate_classes, h_mean
-from .models import load_model, save_model
+from .models import fingerprint, load_model, save_model
 from .protocol import Protocol, ProtocolConfig
 from .runtime import cycle, derived_generator, seed_everything, setup_device
 
@@ -101,8 +101,14 @@ def _accs(pc: PerClass, task) -> dict[str, float | None]:
     return accs
 
 
-def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = False) -> dict:
-    """Run a forgetting protocol end to end and write its outputs; returns the results dict."""
+def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = False,
+                   model: torch.nn.Module | None = None) -> dict:
+    """Run a forgetting protocol end to end and write its outputs; returns the results dict.
+
+    ``model``, when given, replaces ``cfg.model``: any classifier with ``embed``, ``head`` and a ``spec`` giving
+    ``preprocess``, ``lora_targets`` and ``group_pattern``, whose classes are the data's (e.g. CLIP's image tower
+    with a zero-shot head). It is edited in place, and only forgetkit ViTs can be saved (``save_model: false``).
+    """
     from .report import write_outputs
 
     out = Path(cfg.output_dir)
@@ -112,8 +118,14 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     device = setup_device(cfg.train.device, cfg.train.threads)
     seed_everything(cfg.seed)
 
-    model, manifest = load_model(resolve_model_path(cfg.model))
     splits = load_data(cfg.data)
+    if model is None:
+        model, manifest = load_model(resolve_model_path(cfg.model))
+    else:
+        if cfg.save_model:
+            raise ForgetkitError("a model passed in directly cannot be saved as a forgetkit checkpoint; set "
+                                 "save_model: false")
+        manifest = {"classes": list(splits.classes), "fingerprint": fingerprint(model), "history": []}
     if list(manifest["classes"]) != list(splits.classes):
         raise ForgetkitError(f"the model was trained on classes {manifest['classes'][:5]}..., the data has "
                              f"{splits.classes[:5]}...; use the dataset the model was trained on")

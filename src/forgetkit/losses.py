@@ -23,6 +23,18 @@ def group_lasso(groups: Iterable[Iterable[torch.Tensor]]) -> torch.Tensor:
     return torch.stack(norms).sum()
 
 
+@torch.no_grad()
+def group_soft_threshold(groups: Iterable[Iterable[torch.Tensor]], threshold: float) -> None:
+    """In place, the proximal step of ``threshold · Σ_g ||g||``: each group shrinks by ``threshold`` in norm, and a
+    group whose norm is below ``threshold`` becomes exactly zero (the block-wise soft threshold)."""
+    for group in groups:
+        group = list(group)
+        norm = torch.sqrt(sum((p ** 2).sum() for p in group))
+        scale = torch.clamp(1 - threshold / norm.clamp_min(1e-12), min=0.0)
+        for p in group:
+            p.mul_(scale)
+
+
 def group_norms(groups: dict[str, list[torch.Tensor]]) -> dict[str, float]:
     """The norm of each group, as the lasso sees it."""
     with torch.no_grad():

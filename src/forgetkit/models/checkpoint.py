@@ -79,12 +79,14 @@ def load_model(directory: str | Path) -> tuple[ForgetModel, dict]:
     model = ForgetModel(spec)
     state = load_weights(directory / "model.safetensors")
     _check_no_lora(state, str(directory))
-    _load_strict(model, state, str(directory))
+    load_state_strict(model, state, str(directory))
     model.eval()
     return model, manifest
 
 
-def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str,
+                      fix: str = "choose the preset and num_classes the weights were trained with") -> None:
+    """``load_state_dict(strict=True)`` with one error that says what differs and how to fix it."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -99,8 +101,7 @@ def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: 
             k = wrong[0]
             parts.append(f"wrong shape {len(wrong)} (e.g. {k}: checkpoint {tuple(state[k].shape)} vs model "
                          f"{tuple(own[k].shape)})")
-        raise ForgetkitError(f"architecture of {where} does not match the model: {'; '.join(parts)}. Choose the "
-                             f"preset and num_classes the weights were trained with")
+        raise ForgetkitError(f"architecture of {where} does not match the model: {'; '.join(parts)}; {fix}")
     model.load_state_dict(state, strict=True)
 
 
@@ -149,7 +150,7 @@ def load_external_weights(path: str | Path, arch: str, num_classes: int, class_i
         state = _torchvision_to_timm(state)
     head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     body = {k: v for k, v in state.items() if not k.startswith("head.")}
-    _load_strict(model.backbone, body, str(path))
+    load_state_strict(model.backbone, body, str(path))
     if head and spec.head == "linear":
         weight, bias = head["weight"], head.get("bias")
         if class_indices is not None:

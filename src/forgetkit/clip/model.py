@@ -1,0 +1,159 @@
+"""CLIP models for forgetkit: small open_clip presets, forgetkit CLIP checkpoints and local open_clip / OpenAI files.
+
+A forgetkit CLIP checkpoint is a folder::
+
+    model.safetensors   the weights
+    manifest.json       format, the open_clip model config, preprocessing, fingerprint, history of edits
+
+Nothing is downloaded: an open_clip architecture is built from its config (``open_clip.create_model`` with no
+``pretrained`` tag) and the weights come from a local file, read as safetensors or with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+
+from ..data import Preprocess
+from ..errors import ForgetkitError
+from ..io import load_weights, read_json, save_weights, write_json
+from ..models.checkpoint import fingerprint, load_state_strict
+from ..registry import Registry
+
+FORMAT = "forgetkit-clip"
+CLIP_PRESETS: Registry = Registry("CLIP preset")
+CLIP_FIX = "choose the open_clip architecture the weights were trained with"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@CLIP_PRESETS.register("clip_fmnist")
+def clip_fmnist() -> dict:
+    """The embedded demo's CLIP: 28 px ViT image tower (patch 7, width 128, 4 blocks), 2-block text tower."""
+    return {"embed_dim": 64,
+            "vision_cfg": {"image_size": 28, "patch_size": 7, "width": 128, "layers": 4, "head_width": 32,
+                           "mlp_ratio": 4.0},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+
+
+@CLIP_PRESETS.register("clip_test")
+def clip_test() -> dict:
+    """A very small CLIP for tests (16 px, 2 blocks per tower)."""
+    return {"embed_dim": 16,
+            "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16},
+            "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+
+
+@dataclass
+class ClipBundle:
+    """A CLIP model with what it needs to be used: its tokenizer, image preprocessing and manifest."""
+
+    model: open_clip.CLIP
+    tokenizer: SimpleTokenizer
+    preprocess: Preprocess
+    manifest: dict
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts)
+
+    def copy(self) -> "ClipBundle":
+        return ClipBundle(copy.deepcopy(self.model), self.tokenizer, self.preprocess, copy.deepcopy(self.manifest))
+
+
+def _bundle(model: open_clip.CLIP, manifest: dict) -> ClipBundle:
+    if not isinstance(getattr(model, "text_projection", None), (torch.nn.Parameter, torch.nn.Linear)):
+        raise ForgetkitError("this CLIP has no text projection matrix (e.g. a Hugging Face text tower); text-space "
+                             "forgetting needs an open_clip CLIP with a `text_projection`")
+    model.eval()
+    pre = manifest.get("preprocess") or {}
+    visual = model.visual
+    size = pre.get("image_size") or (visual.image_size[0] if isinstance(visual.image_size, (tuple, list))
+                                     else visual.image_size)
+    preprocess = Preprocess(image_size=int(size), in_chans=3, mean=tuple(pre.get("mean", OPENAI_MEAN)),
+                            std=tuple(pre.get("std", OPENAI_STD)))
+    tokenizer = SimpleTokenizer(context_length=model.context_length)  # the BPE vocabulary ships with open_clip
+    return ClipBundle(model, tokenizer, preprocess, manifest)
+
+
+def create_clip(preset: str, seed: int = 0, mean=(0.5,) * 3, std=(0.5,) * 3) -> ClipBundle:
+    """A randomly initialised CLIP from a forgetkit preset (``forgetkit clip-pretrain`` trains it)."""
+    model_cfg = CLIP_PRESETS.get(preset)()
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**model_cfg)
+    manifest = {"format": FORMAT, "preset": preset, "model_cfg": model_cfg,
+                "preprocess": {"image_size": model_cfg["vision_cfg"]["image_size"], "mean": list(mean),
+                               "std": list(std)}, "history": []}
+    return _bundle(model, manifest)
+
+
+def save_clip(bundle: ClipBundle, directory: str | Path, **extra) -> Path:
+    """Write ``model.safetensors`` and ``manifest.json`` atomically (results.json-style: manifest last)."""
+    directory = Path(directory)
+    if "model_cfg" not in bundle.manifest:
+        raise ForgetkitError("only CLIPs built from a config can be saved as forgetkit checkpoints; save the "
+                             "edited weights of an external CLIP with save_weights(model.state_dict())")
+    save_weights(directory / "model.safetensors", {k: v.contiguous() for k, v in bundle.model.state_dict().items()})
+    manifest = {**bundle.manifest, **extra, "fingerprint": fingerprint(bundle.model)}
+    write_json(directory / "manifest.json", manifest)
+    return directory
+
+
+def _state_from_file(path: Path) -> dict[str, torch.Tensor]:
+    state = load_weights(path)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ForgetkitError(f"{path} does not hold a flat state dict of tensors; save the CLIP's state_dict()")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_clip(source: str | Path, arch: str | None = None) -> ClipBundle:
+    """Load a CLIP from a forgetkit checkpoint folder, or from a local weights file.
+
+    A file needs ``arch`` (an open_clip architecture name such as ``ViT-B-16`` or ``RN50``), unless it is an
+    OpenAI-format state dict, whose architecture is read from its tensor shapes. TorchScript archives (the original
+    OpenAI ``.pt`` downloads) are refused: convert them once with ``torch.save(torch.jit.load(f).state_dict(),
+    out)`` on a machine you trust.
+    """
+    path = Path(source)
+    if path.is_dir():
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise ForgetkitError(f"{path} is not a forgetkit CLIP checkpoint (no manifest.json); pass the weights "
+                                 f"file itself, with --clip-arch for an open_clip state dict")
+        manifest = read_json(manifest_path)
+        if manifest.get("format") != FORMAT:
+            raise ForgetkitError(f"{path} is not a CLIP checkpoint (format {manifest.get('format')!r}); a forgetkit "
+                                 f"classifier checkpoint cannot be used for CLIP forgetting")
+        model = open_clip.CLIP(**manifest["model_cfg"])
+        load_state_strict(model, _state_from_file(path / "model.safetensors"), str(path), CLIP_FIX)
+        return _bundle(model, manifest)
+    if not path.is_file():
+        raise ForgetkitError(f"CLIP checkpoint {path} does not exist")
+    state = _state_from_file(path)
+    if "text_projection" not in state or "token_embedding.weight" not in state:
+        raise ForgetkitError(f"{path} is not a CLIP checkpoint (no text_projection / token_embedding); give an "
+                             f"open_clip or OpenAI CLIP state dict")
+    if arch is None:
+        try:
+            model = open_clip.build_model_from_openai_state_dict(dict(state), cast_dtype=None).float()
+        except (KeyError, AssertionError, RuntimeError) as err:
+            raise ForgetkitError(f"{path}: not an OpenAI-format CLIP state dict ({err}); pass the open_clip "
+                                 f"architecture name (e.g. arch='ViT-B-16')") from None
+        manifest = {"format": "external", "source": str(path), "arch": "openai", "history": []}
+    else:
+        if arch in CLIP_PRESETS:
+            model = open_clip.CLIP(**CLIP_PRESETS.get(arch)())
+        elif arch in open_clip.list_models():
+            model = open_clip.create_model(arch, pretrained=None)
+        else:
+            raise ForgetkitError(f"unknown CLIP architecture {arch!r}; give an open_clip name (open_clip.list_models()"
+                                 f") or a forgetkit preset ({', '.join(CLIP_PRESETS.names())})")
+        load_state_strict(model, state, str(path), CLIP_FIX)
+        manifest = {"format": "external", "source": str(path), "arch": arch, "history": []}
+    return _bundle(model.float(), manifest)
