@@ -182,6 +182,8 @@ def test_files_that_are_not_clip(tiny_clip, tmp_path):
     torch.save(tiny_clip.model.state_dict(), tmp_path / "clip.pth")
     with pytest.raises(ForgetkitError, match="unknown CLIP architecture"):
         load_clip(tmp_path / "clip.pth", arch="ViT-Nope")
+    with pytest.raises(ForgetkitError, match="not an OpenAI-format CLIP state dict"):
+        load_clip(tmp_path / "clip.pth")                     # an open_clip file needs its architecture name
 
 
 def test_class_aware_loss_counts_same_class_pairs_as_positives():
@@ -285,3 +287,18 @@ def test_shipped_clip_is_a_working_zero_shot_classifier():
     subset = test.subset(torch.arange(0, len(test), 20))          # 500 images, every class
     feats, labels = image_features(bundle, subset)
     assert accuracy_over(feats, labels, class_weights(bundle, test.classes)) >= 70.0
+
+
+def test_openai_format_state_dict_needs_no_architecture_name(tmp_path):
+    import open_clip
+
+    # OpenAI-format: the architecture is read from tensor shapes (heads = width / 64, QuickGELU)
+    model = open_clip.CLIP(embed_dim=32, quick_gelu=True,
+                           vision_cfg={"image_size": 16, "patch_size": 8, "width": 64, "layers": 1, "head_width": 64},
+                           text_cfg={"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1})
+    torch.save(model.state_dict(), tmp_path / "openai.pt")
+    bundle = load_clip(tmp_path / "openai.pt")
+    tokens, image = bundle.tokenize(["a shoe"]), torch.randn(1, 3, 16, 16)
+    assert bundle.manifest["arch"] == "openai"
+    assert torch.allclose(bundle.model.encode_text(tokens), model.eval().encode_text(tokens), atol=1e-5)
+    assert torch.allclose(bundle.model.encode_image(image), model.encode_image(image), atol=1e-5)

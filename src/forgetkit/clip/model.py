@@ -17,6 +17,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.model import build_model_from_openai_state_dict
 from open_clip.tokenizer import SimpleTokenizer
 
 from ..data import Preprocess
@@ -141,8 +142,11 @@ def load_clip(source: str | Path, arch: str | None = None) -> ClipBundle:
                              f"open_clip or OpenAI CLIP state dict")
     if arch is None:
         try:
-            model = open_clip.build_model_from_openai_state_dict(dict(state), cast_dtype=None).float()
-        except (KeyError, AssertionError, RuntimeError) as err:
+            model = build_model_from_openai_state_dict(dict(state), cast_dtype=None).float()
+            # the builder loads into fp16 copies (OpenAI's files are half precision); load the file's own values
+            state = {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+            load_state_strict(model, {k: v.float() for k, v in state.items()}, str(path), CLIP_FIX)
+        except (KeyError, AssertionError, RuntimeError, ValueError, ZeroDivisionError) as err:
             raise ForgetkitError(f"{path}: not an OpenAI-format CLIP state dict ({err}); pass the open_clip "
                                  f"architecture name (e.g. arch='ViT-B-16')") from None
         manifest = {"format": "external", "source": str(path), "arch": "openai", "history": []}
