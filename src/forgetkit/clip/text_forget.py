@@ -146,12 +146,13 @@ def forget_text_classes(bundle: ClipBundle, forget: list[str], retain_names: lis
     if unknown:
         raise ForgetkitError(f"unknown class {unknown[0]!r}; the dataset's classes are: {', '.join(dataset_classes)}")
     start_time = time.time()
-    p0, _bias = projection(bundle.model)
+    p0, bias = projection(bundle.model)
     w0 = p0.T.float()
     h_forget = text_features(bundle, [prompt_name(c) for c in forget])
     h_retain = text_features(bundle, retain_names) if retain_names else h_forget[:0]
     target, redraws = empty_prompt_target(bundle, dataset_classes, forget, cfg, generator)
-    targets = target.expand(len(forget), -1)
+    # embeddings are h W'ᵀ (+ b): a bias cancels in the retain term and shifts the forget target
+    targets = target.expand(len(forget), -1) - (bias if bias is not None else 0)
     lambda_f = cfg.lambda_f
     for trial in range(1, cfg.max_trials + 1):
         (_loss, weight, step), start, end = fit_projection_lora(w0, h_forget, targets, h_retain, cfg, lambda_f,
