@@ -1,8 +1,9 @@
 """Choose hyper-parameters on the validation split over a whole continual protocol, never on the test set.
 
 Runs a forgetting config for every combination of the ``--grid`` values, evaluating on ``val_per_class`` held-out
-training images per class that no method trains on, and prints per task H, Acc_r, Acc_f, Acc_o and the number of
-blocks whose LoRA ends near zero, plus the average H. Writes ``selection.md`` in ``--out``.
+training images per class that no method trains on, and prints per task H, Acc_r, Acc_f, Acc_o, Acc_m (missing
+classes, when there are any) and the number of blocks whose LoRA ends near zero, plus the average H. Writes
+``selection.md`` in ``--out``.
 
     .venv/bin/python bench/select_config.py --grid method.alpha=0.05,0.1,0.2            # the demo's α
     .venv/bin/python bench/select_config.py --config fmnist_fewshot --grid method.beta=[0.2],[1.0] \\
@@ -49,7 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     lines = [f"# {args.config}: validation split, whole continual protocol", "",
              "Fixed overrides: " + (" ".join(args.override) or "none"), "",
-             "| setting | task | H | Acc_r (pre) | Acc_f | Acc_o | blocks near 0 |", "|---|---|---|---|---|---|---|"]
+             "| setting | task | H | Acc_r (pre) | Acc_f | Acc_o | Acc_m | blocks near 0 |",
+             "|---|---|---|---|---|---|---|---|"]
     for i, combo in enumerate(parse_grid(args.grid) if args.grid else [[]]):
         name = " ".join(combo) or "as configured"
         cfg = fk.load_config(args.config, VALIDATION + args.override + combo + [f"output_dir={args.out}/run-{i}"])
@@ -58,8 +60,9 @@ def main() -> None:
             a = t["after"]
             zeroed = f"{t['groups_zeroed']}/{t['num_groups']}" if "groups_zeroed" in t else "–"
             lines.append(f"| {name} | {task_label(t)} | {fmt(t['h_mean'])} | {fmt(a['acc_r'])} "
-                         f"({fmt(t['pretrained']['acc_r'])}) | {fmt(a['acc_f'])} | {fmt(a['acc_o'])} | {zeroed} |")
-        lines.append(f"| {name} | average | {fmt(results['summary']['h_mean_avg'])} | | | | |")
+                         f"({fmt(t['pretrained']['acc_r'])}) | {fmt(a['acc_f'])} | {fmt(a['acc_o'])} | "
+                         f"{fmt(a.get('acc_m'))} | {zeroed} |")
+        lines.append(f"| {name} | average | {fmt(results['summary']['h_mean_avg'])} | | | | | |")
         print("\n".join(lines[-len(results['tasks']) - 1:]), flush=True)
         write_text(f"{args.out}/selection.md", "\n".join(lines) + "\n")
 

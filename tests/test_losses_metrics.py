@@ -30,6 +30,17 @@ def test_group_lasso_hand_computed():
     assert group_norms({"0": [a], "1": [c]}) == {"0": pytest.approx(5.0), "1": 0.0}
 
 
+def test_per_sample_bound_keeps_pushing_the_sample_below_it():
+    logits = torch.tensor([[9.0, 0.0], [0.0, 9.0]], requires_grad=True)   # CE ≈ 1.2e-4 (not pushed), ≈ 9 (pushed)
+    labels = torch.tensor([0, 0])
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none").detach()
+    assert bounded_forget_loss(logits, labels, bound=3.0).item() == 0.0      # the batch mean (≈ 4.5) is past it
+    per_sample = bounded_forget_loss(logits, labels, bound=3.0, per_sample=True)
+    assert per_sample.item() == pytest.approx((3.0 - ce[0].item()) / 2, rel=1e-5)
+    per_sample.backward()
+    assert logits.grad[0].abs().sum() > 0 and logits.grad[1].abs().sum() == 0
+
+
 def test_group_soft_threshold_by_hand():
     a, b = torch.tensor([3.0, 4.0]), torch.tensor([0.3, 0.4])   # group norms 5 and 0.5
     c = torch.tensor([[0.0]])

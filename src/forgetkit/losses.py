@@ -8,12 +8,17 @@ import torch
 import torch.nn.functional as F
 
 
-def bounded_forget_loss(logits: torch.Tensor, labels: torch.Tensor, bound: float) -> torch.Tensor:
-    """``ReLU(BND − CE)`` on the batch-mean cross-entropy of forget samples.
+def bounded_forget_loss(logits: torch.Tensor, labels: torch.Tensor, bound: float, per_sample: bool = False
+                        ) -> torch.Tensor:
+    """``ReLU(BND − CE)`` on the batch-mean cross-entropy of forget samples (the paper).
 
     Minimising it raises the forget CE until it reaches ``bound`` and then stops (zero gradient), instead of
-    the unbounded gradient ascent that destroys the model.
+    the unbounded gradient ascent that destroys the model. ``per_sample`` bounds each sample's CE instead,
+    ``mean_i ReLU(BND − CE_i)``: the batch mean can reach the bound with some samples pushed far and the others
+    not moved at all (e.g. one of two forgotten classes), each sample's bound cannot.
     """
+    if per_sample:
+        return F.relu(bound - F.cross_entropy(logits, labels, reduction="none")).mean()
     return F.relu(bound - F.cross_entropy(logits, labels))
 
 

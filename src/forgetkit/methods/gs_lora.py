@@ -34,6 +34,8 @@ class GSLoRAConfig:
         "help": "β per task (forget-loss weight); the last value repeats for later tasks"})
     bnd: float = field(default=15.0, metadata={
         "help": "BND: bound of the forget CE (paper 105-110 with CosFace s=64; ~15 suits a linear head)"})
+    bound_per_sample: bool = field(default=False, metadata={
+        "help": "bound each forget sample's CE (mean of ReLU(BND − CE_i)) instead of the batch-mean CE (the paper)"})
     alpha: float = field(default=0.2, metadata={"help": "α: group-lasso weight (0 = plain LoRA; paper 1e-4 with "
                                                          "CosFace, 0.2 on the embedded benchmark)"})
     alpha_warmup_epochs: int = field(default=2, metadata={"help": "epochs with α = 0 at the start of each task"})
@@ -81,7 +83,7 @@ class GSLoRA(Method):
         inner = self.module.base_model.model
         emb = inner.embed(torch.cat([xf, xr]))
         logits = inner.head(emb, torch.cat([yf, yr]))
-        forget_loss = bounded_forget_loss(logits[: len(xf)], yf, self.cfg.bnd)
+        forget_loss = bounded_forget_loss(logits[: len(xf)], yf, self.cfg.bnd, self.cfg.bound_per_sample)
         retain_loss = F.cross_entropy(logits[len(xf):], yr) if len(xr) else logits.new_zeros(())
         if self.cfg.lasso_update == "gradient":
             structure = group_lasso(self.groups.values())
