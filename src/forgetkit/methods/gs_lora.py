@@ -8,6 +8,9 @@ LoRA (rank 8, scaling 1/8) on every block's FFN fc1 and fc2, only LoRA trains; t
 weights after each task and fresh adapters start the next one. ``α`` is 0 during a warm-up of a few epochs: from
 a zero ``B`` the lasso otherwise shrinks ``A`` before the task loss can use it, and whole blocks collapse at
 random (calibration.md), which is the warm-up the original ``--warmup_alpha`` adds.
+
+``lasso_update: proximal`` takes the lasso out of the loss and applies its proximal operator after each optimiser
+step instead (each group shrinks by lr·α in norm, small groups become exactly zero); see docs/gs-lora.md.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ class GSLoRAConfig:
         "help": "BND: bound of the forget CE (paper 105-110 with CosFace s=64; ~15 suits a linear head)"})
     bound_per_sample: bool = field(default=False, metadata={
         "help": "bound each forget sample's CE (mean of ReLU(BND − CE_i)) instead of the batch-mean CE (the paper)"})
-    alpha: float = field(default=0.2, metadata={"help": "α: group-lasso weight (0 = plain LoRA; paper 1e-4 with "
-                                                         "CosFace, 0.2 on the embedded benchmark)"})
+    alpha: float = field(default=0.2, metadata={
+        "help": "α: group-lasso strength, 0 = plain LoRA. gradient: the loss weight (paper 1e-4 with CosFace); "
+                "proximal: the shrink per step in units of lr (60 in the embedded configs)"})
     alpha_warmup_epochs: int = field(default=2, metadata={"help": "epochs with α = 0 at the start of each task"})
     lasso_update: str = field(default="gradient", metadata={
         "help": "how the lasso acts: gradient (α·Σ||g|| in the loss, the paper) or proximal (after each optimiser "
