@@ -274,6 +274,8 @@ def test_clip_forget_command(tiny_clip, tmp_path, names_file, capsys):
     assert main(args) == 2 and "already holds results.json" in capsys.readouterr().err
     assert main(args[:-2] + ["-o", "method.stepz=3"]) == 2
     assert "did you mean 'steps'" in capsys.readouterr().err
+    assert main(["config", "--clip"]) == 0
+    assert "method.lambda_f" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),

@@ -135,7 +135,12 @@ def cmd_config(args) -> None:
     from .engine import RunConfig
     from .methods import METHODS
 
-    rows = describe(RunConfig)
+    if args.clip:
+        from .clip import ClipForgetConfig
+
+        rows = describe(ClipForgetConfig)
+    else:
+        rows = describe(RunConfig)
     if args.method:
         rows += describe(METHODS.get(args.method).config_cls, "method.")
     for key, default, help_text in rows:
@@ -211,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list model presets").set_defaults(func=cmd_models)
     p = sub.add_parser("config", help="list config keys, defaults and help")
     p.add_argument("method", nargs="?", help="also list this method's keys")
+    p.add_argument("--clip", action="store_true", help="the keys of a CLIP forgetting run (clip-forget) instead")
     p.set_defaults(func=cmd_config)
     return parser
 

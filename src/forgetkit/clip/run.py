@@ -48,10 +48,10 @@ class ClipForgetConfig:
     image_forgetting: dict[str, Any] | None = field(default=None, metadata={
         "help": "also forget each request with images, by GS-LoRA on the image tower, for comparison: sections of "
                 "a forgetting run (method, train, protocol ratios); null = text-space forgetting only"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seed of every random choice (LoRA init, target re-draws)"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda; the optimisation is tiny either way"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default)"})
-    output_dir: str = "runs/clip-forget"
+    output_dir: str = field(default="runs/clip-forget", metadata={"help": "where results, report and projections go"})
 
 
 def _accuracies(feats, labels, weights, forget_idx, others, other_weights) -> dict:
