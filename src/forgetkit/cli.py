@@ -51,19 +51,16 @@ def cmd_bench(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from .config import apply_overrides, from_dict, read_yaml
+    from .api import load_config
     from .pretrain import PretrainConfig, pretrain
 
-    data = read_yaml(args.config) if args.config else {}
-    overrides = list(args.override)
-    for key in ("arch", "epochs", "out"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
+    overrides = list(args.override) + [f"{k}={getattr(args, k)}" for k in ("arch", "epochs", "out")
+                                       if getattr(args, k) is not None]
     if args.data:
         overrides.append(f"data.source={args.data}")
     if args.root:
         overrides.append(f"data.root={args.root}")
-    cfg = from_dict(PretrainConfig, apply_overrides(data, overrides))
+    cfg = load_config(args.config, overrides, cls=PretrainConfig)
     _, info = pretrain(cfg, progress=not args.quiet)
     print(f"test accuracy {info['test_accuracy']:.2f} % after {info['seconds']:.0f} s; saved to {info['out']}/")
 
@@ -174,15 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     run_flags(p)
     p.set_defaults(func=cmd_bench)
 
+    def pretrain_flags(p, config_cls: str):
+        p.add_argument("-c", "--config", help=f"YAML with {config_cls} fields")
+        p.add_argument("--epochs", type=int)
+        p.add_argument("--out", help="checkpoint folder to write")
+        p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("-q", "--quiet", action="store_true")
+
     p = sub.add_parser("pretrain", help="train a ViT classifier and save a forgetkit checkpoint")
-    p.add_argument("-c", "--config", help="YAML with PretrainConfig fields")
+    pretrain_flags(p, "PretrainConfig")
     p.add_argument("--data", help="data source: fashion_mnist, image_folder or synthetic")
     p.add_argument("--root", help="data root folder")
     p.add_argument("--arch", help="model preset (forgetkit models)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--out", help="checkpoint folder to write")
-    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("clip-demo", help="zero-shot CLIP class forgetting on the embedded Fashion-MNIST CLIP")
@@ -196,11 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_clip_forget)
 
     p = sub.add_parser("clip-pretrain", help="train the small CLIP of the embedded demo on captioned images")
-    p.add_argument("-c", "--config", help="YAML with ClipPretrainConfig fields")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--out", help="checkpoint folder to write")
-    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("-q", "--quiet", action="store_true")
+    pretrain_flags(p, "ClipPretrainConfig")
     p.set_defaults(func=cmd_clip_pretrain)
 
     p = sub.add_parser("import-weights", help="make a forgetkit checkpoint from timm/torchvision ViT weights")

@@ -19,7 +19,7 @@ from .config import to_dict
 from .data import DataConfig, load_data
 from .metrics import evaluate_classes
 from .models import create_model, save_model
-from .runtime import derived_generator, seed_everything, setup_device
+from .runtime import adamw, derived_generator, seed_everything, setup_device
 
 
 @dataclass
@@ -49,10 +49,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True):
     splits.with_preprocess(model.spec.preprocess)
     loader = torch.utils.data.DataLoader(splits.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                                          generator=derived_generator(cfg.seed, 1))
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     total = cfg.epochs * len(loader)
 
     def lr_at(step: int) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -55,3 +56,12 @@ def cycle(iterable):
     """Iterate over a loader forever (a new pass, with a new shuffle, each time it ends)."""
     while True:
         yield from iterable
+
+
+def adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
+          decay: Callable[[torch.nn.Parameter], bool] = lambda p: p.ndim >= 2) -> torch.optim.AdamW:
+    """AdamW with weight decay on the tensors ``decay`` accepts (default: ≥2-d, as timm's optimiser factory) and none
+    on the others (biases, norms, tokens)."""
+    params = list(params)
+    return torch.optim.AdamW([{"params": [p for p in params if decay(p)], "weight_decay": weight_decay},
+                              {"params": [p for p in params if not decay(p)], "weight_decay": 0.0}], lr=lr)

@@ -11,7 +11,6 @@ Nothing is downloaded: an open_clip architecture is built from its config (``ope
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from open_clip.tokenizer import SimpleTokenizer
 
 from ..data import Preprocess
 from ..errors import ForgetkitError
-from ..io import load_weights, read_json, save_weights, write_json
-from ..models.checkpoint import fingerprint, load_state_strict
+from ..io import load_weights, save_weights, write_json
+from ..models.checkpoint import fingerprint, load_state_strict, read_manifest
 from ..registry import Registry
 
 FORMAT = "forgetkit-clip"
@@ -61,9 +60,6 @@ class ClipBundle:
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts)
-
-    def copy(self) -> "ClipBundle":
-        return ClipBundle(copy.deepcopy(self.model), self.tokenizer, self.preprocess, copy.deepcopy(self.manifest))
 
 
 def _bundle(model: open_clip.CLIP, manifest: dict) -> ClipBundle:
@@ -123,14 +119,8 @@ def load_clip(source: str | Path, arch: str | None = None) -> ClipBundle:
     """
     path = Path(source)
     if path.is_dir():
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise ForgetkitError(f"{path} is not a forgetkit CLIP checkpoint (no manifest.json); pass the weights "
-                                 f"file itself, with --clip-arch for an open_clip state dict")
-        manifest = read_json(manifest_path)
-        if manifest.get("format") != FORMAT:
-            raise ForgetkitError(f"{path} is not a CLIP checkpoint (format {manifest.get('format')!r}); a forgetkit "
-                                 f"classifier checkpoint cannot be used for CLIP forgetting")
+        manifest = read_manifest(path, FORMAT, "CLIP checkpoint", "give a folder written by `forgetkit clip-pretrain`"
+                                 ", or the weights file itself with `arch` for an open_clip state dict")
         model = open_clip.CLIP(**manifest["model_cfg"])
         load_state_strict(model, _state_from_file(path / "model.safetensors"), str(path), CLIP_FIX)
         return _bundle(model, manifest)

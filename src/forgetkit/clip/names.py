@@ -68,9 +68,13 @@ def read_names(path: str | Path, dataset_classes: list[str] | None = None) -> Na
     return NameList(aliases, related)
 
 
+def _shipped_path(dataset: str) -> Path:
+    return Path(str(resources.files("forgetkit.clip") / "names" / f"{dataset}.txt"))
+
+
 def builtin_names(dataset: str) -> Path:
     """The shipped list of an embedded dataset."""
-    path = Path(str(resources.files("forgetkit.clip") / "names" / f"{dataset}.txt"))
+    path = _shipped_path(dataset)
     if not path.is_file():
         raise ForgetkitError(f"forgetkit ships no related-name list for {dataset!r}; pass one with "
                              f"names: <file> (one name per line)")
@@ -79,5 +83,5 @@ def builtin_names(dataset: str) -> Path:
 
 def shipped_names(dataset: str, dataset_classes: list[str]) -> NameList:
     """The shipped list of a dataset, or an empty one (each class has only its own name) if none ships."""
-    path = Path(str(resources.files("forgetkit.clip") / "names" / f"{dataset}.txt"))
+    path = _shipped_path(dataset)
     return read_names(path, dataset_classes) if path.is_file() else NameList({}, [])

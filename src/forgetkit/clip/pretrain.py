@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..config import to_dict
 from ..data import DataConfig, load_data
-from ..runtime import derived_generator, seed_everything, setup_device
+from ..runtime import adamw, derived_generator, seed_everything, setup_device
 from .model import create_clip, save_clip
 from .names import shipped_names
 from .zeroshot import accuracy_over, class_weights, image_features, prompt_name
@@ -102,10 +102,8 @@ def pretrain_clip(cfg: ClipPretrainConfig, progress: bool = True) -> dict:
                                          generator=derived_generator(cfg.seed, 1))
     caption_gen = derived_generator(cfg.seed, 2)
     model = bundle.model.to(device).train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+    tables = {id(p) for n, p in model.named_parameters() if "embedding" in n}  # token and position tables
+    opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay, decay=lambda p: p.ndim >= 2 and id(p) not in tables)
     total = cfg.epochs * len(loader)
     start, step = time.time(), 0
     for epoch in range(cfg.epochs):

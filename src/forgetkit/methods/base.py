@@ -17,6 +17,7 @@ import torch
 from ..config import from_dict
 from ..protocol import Task, TaskData
 from ..registry import Registry
+from ..runtime import adamw
 
 METHODS: Registry = Registry("method")
 DEFAULT_METHOD = "gs_lora"
@@ -87,10 +88,7 @@ class Method:
 
     def make_optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
         """AdamW over :meth:`parameters`, decay on ≥2-d tensors only (as timm's optimiser factory)."""
-        params = self.parameters()
-        return torch.optim.AdamW([
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
+        return adamw(self.parameters(), lr, weight_decay)
 
     def end_epoch(self, epoch: int) -> None:
         """Called after the last step of each epoch (weight averages, schedules)."""

@@ -63,18 +63,25 @@ def save_model(model: ForgetModel, directory: str | Path, classes: list[str], **
     return directory
 
 
+def read_manifest(directory: Path, expected_format: str, what: str, fix: str) -> dict:
+    """The ``manifest.json`` of a checkpoint folder, checked to be of ``expected_format``."""
+    path = directory / "manifest.json"
+    if not path.is_file():
+        raise ForgetkitError(f"{directory} is not a {what} (no manifest.json); {fix}")
+    manifest = read_json(path)
+    if manifest.get("format") != expected_format:
+        raise ForgetkitError(f"{directory} is not a {what} (its manifest has format {manifest.get('format')!r}); "
+                             f"{fix}")
+    return manifest
+
+
 def load_model(directory: str | Path) -> tuple[ForgetModel, dict]:
     """Load a forgetkit checkpoint folder; returns the model (eval mode) and its manifest."""
     directory = Path(directory)
     if directory.is_file():
         directory = directory.parent
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
-        raise ForgetkitError(f"{directory} is not a forgetkit checkpoint (no manifest.json); create one with "
-                             f"`forgetkit pretrain`, or load foreign weights with load_external_weights")
-    manifest = read_json(manifest_path)
-    if manifest.get("format") != FORMAT:
-        raise ForgetkitError(f"{manifest_path} is not a forgetkit model manifest (format={manifest.get('format')!r})")
+    manifest = read_manifest(directory, FORMAT, "forgetkit checkpoint", "create one with `forgetkit pretrain`, or "
+                             "load foreign weights with load_external_weights")
     spec = ModelSpec.from_dict(manifest["spec"])
     model = ForgetModel(spec)
     state = load_weights(directory / "model.safetensors")
