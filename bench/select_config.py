@@ -2,8 +2,8 @@
 
 Runs a forgetting config for every combination of the ``--grid`` values, evaluating on ``val_per_class`` held-out
 training images per class that no method trains on, and prints per task H, Acc_r, Acc_f, Acc_o, Acc_m (missing
-classes, when there are any) and the number of blocks whose LoRA ends near zero, plus the average H. Writes
-``selection.md`` in ``--out``.
+classes, when there are any), the number of blocks whose LoRA ends near zero and the issue-2 quality checks that
+fail (``gs_lora_quality.py``), plus the average H. Writes ``selection.md`` in ``--out``.
 
     .venv/bin/python bench/select_config.py --grid method.alpha=0.05,0.1,0.2            # the demo's α
     .venv/bin/python bench/select_config.py --config fmnist_fewshot --grid method.beta=[0.2],[1.0] \\
@@ -17,7 +17,9 @@ import itertools
 
 import forgetkit as fk
 from forgetkit.io import write_text
+from forgetkit.methods.base import resolved_method_config
 from forgetkit.report import fmt, task_label
+from gs_lora_quality import check
 
 VALIDATION = ["protocol.val_per_class=500", "protocol.eval_split=val", "save_model=false"]
 
@@ -50,19 +52,21 @@ def main() -> None:
     args = parser.parse_args()
     lines = [f"# {args.config}: validation split, whole continual protocol", "",
              "Fixed overrides: " + (" ".join(args.override) or "none"), "",
-             "| setting | task | H | Acc_r (pre) | Acc_f | Acc_o | Acc_m | blocks near 0 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| setting | task | H | Acc_r (pre) | Acc_f | Acc_o | Acc_m | blocks near 0 | failed checks |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for i, combo in enumerate(parse_grid(args.grid) if args.grid else [[]]):
         name = " ".join(combo) or "as configured"
         cfg = fk.load_config(args.config, VALIDATION + args.override + combo + [f"output_dir={args.out}/run-{i}"])
         results = fk.run_forgetting(cfg, progress=False, overwrite=True)
-        for t in results["tasks"]:
+        checks = check(results, resolved_method_config(cfg.method).get("alpha", 0.0))
+        for t, row in zip(results["tasks"], checks):
             a = t["after"]
             zeroed = f"{t['groups_zeroed']}/{t['num_groups']}" if "groups_zeroed" in t else "–"
+            failed = ", ".join(k for k, ok in row["checks"].items() if not ok) or "–"
             lines.append(f"| {name} | {task_label(t)} | {fmt(t['h_mean'])} | {fmt(a['acc_r'])} "
                          f"({fmt(t['pretrained']['acc_r'])}) | {fmt(a['acc_f'])} | {fmt(a['acc_o'])} | "
-                         f"{fmt(a.get('acc_m'))} | {zeroed} |")
-        lines.append(f"| {name} | average | {fmt(results['summary']['h_mean_avg'])} | | | | | |")
+                         f"{fmt(a.get('acc_m'))} | {zeroed} | {failed} |")
+        lines.append(f"| {name} | average | {fmt(results['summary']['h_mean_avg'])} | | | | | | |")
         print("\n".join(lines[-len(results['tasks']) - 1:]), flush=True)
         write_text(f"{args.out}/selection.md", "\n".join(lines) + "\n")
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from forgetkit.losses import bounded_forget_loss, group_lasso, group_norms, group_soft_threshold
+from forgetkit.losses import bounded_forget_loss, class_mass_loss, group_lasso, group_norms, group_soft_threshold
 from forgetkit.metrics import PerClass, evaluate_classes, h_mean
 
 
@@ -39,6 +39,21 @@ def test_per_sample_bound_keeps_pushing_the_sample_below_it():
     assert per_sample.item() == pytest.approx((3.0 - ce[0].item()) / 2, rel=1e-5)
     per_sample.backward()
     assert logits.grad[0].abs().sum() > 0 and logits.grad[1].abs().sum() == 0
+
+
+def test_class_mass_loss_hand_computed():
+    logits = torch.tensor([[0.0, 0.0, math.log(2.0)], [math.log(3.0), 0.0, 0.0]], requires_grad=True)
+    # softmax rows: [1/4, 1/4, 1/2] and [3/5, 1/5, 1/5]; mass on classes {1, 2}: 3/4 and 2/5
+    loss = class_mass_loss(logits, [1, 2])
+    assert loss.item() == pytest.approx((-math.log(1 / 4) - math.log(3 / 5)) / 2, abs=1e-6)
+    loss.backward()
+    assert logits.grad[:, 1:].sum() > 0          # descending lowers the logits of the guarded classes
+    assert class_mass_loss(logits, []).item() == 0.0
+    gone = torch.tensor([[30.0, -30.0, -30.0]], requires_grad=True)   # no mass left on them: nothing to push
+    class_mass_loss(gone, [1, 2]).backward()
+    assert gone.grad.abs().max() < 1e-12
+    collapsed = torch.tensor([[-80.0, 80.0, 0.0]])                     # all mass on a guarded class: still finite
+    assert torch.isfinite(class_mass_loss(collapsed, [1]))
 
 
 def test_group_soft_threshold_by_hand():

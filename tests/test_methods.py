@@ -127,6 +127,21 @@ def test_gs_lora_proximal_lasso(tiny_model_dir):
     assert torch.isfinite(losses["loss"])
 
 
+def test_gs_lora_forgotten_mass_term(tiny_model_dir):
+    method, module, _, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, "gs_lora", alpha=0.0, beta=[0.5],
+                                                        forgotten_mass_weight=2.0)
+    perturb(module)
+    task.old = [task.retain[0]]           # as if a class had been forgotten by an earlier request
+    losses = method.training_step((xf, yf), (xr, yr), epoch=0)
+    p_forget_images = F.softmax(module(xf), dim=1)
+    mass = p_forget_images[:, task.forget + task.old].sum(dim=1)
+    expected_mass = -torch.log(1 - mass).mean()
+    assert torch.allclose(losses["forgotten_mass"], expected_mass, atol=1e-5)
+    assert torch.allclose(losses["loss"], 0.5 * losses["forget"] + losses["retain"] + 2.0 * expected_mass, atol=1e-5)
+    method.cfg.forgotten_mass_weight = 0.0  # off (the paper): no term
+    assert method.training_step((xf, yf), (xr, yr), epoch=0)["forgotten_mass"] == 0
+
+
 @pytest.mark.parametrize("name", ["l2", "ewc", "mas"])
 def test_importance_penalty_terms(tiny_model_dir, name):
     method, module, original, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, name, reg_lambda=2.0)

@@ -22,6 +22,20 @@ def bounded_forget_loss(logits: torch.Tensor, labels: torch.Tensor, bound: float
     return F.relu(bound - F.cross_entropy(logits, labels))
 
 
+def class_mass_loss(logits: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """``mean_i −log(1 − Σ_{c∈classes} softmax(logits_i)_c)``: keeps the predicted mass off ``classes``.
+
+    Zero when no probability falls on ``classes``, and bounded in its push: unlike gradient ascent on their CE, its
+    gradient vanishes once the mass is gone. GS-LoRA's ``forgotten_mass_weight`` applies it to forget images over
+    every class forgotten so far, so that they land on retained classes.
+    """
+    if not classes or not len(logits):
+        return logits.new_zeros(())
+    log_mass = torch.logsumexp(F.log_softmax(logits, dim=1)[:, classes], dim=1)
+    # log(1 − e^m) computed stably; the clamp keeps a fully collapsed row finite
+    return -torch.log(-torch.expm1(log_mass.clamp(max=-1e-6))).mean()
+
+
 def group_lasso(groups: Iterable[Iterable[torch.Tensor]]) -> torch.Tensor:
     """``Σ_g sqrt(Σ_{P∈g} ||P||_F²)``: the L2 norm of each group, summed, which drives whole groups to zero."""
     norms = [torch.sqrt(sum((p ** 2).sum() for p in group)) for group in groups]

@@ -3,6 +3,7 @@
 Loss per step (gs-lora.md §2.5)::
 
     L = β_t · ReLU(BND − CE(f(x_f), y_f)) + CE(f(x_r), y_r) + α(epoch) · Σ_blocks sqrt(Σ ||A||² + ||B||²)
+        [+ γ · mean_f −log(1 − p(every class forgotten so far | x_f))]      (forgetkit's option, off in the paper)
 
 LoRA (rank 8, scaling 1/8) on every block's FFN fc1 and fc2, only LoRA trains; the update is merged into the
 weights after each task and fresh adapters start the next one. ``α`` is 0 during a warm-up of a few epochs: from
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ForgetkitError
-from ..losses import bounded_forget_loss, group_lasso, group_norms, group_soft_threshold
+from ..losses import bounded_forget_loss, class_mass_loss, group_lasso, group_norms, group_soft_threshold
 from ..models.checkpoint import fingerprint
 from ..models.lora import LoRASettings, add_lora, lora_groups, merge_lora, save_adapter
 from .base import Method, register_method
@@ -39,6 +40,10 @@ class GSLoRAConfig:
         "help": "BND: bound of the forget CE (paper 105-110 with CosFace s=64; ~15 suits a linear head)"})
     bound_per_sample: bool = field(default=False, metadata={
         "help": "bound each forget sample's CE (mean of ReLU(BND − CE_i)) instead of the batch-mean CE (the paper)"})
+    forgotten_mass_weight: float = field(default=0.0, metadata={
+        "help": "γ: weight of mean −log(1 − p(forgotten)) on the forget images, forgotten = this task's classes and "
+                "every earlier task's. Forgotten images then land on retained classes, so classes forgotten earlier "
+                "do not become where later ones go, nor come back (0 = off, the paper)"})
     alpha: float = field(default=0.2, metadata={
         "help": "α: group-lasso strength, 0 = plain LoRA. gradient: the loss weight (paper 1e-4 with CosFace); "
                 "proximal: the shrink per step in units of lr (60 in the embedded configs)"})
@@ -89,14 +94,18 @@ class GSLoRA(Method):
         logits = inner.head(emb, torch.cat([yf, yr]))
         forget_loss = bounded_forget_loss(logits[: len(xf)], yf, self.cfg.bnd, self.cfg.bound_per_sample)
         retain_loss = F.cross_entropy(logits[len(xf):], yr) if len(xr) else logits.new_zeros(())
+        # every class forgotten so far: this request's and the earlier ones'
+        forgotten_mass = (class_mass_loss(logits[: len(xf)], self.task.forget + self.task.old)
+                          if self.cfg.forgotten_mass_weight else logits.new_zeros(()))
+        loss = self.beta * forget_loss + retain_loss + self.cfg.forgotten_mass_weight * forgotten_mass
         if self.cfg.lasso_update == "gradient":
             structure = group_lasso(self.groups.values())
-            loss = self.beta * forget_loss + retain_loss + self.alpha_at(epoch) * structure
+            loss = loss + self.alpha_at(epoch) * structure
         else:  # step() applies the lasso as a proximal step; the value is only reported (no gradient: √0 at zero)
             with torch.no_grad():
                 structure = group_lasso(self.groups.values())
-            loss = self.beta * forget_loss + retain_loss
-        losses = {"loss": loss, "forget": forget_loss, "retain": retain_loss, "structure": structure}
+        losses = {"loss": loss, "forget": forget_loss, "retain": retain_loss, "forgotten_mass": forgotten_mass,
+                  "structure": structure}
         return self.extra_terms(losses, emb[: len(xf)], yf, emb[len(xf):], yr)
 
     def step(self, forget, retain, epoch, optimizer):
