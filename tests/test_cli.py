@@ -76,7 +76,11 @@ def test_import_weights_from_torchvision_pth(tmp_path, capsys):
     assert main(["import-weights", "--weights", str(tmp_path / "tv.pth"), "--arch", "vit_test", "--data-root",
                  str(root), "--class-index-file", str(tmp_path / "names.txt"), "--out", str(tmp_path / "m")]) == 2
     assert "does not match" in capsys.readouterr().err
-    model = fk.load_external_weights(tmp_path / "tv.pth", "vit_test", 2, class_indices=[1, 3], in_chans=3)
+    assert main(["import-weights", "--weights", str(tmp_path / "tv.pth"), "--arch", "vit_test", "-o", "in_chans=3",
+                 "--data-root", str(root), "--class-index-file", str(tmp_path / "names.txt"),
+                 "--out", str(tmp_path / "m")]) == 0
+    model, manifest = fk.load_model(tmp_path / "m")
+    assert manifest["classes"] == ["a", "b"] and manifest["spec"]["in_chans"] == 3
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(model(x), tv(x)[:, [1, 3]], atol=1e-5)

@@ -121,3 +121,85 @@ def test_timm_vit_weights_load(tmp_path):
         assert torch.allclose(timm_vit(x), ours(x), atol=1e-5)
     with pytest.raises(ForgetkitError, match="does not match"):
         load_external_weights(tmp_path / "t.safetensors", "vit_fmnist", 3)
+
+
+def face_transformer_state(dim=32, depth=2, mlp=128, patch=4, chans=3, tokens=17, classes=5, seed=0):
+    """Random weights under the key names of the Face Transformer's ViT_face (CosFace head)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.2, base=0.0):
+        return base + scale * torch.randn(*shape, generator=gen)
+
+    state = {"pos_embedding": rand(1, tokens, dim), "cls_token": rand(1, 1, dim),
+             "patch_to_embedding.weight": rand(dim, patch * patch * chans), "patch_to_embedding.bias": rand(dim),
+             "mlp_head.0.weight": rand(dim, base=1.0), "mlp_head.0.bias": rand(dim), "loss.weight": rand(classes, dim)}
+    for i in range(depth):
+        pre = f"transformer.layers.{i}."
+        state |= {pre + "0.fn.norm.weight": rand(dim, base=1.0), pre + "0.fn.norm.bias": rand(dim),
+                  pre + "0.fn.fn.to_qkv.weight": rand(3 * dim, dim),
+                  pre + "0.fn.fn.to_out.0.weight": rand(dim, dim), pre + "0.fn.fn.to_out.0.bias": rand(dim),
+                  pre + "1.fn.norm.weight": rand(dim, base=1.0), pre + "1.fn.norm.bias": rand(dim),
+                  pre + "1.fn.fn.net.0.weight": rand(mlp, dim), pre + "1.fn.fn.net.0.bias": rand(mlp),
+                  pre + "1.fn.fn.net.3.weight": rand(dim, mlp), pre + "1.fn.fn.net.3.bias": rand(dim)}
+    return state
+
+
+def face_transformer_forward(state, img, patch, heads, depth, scale=64.0):
+    """The Face Transformer's forward written from its description (gs-lora.md §1.1), independent of timm:
+    patches flattened as (p1 p2 c), pre-norm blocks with LayerNorm eps 1e-5, softmax scale dim**-0.5, class-token
+    pooling, LayerNorm, CosFace cosine logits."""
+    F = torch.nn.functional
+    b, c, h, w = img.shape
+    x = img.reshape(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 3, 5, 1)  # b h w p1 p2 c
+    x = x.reshape(b, -1, patch * patch * c)
+    x = F.linear(x, state["patch_to_embedding.weight"], state["patch_to_embedding.bias"])
+    x = torch.cat([state["cls_token"].expand(b, -1, -1), x], dim=1) + state["pos_embedding"]
+    n, dim = x.shape[1], x.shape[2]
+
+    def norm(t, key):
+        return F.layer_norm(t, (dim,), state[key + ".weight"], state[key + ".bias"], eps=1e-5)
+
+    for i in range(depth):
+        pre = f"transformer.layers.{i}."
+        q, k, v = (t.reshape(b, n, heads, -1).transpose(1, 2)
+                   for t in F.linear(norm(x, pre + "0.fn.norm"), state[pre + "0.fn.fn.to_qkv.weight"]).chunk(3, -1))
+        attn = (q @ k.transpose(-1, -2) * dim ** -0.5).softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, -1)
+        x = x + F.linear(out, state[pre + "0.fn.fn.to_out.0.weight"], state[pre + "0.fn.fn.to_out.0.bias"])
+        hidden = F.gelu(F.linear(norm(x, pre + "1.fn.norm"), state[pre + "1.fn.fn.net.0.weight"],
+                                 state[pre + "1.fn.fn.net.0.bias"]))
+        x = x + F.linear(hidden, state[pre + "1.fn.fn.net.3.weight"], state[pre + "1.fn.fn.net.3.bias"])
+    emb = norm(x[:, 0], "mlp_head.0")
+    return emb, scale * F.normalize(emb) @ F.normalize(state["loss.weight"]).T
+
+
+FACE_TEST = dict(in_chans=3, qkv_bias=False, attn_scale="model_dim", head="cosface", norm_eps=1e-5)
+
+
+def test_face_transformer_weights_convert_exactly(tmp_path):
+    state = face_transformer_state()
+    # as GS-LoRA saves it: through nn.DataParallel ("module."), with the last task's LoRA factors next to the
+    # weights they were already merged into
+    saved = {"module." + k: v for k, v in state.items()}
+    saved["module.transformer.layers.0.1.fn.fn.net.0.lora_A"] = torch.randn(8, 32)
+    saved["module.transformer.layers.0.1.fn.fn.net.0.lora_B"] = torch.randn(128, 8)
+    torch.save(saved, tmp_path / "face.pth")
+    ours = load_external_weights(tmp_path / "face.pth", "vit_test", 5, **FACE_TEST)
+    x = torch.rand(3, 3, 16, 16)
+    emb, logits = face_transformer_forward(state, x, patch=4, heads=2, depth=2)
+    with torch.no_grad():
+        assert torch.allclose(ours.embed(x), emb, atol=1e-5)
+        assert torch.allclose(ours(x), logits, atol=1e-4)
+        picked = load_external_weights(tmp_path / "face.pth", "vit_test", 2, class_indices=[3, 0], **FACE_TEST)
+        assert torch.allclose(picked(x), logits[:, [3, 0]], atol=1e-4)
+
+
+def test_face_transformer_mismatches_are_explained(tmp_path):
+    torch.save(face_transformer_state(), tmp_path / "face.pth")
+    with pytest.raises(ForgetkitError, match="patch_size"):
+        load_external_weights(tmp_path / "face.pth", "vit_test", 5, **{**FACE_TEST, "patch_size": 8})
+    with pytest.raises(ForgetkitError, match="does not match"):     # a deeper preset: blocks missing
+        load_external_weights(tmp_path / "face.pth", "vit_test", 5, **{**FACE_TEST, "depth": 3})
+    torch.save(face_transformer_state() | {"loss.kernel": torch.ones(1)}, tmp_path / "other.pth")
+    with pytest.raises(ForgetkitError, match="unknown key loss.kernel"):
+        load_external_weights(tmp_path / "other.pth", "vit_test", 5, **FACE_TEST)

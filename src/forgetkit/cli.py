@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config import apply_overrides
 from .errors import ForgetkitError
 
 
@@ -107,7 +108,8 @@ def cmd_import_weights(args) -> None:
             raise ForgetkitError(f"{args.class_index_file} lacks classes {missing[:5]}; it must list every class "
                                  f"folder name in the checkpoint's output order")
         indices = [names.index(c) for c in classes]
-    model = load_external_weights(args.weights, args.arch, len(classes), class_indices=indices)
+    model = load_external_weights(args.weights, args.arch, len(classes), class_indices=indices,
+                                  **apply_overrides({}, args.override))
     save_model(model, args.out, classes, imported_from=str(args.weights), history=[])
     print(f"saved {args.arch} with {len(classes)} classes to {args.out}/")
 
@@ -199,9 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain_flags(p, "ClipPretrainConfig")
     p.set_defaults(func=cmd_clip_pretrain)
 
-    p = sub.add_parser("import-weights", help="make a forgetkit checkpoint from timm/torchvision ViT weights")
+    p = sub.add_parser("import-weights", help="make a forgetkit checkpoint from timm, torchvision or Face "
+                                              "Transformer ViT weights")
     p.add_argument("--weights", required=True, help=".safetensors or .pth file (read with weights_only=True)")
-    p.add_argument("--arch", default="vit_b16")
+    p.add_argument("--arch", default="vit_b16", help="model preset: vit_b16 (timm/torchvision) or face_vit_p8s8 "
+                                                     "(the Face Transformer GS-LoRA trains)")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change a preset field, e.g. depth=12 (the papers' depth-12 face ablation)")
     p.add_argument("--data-root", required=True, help="image-folder dataset whose classes the model will have")
     p.add_argument("--class-index-file", help="class names in the checkpoint head's order, one per line (for "
                                               "ImageNet100: imagenet_folder_names.txt)")

@@ -142,9 +142,56 @@ def _torchvision_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
+# Face Transformer ViT_face key -> timm VisionTransformer key (Residual(PreNorm(...)) wrappers add ".fn")
+_FACE_TRANSFORMER_KEYS = [
+    (r"pos_embedding$", "pos_embed"),
+    (r"cls_token$", "cls_token"),
+    (r"patch_to_embedding\.", "patch_embed.proj."),
+    (r"transformer\.layers\.(\d+)\.0\.fn\.norm\.", r"blocks.\1.norm1."),
+    (r"transformer\.layers\.(\d+)\.0\.fn\.fn\.to_qkv\.", r"blocks.\1.attn.qkv."),
+    (r"transformer\.layers\.(\d+)\.0\.fn\.fn\.to_out\.0\.", r"blocks.\1.attn.proj."),
+    (r"transformer\.layers\.(\d+)\.1\.fn\.norm\.", r"blocks.\1.norm2."),
+    (r"transformer\.layers\.(\d+)\.1\.fn\.fn\.net\.0\.", r"blocks.\1.mlp.fc1."),
+    (r"transformer\.layers\.(\d+)\.1\.fn\.fn\.net\.3\.", r"blocks.\1.mlp.fc2."),
+    (r"mlp_head\.0\.", "norm."),
+    (r"loss\.weight$", "head.weight"),
+]
+
+
+def _face_transformer_to_timm(state: dict[str, torch.Tensor], spec) -> dict[str, torch.Tensor]:
+    """Rename Face Transformer ``ViT_face`` keys (zhongyy/Face-Transformer, the backbone GS-LoRA trains) to timm's.
+
+    The maths is the same once three things are mapped: the patch embedding is a Linear over patches flattened as
+    ``(p1 p2 c)``, i.e. a convolution whose weight is permuted; the final ``mlp_head`` LayerNorm is applied to the
+    class token only, which equals timm's norm of every token followed by class-token pooling; the CosFace weight
+    ``loss.weight`` is the head. LoRA factors are dropped: GS-LoRA saves after ``eval()``, when loralib has already
+    merged them into the weights (gs-lora.md §1.4), so keeping them would apply the update twice.
+    """
+    out = {}
+    p, c = spec.patch_size, spec.in_chans
+    for key, value in state.items():
+        if "lora_" in key:
+            continue
+        for pattern, replacement in _FACE_TRANSFORMER_KEYS:
+            if re.match(pattern, key):
+                new = re.sub("^" + pattern, replacement, key)
+                break
+        else:
+            raise ForgetkitError(f"unknown key {key} in a Face Transformer checkpoint; only ViT_face (P8S8 patches) "
+                                 f"with a CosFace or ArcFace head is supported")
+        if new == "patch_embed.proj.weight":
+            if value.shape[1] != p * p * c:
+                raise ForgetkitError(f"patch embedding of the Face Transformer checkpoint takes {value.shape[1]} "
+                                     f"inputs, the preset {p}×{p}×{c}; pass the matching patch_size / in_chans")
+            value = value.reshape(-1, p, p, c).permute(0, 3, 1, 2).contiguous()
+        out[new] = value
+    return out
+
+
 def load_external_weights(path: str | Path, arch: str, num_classes: int, class_indices: list[int] | None = None,
                           **overrides) -> ForgetModel:
-    """Build a preset and fill it from a timm or torchvision ViT checkpoint (``.safetensors`` or ``.pth``).
+    """Build a preset and fill it from a timm, torchvision or Face Transformer ViT checkpoint (``.safetensors`` or
+    ``.pth``).
 
     ``.pth`` files are read with ``torch.load(weights_only=True)`` only. The classifier rows are taken from the
     checkpoint's head: all of them when it has ``num_classes`` outputs, or the rows ``class_indices`` (for example
@@ -152,20 +199,24 @@ def load_external_weights(path: str | Path, arch: str, num_classes: int, class_i
     """
     spec = model_spec(arch, num_classes, **overrides)
     model = ForgetModel(spec)
-    state = load_weights(path)
-    if any(k.startswith("encoder.layers.") for k in state):
+    state = {k.removeprefix("module."): v for k, v in load_weights(path).items()}  # nn.DataParallel saves
+    if "patch_to_embedding.weight" in state:
+        state = _face_transformer_to_timm(state, spec)
+    elif any(k.startswith("encoder.layers.") for k in state):
         state = _torchvision_to_timm(state)
     head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     body = {k: v for k, v in state.items() if not k.startswith("head.")}
     load_state_strict(model.backbone, body, str(path))
-    if head and spec.head == "linear":
+    if head:
+        target = model.head.fc if spec.head == "linear" else model.head
         weight, bias = head["weight"], head.get("bias")
         if class_indices is not None:
             weight, bias = weight[class_indices], (bias[class_indices] if bias is not None else None)
-        if weight.shape != model.head.fc.weight.shape:
-            raise ForgetkitError(f"head of {path} has {weight.shape[0]} outputs, the model {num_classes}; pass "
-                                 f"class_indices to pick the rows of the classes you use")
-        model.head.fc.weight.data.copy_(weight)
-        if bias is not None:
-            model.head.fc.bias.data.copy_(bias)
+        if weight.shape != target.weight.shape:
+            raise ForgetkitError(f"head of {path} has shape {tuple(weight.shape)}, the model's "
+                                 f"{tuple(target.weight.shape)} ({num_classes} classes); pass class_indices to pick "
+                                 f"the rows of the classes you use")
+        target.weight.data.copy_(weight)
+        if bias is not None and getattr(target, "bias", None) is not None:
+            target.bias.data.copy_(bias)
     return model.eval()

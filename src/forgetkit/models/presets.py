@@ -32,7 +32,10 @@ class ModelSpec:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
-    drop_rate: float = 0.0
+    drop_rate: float = field(default=0.0, metadata={"help": "dropout on the embeddings, after attention and in the "
+                                                             "MLP (training only)"})
+    norm_eps: float = field(default=1e-6, metadata={"help": "LayerNorm epsilon (timm's 1e-6; the Face Transformer "
+                                                             "uses PyTorch's default 1e-5)"})
     attn_scale: str = field(default="head_dim", metadata={"help": "head_dim (standard) or model_dim (Face "
                                                                    "Transformer quirk)"})
     head: str = field(default="linear", metadata={"help": "linear or cosface"})
@@ -104,8 +107,8 @@ def face_vit_p8s8(num_classes: int) -> ModelSpec:
     """Face Transformer "ViT-P8S8" of GS-LoRA (gs-lora.md §1.1): 112 px RGB, patch 8, dim 512, depth 6, 8 heads,
     MLP 2048, no qkv bias, dropout 0.1, softmax scale dim**-0.5, CosFace head (s 64, m 0.35), input in [0,1]."""
     return ModelSpec("face_vit_p8s8", num_classes, image_size=112, in_chans=3, patch_size=8, embed_dim=512, depth=6,
-                     num_heads=8, mlp_ratio=4.0, qkv_bias=False, drop_rate=0.1, attn_scale="model_dim",
-                     head="cosface", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+                     num_heads=8, mlp_ratio=4.0, qkv_bias=False, drop_rate=0.1, norm_eps=1e-5,
+                     attn_scale="model_dim", head="cosface", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
 @PRESETS.register("vit_b16")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -50,7 +52,8 @@ class ForgetModel(nn.Module):
         self.backbone = VisionTransformer(
             img_size=spec.image_size, patch_size=spec.patch_size, in_chans=spec.in_chans, num_classes=0,
             embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio,
-            qkv_bias=spec.qkv_bias, drop_rate=spec.drop_rate, proj_drop_rate=spec.drop_rate,
+            qkv_bias=spec.qkv_bias, drop_rate=spec.drop_rate, pos_drop_rate=spec.drop_rate,
+            proj_drop_rate=spec.drop_rate, norm_layer=partial(nn.LayerNorm, eps=spec.norm_eps),
             global_pool="token", class_token=True,
         )
         if spec.attn_scale == "model_dim":
