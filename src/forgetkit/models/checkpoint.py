@@ -178,7 +178,7 @@ def _face_transformer_to_timm(state: dict[str, torch.Tensor], spec) -> dict[str,
                 break
         else:
             raise ForgetkitError(f"unknown key {key} in a Face Transformer checkpoint; only ViT_face (P8S8 patches) "
-                                 f"with a CosFace or ArcFace head is supported")
+                                 f"with a CosFace head is supported")
         if new == "patch_embed.proj.weight":
             if value.shape[1] != p * p * c:
                 raise ForgetkitError(f"patch embedding of the Face Transformer checkpoint takes {value.shape[1]} "
