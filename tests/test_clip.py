@@ -154,6 +154,26 @@ def test_checkpoint_round_trip_and_local_state_dict_files(tiny_clip, tmp_path):
     assert torch.allclose(from_pth.model.encode_text(tokens), tiny_clip.model.encode_text(tokens))
 
 
+def test_half_precision_checkpoint_is_the_model_it_fingerprints(tmp_path):
+    from safetensors.torch import load_file
+
+    from forgetkit.models.checkpoint import fingerprint
+
+    tiny_clip = create_clip("clip_test", seed=0)  # its own copy: saving in float16 rounds the model
+    unrounded = tiny_clip.model.text_projection.detach().clone()
+    save_clip(tiny_clip, tmp_path / "half", weights_dtype="float16")
+    stored = load_file(str(tmp_path / "half" / "model.safetensors"))
+    assert stored["text_projection"].dtype == torch.float16
+    assert not torch.equal(unrounded, tiny_clip.model.text_projection)        # the saved model was rounded ...
+    assert torch.equal(unrounded.half().float(), tiny_clip.model.text_projection)   # ... to float16 precision
+    loaded = load_clip(tmp_path / "half")
+    assert loaded.model.text_projection.dtype == torch.float32
+    assert fingerprint(loaded.model) == loaded.manifest["fingerprint"] == fingerprint(tiny_clip.model)
+    assert loaded.manifest["weights_dtype"] == "float16"
+    with pytest.raises(ForgetkitError, match="weights_dtype must be one of"):
+        save_clip(tiny_clip, tmp_path / "bad", weights_dtype="int8")
+
+
 def test_open_clip_architecture_from_a_local_file(tmp_path):
     import open_clip
 

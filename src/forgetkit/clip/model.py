@@ -88,14 +88,37 @@ def create_clip(preset: str, seed: int = 0, mean=(0.5,) * 3, std=(0.5,) * 3) -> 
     return _bundle(model, manifest)
 
 
-def save_clip(bundle: ClipBundle, directory: str | Path, **extra) -> Path:
-    """Write ``model.safetensors`` and ``manifest.json`` atomically (results.json-style: manifest last)."""
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+@torch.no_grad()
+def round_weights(model: torch.nn.Module, weights_dtype: str) -> None:
+    """Round every floating tensor of ``model`` in place to ``weights_dtype`` precision (it stays float32).
+
+    Rounding before evaluating and saving makes the evaluated model, the saved file and its fingerprint one model.
+    """
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise ForgetkitError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, not {weights_dtype!r}")
+    for tensor in model.state_dict().values():
+        if tensor.is_floating_point():
+            tensor.copy_(tensor.to(WEIGHT_DTYPES[weights_dtype]))
+
+
+def save_clip(bundle: ClipBundle, directory: str | Path, weights_dtype: str = "float32", **extra) -> Path:
+    """Write ``model.safetensors`` and ``manifest.json`` atomically (results.json-style: manifest last).
+
+    ``weights_dtype: float16`` halves the file; the bundle's model is first rounded to that precision, so that it
+    is the model the file holds. Loading always gives a float32 model.
+    """
     directory = Path(directory)
     if "model_cfg" not in bundle.manifest:
         raise ForgetkitError("only CLIPs built from a config can be saved as forgetkit checkpoints; save the "
                              "edited weights of an external CLIP with save_weights(model.state_dict())")
-    save_weights(directory / "model.safetensors", {k: v.contiguous() for k, v in bundle.model.state_dict().items()})
-    manifest = {**bundle.manifest, **extra, "fingerprint": fingerprint(bundle.model)}
+    round_weights(bundle.model, weights_dtype)
+    dtype = WEIGHT_DTYPES[weights_dtype]
+    save_weights(directory / "model.safetensors", {k: v.to(dtype) if v.is_floating_point() else v
+                                                   for k, v in bundle.model.state_dict().items()})
+    manifest = {**bundle.manifest, **extra, "weights_dtype": weights_dtype, "fingerprint": fingerprint(bundle.model)}
     write_json(directory / "manifest.json", manifest)
     return directory
 

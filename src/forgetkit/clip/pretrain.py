@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 
 from ..config import to_dict
 from ..data import DataConfig, load_data
+from ..errors import ForgetkitError
 from ..runtime import adamw, derived_generator, seed_everything, setup_device
-from .model import create_clip, save_clip
+from .model import WEIGHT_DTYPES, create_clip, round_weights, save_clip
 from .names import shipped_names
 from .zeroshot import accuracy_over, class_weights, image_features, prompt_name
 
@@ -47,6 +48,9 @@ class ClipPretrainConfig:
     device: str = "auto"
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default)"})
     out: str = field(default="checkpoints/clip", metadata={"help": "output checkpoint folder"})
+    weights_dtype: str = field(default="float32", metadata={
+        "help": "precision of the saved weights: float32, or float16 (half the file; the model is rounded to it "
+                "before the zero-shot evaluation, so the recorded accuracy is the saved model's)"})
 
 
 class _Captioned(torch.utils.data.Dataset):
@@ -78,7 +82,10 @@ def class_aware_clip_loss(img: torch.Tensor, txt: torch.Tensor, labels: torch.Te
 def pretrain_clip(cfg: ClipPretrainConfig, progress: bool = True) -> dict:
     """Train and save the CLIP; returns the zero-shot test accuracy per dataset and the time taken."""
     if len(cfg.repeats) != len(cfg.datasets):
-        raise ValueError("repeats needs one value per dataset")
+        raise ForgetkitError(f"repeats has {len(cfg.repeats)} values for {len(cfg.datasets)} datasets; give one "
+                             f"per dataset")
+    if cfg.weights_dtype not in WEIGHT_DTYPES:  # checked now, not after training
+        raise ForgetkitError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, not {cfg.weights_dtype!r}")
     device = setup_device(cfg.device, cfg.threads)
     seed_everything(cfg.seed)
     bundle = create_clip(cfg.preset, seed=cfg.seed)
@@ -124,10 +131,11 @@ def pretrain_clip(cfg: ClipPretrainConfig, progress: bool = True) -> dict:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.time() - start
     model.eval().cpu()
+    round_weights(model, cfg.weights_dtype)
     accuracy = {}
     for split in splits:
         feats, labels = image_features(bundle, split.test, progress=progress, desc=f"zero-shot {split.name}")
         accuracy[split.name] = accuracy_over(feats, labels, class_weights(bundle, split.classes))
-    save_clip(bundle, cfg.out, pretrain={"config": to_dict(cfg), "zero_shot_test_accuracy": accuracy,
-                                         "seconds": round(seconds, 1)})
+    save_clip(bundle, cfg.out, cfg.weights_dtype, pretrain={"config": to_dict(cfg), "zero_shot_test_accuracy": accuracy,
+                                                            "seconds": round(seconds, 1)})
     return {"zero_shot_test_accuracy": accuracy, "seconds": seconds, "out": cfg.out}
