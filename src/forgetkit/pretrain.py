@@ -19,7 +19,7 @@ from .config import to_dict
 from .data import DataConfig, load_data
 from .metrics import evaluate_classes
 from .models import create_model, save_model
-from .runtime import adamw, derived_generator, seed_everything, setup_device
+from .runtime import adamw, derived_generator, optimizer_step, seed_everything, setup_device
 
 
 @dataclass
@@ -68,12 +68,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True):
             if cfg.hflip:
                 flip = torch.rand(len(x), generator=flip_gen) < 0.5
                 x = torch.where(flip.to(device).view(-1, 1, 1, 1), x.flip(-1), x)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
             loss = F.cross_entropy(model(x, y), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss, lr_at(step))
             step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.time() - start

@@ -65,3 +65,12 @@ def adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
     params = list(params)
     return torch.optim.AdamW([{"params": [p for p in params if decay(p)], "weight_decay": weight_decay},
                               {"params": [p for p in params if not decay(p)], "weight_decay": 0.0}], lr=lr)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+    """One scheduled step of the pre-training loops: set the learning rate of every group, backward, update."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()

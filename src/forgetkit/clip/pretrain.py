@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..config import to_dict
 from ..data import DataConfig, load_data
 from ..errors import ForgetkitError
-from ..runtime import adamw, derived_generator, seed_everything, setup_device
+from ..runtime import adamw, derived_generator, optimizer_step, seed_everything, setup_device
 from .model import WEIGHT_DTYPES, create_clip, round_weights, save_clip
 from .names import shipped_names
 from .zeroshot import accuracy_over, class_weights, image_features, prompt_name
@@ -118,15 +118,12 @@ def pretrain_clip(cfg: ClipPretrainConfig, progress: bool = True) -> dict:
         for x, y in bar:
             pick = torch.stack([by_class[c][torch.randint(len(by_class[c]), (1,), generator=caption_gen)]
                                 for c in y.tolist()]).flatten()
-            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / total))
-            for group in opt.param_groups:
-                group["lr"] = lr
             img = model.encode_image(x.to(device), normalize=True)
             txt = model.encode_text(tokens[pick].to(device), normalize=True)
             loss = class_aware_clip_loss(img, txt, y.to(device), model.logit_scale.exp().clamp(max=100))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            # warm-up factor times a cosine over the whole run (the recipe of the shipped CLIP)
+            optimizer_step(opt, loss, cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+                           * 0.5 * (1 + math.cos(math.pi * step / total)))
             step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.time() - start
