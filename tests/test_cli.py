@@ -17,9 +17,9 @@ def test_forget_command_runs_and_prints_table(tiny_model_dir, tmp_path, capsys):
 
 
 def test_config_typo_is_one_clear_line(capsys):
-    assert main(["forget", "-c", "demo", "-o", "train.epoch=3"]) == 2
+    assert main(["forget", "-c", "demo", "-o", "train.step=3"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unknown config key") and "did you mean 'epochs'" in err and "\n" not in err
+    assert err.startswith("error: unknown config key") and "did you mean 'steps'" in err and "\n" not in err
 
 
 def test_unknown_class_in_a_request(tiny_model_dir, tmp_path, capsys):
@@ -36,7 +36,7 @@ def test_listing_commands(capsys):
     assert main(["models"]) == 0
     assert "face_vit_p8s8" in capsys.readouterr().out
     assert main(["config", "gs_lora"]) == 0
-    assert "method.alpha_warmup_epochs" in capsys.readouterr().out
+    assert "method.alpha_warmup_steps" in capsys.readouterr().out
 
 
 def test_pretrain_command(tmp_path, capsys):
@@ -55,7 +55,7 @@ def test_image_folder_pretrain_then_forget_by_name(tmp_path, capsys):
                  "--out", str(tmp_path / "m"), "-q", "-o", "warmup_steps=1"]) == 0
     results = fk.forget(str(tmp_path / "m"), [["dog"], ["owl"]], output_dir=str(tmp_path / "run"), progress=False,
                         data={"source": "image_folder", "root": str(root)},
-                        overrides=["protocol.forget_ratio=1.0", "protocol.retain_ratio=1.0", "train.epochs=1",
+                        overrides=["protocol.forget_ratio=1.0", "protocol.retain_ratio=1.0", "train.steps=8",
                                    "train.batch_size=4"])
     assert [t["forget_classes"] for t in results["tasks"]] == [["dog"], ["owl"]]
     assert results["tasks"][1]["old_classes"] == ["dog"] and results["dataset"] == "imgs"
@@ -91,7 +91,7 @@ def test_bench_command_writes_one_comparison(tiny_model_dir, tmp_path, capsys):
 
     spec = tmp_path / "bench.yaml"
     overrides = [o for o in tiny_run_overrides(tiny_model_dir, tmp_path) if not o.startswith(("method.", "output_dir"))]
-    spec.write_text("base: demo\noverrides: " + json.dumps(overrides + ["train.epochs=2"]) +
+    spec.write_text("base: demo\noverrides: " + json.dumps(overrides + ["train.steps=16"]) +
                     "\nmethods:\n  gs_lora: {bnd: 5.0}\n  lwf: {train: {lr: 0.001}}\n  retrain: {}\n")
     assert main(["bench", "-c", str(spec), "--out", str(tmp_path / "bench"), "-q"]) == 0
     rows = list(csv.DictReader((tmp_path / "bench" / "comparison.csv").open()))
@@ -104,7 +104,7 @@ def test_bench_command_writes_one_comparison(tiny_model_dir, tmp_path, capsys):
     lwf_cfg = (tmp_path / "bench" / "lwf" / "config.yaml").read_text()
     assert "lr: 0.001" in lwf_cfg and "name: lwf" in lwf_cfg
     assert "bnd: 5.0" in (tmp_path / "bench" / "gs_lora" / "config.yaml").read_text()
-    assert "alpha_warmup_epochs" not in lwf_cfg  # a baseline inherits none of the base's GS-LoRA settings
+    assert "alpha_warmup_steps" not in lwf_cfg  # a baseline inherits none of the base's GS-LoRA settings
     assert "| retrain |" in capsys.readouterr().out
     # rebuilding the comparison from the finished runs gives the same table
     before = (tmp_path / "bench" / "comparison.csv").read_text()

@@ -233,8 +233,8 @@ def test_whole_run_writes_results(tiny_clip, tmp_path, names_file):
         "model": str(tmp_path / "ckpt"), "data": synthetic, "other_data": [{**synthetic, "seed": 1}],
         "requests": [["class_0"], ["class_1", "class_2"]], "names": str(names_file),
         "method": {"steps": 60}, "output_dir": str(tmp_path / "run"),
-        "image_forgetting": {"method": {"name": "gs_lora", "lora": {"rank": 2}, "alpha_warmup_epochs": 0},
-                             "train": {"epochs": 1, "batch_size": 8},
+        "image_forgetting": {"method": {"name": "gs_lora", "lora": {"rank": 2}, "alpha_warmup_steps": 0},
+                             "train": {"steps": 8, "batch_size": 8},
                              "protocol": {"forget_ratio": 0.2, "retain_ratio": 0.2}}})
     visual_before = {k: v.clone() for k, v in tiny_clip.model.visual.state_dict().items()}
     results = run_clip_forgetting(cfg, progress=False)
@@ -269,7 +269,7 @@ def test_gs_lora_edits_a_copy_of_the_image_tower(tiny_clip, tmp_path):
     cfg = from_dict(RunConfig, {
         "data": {"source": "synthetic", "num_classes": 6}, "protocol": {"tasks": [["class_0"]], "forget_ratio": 0.2,
                                                                         "retain_ratio": 0.2},
-        "method": {"name": "gs_lora", "lora": {"rank": 2}, "alpha_warmup_epochs": 0}, "train": {"epochs": 1},
+        "method": {"name": "gs_lora", "lora": {"rank": 2}, "alpha": 0.0}, "train": {"steps": 8},
         "save_model": True, "output_dir": str(tmp_path / "run")})
     with pytest.raises(ForgetkitError, match="save_model: false"):
         run_forgetting(cfg, progress=False, model=classifier)

@@ -8,8 +8,8 @@ from forgetkit.methods.base import resolved_method_config
 
 
 def test_unknown_key_suggests_the_right_one():
-    with pytest.raises(ForgetkitError, match=r"unknown config key 'config.train.epoch'.*did you mean 'epochs'"):
-        from_dict(RunConfig, {"train": {"epoch": 3}})
+    with pytest.raises(ForgetkitError, match=r"unknown config key 'config.train.step'.*did you mean 'steps'"):
+        from_dict(RunConfig, {"train": {"step": 3}})
     with pytest.raises(ForgetkitError, match="unknown config key 'config.protocl'"):
         from_dict(RunConfig, {"protocl": {}})
 
@@ -22,14 +22,14 @@ def test_unknown_method_key_and_method():
 
 
 def test_types_are_checked_and_overrides_parsed():
-    cfg = from_dict(RunConfig, apply_overrides({}, ["train.epochs=3", "train.lr=1e-3", "protocol.tasks=[[a, b]]",
+    cfg = from_dict(RunConfig, apply_overrides({}, ["train.steps=3", "train.lr=1e-3", "protocol.tasks=[[a, b]]",
                                                      "method.beta=[0.1, 0.2]"]))
-    assert cfg.train.epochs == 3 and cfg.train.lr == 1e-3 and cfg.protocol.tasks == [["a", "b"]]
+    assert cfg.train.steps == 3 and cfg.train.lr == 1e-3 and cfg.protocol.tasks == [["a", "b"]]
     assert resolved_method_config(cfg.method)["beta"] == [0.1, 0.2]
-    with pytest.raises(ForgetkitError, match="train.epochs must be an integer"):
-        from_dict(RunConfig, {"train": {"epochs": "many"}})
+    with pytest.raises(ForgetkitError, match="train.steps must be an integer"):
+        from_dict(RunConfig, {"train": {"steps": "many"}})
     with pytest.raises(ForgetkitError, match="must look like"):
-        apply_overrides({}, ["train.epochs"])
+        apply_overrides({}, ["train.steps"])
 
 
 @pytest.mark.parametrize("name", fk.packaged_configs())
@@ -48,7 +48,8 @@ def test_packaged_configs_load_and_validate(name):
 
 def test_resolved_method_config_fills_defaults():
     full = resolved_method_config({"alpha": 0.5})
-    assert full["name"] == "gs_lora" and full["alpha"] == 0.5 and full["lora"]["rank"] == 8
+    assert full["name"] == "gs_lora" and full["alpha"] == 0.5 and full["lora"]["rank"] == 4
+    assert full["lasso_update"] == "proximal" and full["forgotten_mass_weight"] == 3.0  # the recommended GS-LoRA
 
 
 def test_missing_config_file():

@@ -55,10 +55,10 @@ def test_same_seed_same_results(tiny_model_dir, tmp_path):
 
 
 def test_results_are_not_overwritten_silently(tiny_model_dir, tmp_path):
-    run(tiny_model_dir, tmp_path / "r", "train.epochs=1")
+    run(tiny_model_dir, tmp_path / "r", "train.steps=8")
     before = (tmp_path / "r" / "results.json").read_text()
     with pytest.raises(ForgetkitError, match="already holds results.json.*--overwrite"):
-        run(tiny_model_dir, tmp_path / "r", "train.epochs=1")
+        run(tiny_model_dir, tmp_path / "r", "train.steps=8")
     assert (tmp_path / "r" / "results.json").read_text() == before
 
 
@@ -66,9 +66,9 @@ def test_nan_loss_stops_with_last_good_state_saved(tiny_model_dir, tmp_path, mon
     calls = {"n": 0}
     original = GSLoRA.training_step
 
-    def flaky(self, forget, retain, epoch):
+    def flaky(self, forget, retain, step):
         calls["n"] += 1
-        losses = original(self, forget, retain, epoch)
+        losses = original(self, forget, retain, step)
         if calls["n"] == 3:
             losses["loss"] = losses["loss"] * float("nan")
         return losses
@@ -92,14 +92,14 @@ def test_one_step_moves_only_lora(tiny_model_dir):
     splits = fk.load_data(fk.DataConfig(source="synthetic")).with_preprocess(model.spec.preprocess)
     proto = fk.protocol.Protocol(fk.ProtocolConfig(num_tasks=1), splits, seed=0)
     task = proto.tasks[0]
-    ctx = fk.methods.MethodContext(device=torch.device("cpu"), seed=0, num_classes=6, epochs=1)
-    method = fk.methods.build_method({"name": "gs_lora", "alpha_warmup_epochs": 0}, ctx)
+    ctx = fk.methods.MethodContext(device=torch.device("cpu"), seed=0, num_classes=6, steps=8)
+    method = fk.methods.build_method({"name": "gs_lora", "alpha_warmup_steps": 0}, ctx)
     module = method.setup_task(model, task, proto.task_data(task))
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     opt = torch.optim.AdamW(method.parameters(), lr=1e-2)
     x, y = splits.train[0][0][None], torch.tensor([task.forget[0]])
     xr, yr = splits.train[100][0][None], torch.tensor([splits.train[100][1]])
-    losses = method.training_step((x, y), (xr, yr), epoch=0)
+    losses = method.training_step((x, y), (xr, yr), step=0)
     assert set(losses) == {"loss", "forget", "retain", "forgotten_mass", "structure"}
     losses["loss"].backward()
     opt.step()
@@ -110,7 +110,7 @@ def test_one_step_moves_only_lora(tiny_model_dir):
 
 def test_group_lasso_drives_groups_down(tiny_model_dir, tmp_path):
     free = run(tiny_model_dir, tmp_path / "a", "method.alpha=0", "protocol.num_tasks=1")
-    sparse = run(tiny_model_dir, tmp_path / "b", "method.alpha=0.5", "method.alpha_warmup_epochs=0",
-                 "protocol.num_tasks=1")
+    sparse = run(tiny_model_dir, tmp_path / "b", "method.alpha=0.5", "method.alpha_warmup_steps=0",
+                 "method.lasso_update=gradient", "protocol.num_tasks=1")
     f, s = free["tasks"][0]["group_norms"], sparse["tasks"][0]["group_norms"]
     assert sum(s.values()) < 0.5 * sum(f.values())

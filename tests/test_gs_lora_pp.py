@@ -4,7 +4,7 @@ import torch
 import forgetkit as fk
 from forgetkit.methods.gs_lora_pp import class_prototypes, prototype_distance
 
-from test_methods import setup
+from test_methods import PAPER_FORM, setup
 from conftest import tiny_run_overrides
 
 
@@ -33,12 +33,12 @@ def test_prototype_distances_hand_computed():
 def test_push_and_pull_terms(tiny_model_dir, distance):
     method, module, original, task, (xf, yf), (xr, yr) = setup(
         tiny_model_dir, "gs_lora_pp", proto_forget_weight=[0.3], proto_retain_weight=[0.7], proto_bound=5.0,
-        proto_distance=distance, alpha_warmup_epochs=0)
+        proto_distance=distance, alpha_warmup_steps=0, alpha=0.2, **PAPER_FORM)
     with torch.no_grad():
         for n, p in module.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.2)
-    losses = method.training_step((xf, yf), (xr, yr), epoch=0)
+    losses = method.training_step((xf, yf), (xr, yr), step=0)
     protos = method.prototypes
     inner = module.base_model.model
     d_f = prototype_distance(inner.embed(xf), protos[yf], distance).mean()
@@ -67,17 +67,19 @@ def test_prototypes_come_from_the_start_of_task_model_not_a_random_one(tiny_mode
 
 def test_ema_is_applied_to_the_merged_model(tiny_model_dir):
     method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora_pp", ema_decay=0.5,
-                                                           ema_start_epoch=0)
+                                                           ema_start_step=0)
     layers = method.lora_layers()
     name = next(iter(layers))
     deltas = []
-    for epoch in range(3):
+    method.cfg.ema_every = 5
+    for update in range(3):
         with torch.no_grad():
             for n, p in module.named_parameters():
                 if "lora_B" in n:
                     p.normal_(0, 0.1)
         deltas.append(layers[name].get_delta_weight("default").detach().clone())
-        method.end_epoch(epoch)
+        for step in range(5 * update, 5 * update + 5):  # the EMA moves once every 5 steps
+            method.end_step(step)
     expected_ema = 0.5 * (0.5 * deltas[0] + 0.5 * deltas[1]) + 0.5 * deltas[2]
     w0 = original.get_submodule(name.removeprefix("base_model.model.")).weight.detach()
     merged = method.finish_task()

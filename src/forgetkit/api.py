@@ -2,7 +2,7 @@
 
 Example:
     >>> import forgetkit as fk
-    >>> cfg = fk.load_config("demo", ["train.epochs=3"])          # a packaged config or a YAML path
+    >>> cfg = fk.load_config("demo", ["train.steps=100"])          # a packaged config or a YAML path
     >>> results = fk.run_forgetting(cfg)                            # writes results.json, report.md, plots
     >>> results = fk.forget("builtin:fmnist_vit", [["Sandal", "Bag"]], output_dir="runs/no-bags")
 """

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def run_flags(p):
         p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                       help="config override, e.g. train.epochs=3 (repeatable)")
+                       help="config override, e.g. train.steps=200 (repeatable)")
         p.add_argument("--out", help="output folder (overrides output_dir)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

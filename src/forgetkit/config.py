@@ -122,7 +122,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     data = dict(data)
     for item in overrides:
         if "=" not in item:
-            raise ForgetkitError(f"override '{item}' must look like section.key=value (e.g. train.epochs=3)")
+            raise ForgetkitError(f"override '{item}' must look like section.key=value (e.g. train.steps=200)")
         dotted, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw)

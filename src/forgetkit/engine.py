@@ -1,4 +1,4 @@
-"""The forgetting loop: for each task, subsample, let the method train, merge, evaluate.
+"""The forgetting loop: for each task, draw its data, let the method train for a step budget, merge, evaluate.
 
 Data flows one way: data -> protocol -> model -> method -> engine -> metrics -> report. The engine knows nothing
 about any particular method.
@@ -7,13 +7,13 @@ about any particular method.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from timm.scheduler import CosineLRScheduler
 from tqdm.auto import tqdm
 
 from .config import to_dict
@@ -24,24 +24,29 @@ from .methods.base import METHODS, NonFiniteLoss, resolved_method_config
 from .metrics import PerClass, evaluate_classes, h_mean
 from .models import fingerprint, load_model, save_model
 from .protocol import Protocol, ProtocolConfig
-from .runtime import cycle, derived_generator, seed_everything, setup_device
+from .runtime import balanced_batches, derived_generator, seed_everything, setup_device
 
 BUILTIN_MODELS = {"builtin:fmnist_vit": Path(__file__).parent / "assets" / "fmnist_vit"}
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation of each task (AdamW, cosine schedule stepped per epoch, re-created per task)."""
+    """Optimisation of each request: a fixed number of steps, whatever the size of the data (AdamW, per-step cosine
+    schedule with linear warm-up, re-created per request)."""
 
-    epochs: int = field(default=5, metadata={"help": "epochs per task; an epoch is one pass over the larger of the "
-                                                     "forget and retain subsets, cycling the smaller"})
-    batch_size: int = field(default=32, metadata={"help": "images per stream (forget and retain) per step"})
+    steps: int = field(default=300, metadata={
+        "help": "optimisation steps per request; one step sees one forget batch and one replay batch"})
+    batch_size: int = field(default=32, metadata={
+        "help": "images per stream (forget and replay) per step, drawn class-balanced: every class of a stream "
+                "comes round before any comes twice (capped at the stream's size)"})
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (null = the method's default)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on ≥2-d tensors"})
     min_lr: float = field(default=0.0, metadata={"help": "floor of the cosine schedule"})
-    warmup_epochs: int = field(default=0, metadata={"help": "epochs of linear learning-rate warm-up"})
+    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up (timm's)"})
+    log_every: int = field(default=25, metadata={"help": "steps averaged into one row of the loss log"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
-    threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default, one per core)"})
+    threads: int = field(default=0, metadata={
+        "help": "CPU threads (0 = torch's default, one per core); use 1 when another process shares the cores"})
 
 
 @dataclass
@@ -78,23 +83,17 @@ def resolve_model_path(name: str) -> Path:
     return Path(name)
 
 
-def _cosine_lr(cfg: TrainConfig, base_lr: float, epoch: int) -> float:
-    if epoch < cfg.warmup_epochs:
-        return base_lr * (epoch + 1) / (cfg.warmup_epochs + 1)
-    t = (epoch - cfg.warmup_epochs) / max(1, cfg.epochs - cfg.warmup_epochs)
-    return cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
-
-
-def _loader(dataset, batch_size: int, generator: torch.Generator):
-    if len(dataset) == 0:
-        return None
-    return torch.utils.data.DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True,
-                                       drop_last=False, generator=generator)
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> CosineLRScheduler:
+    """timm's cosine schedule counted in steps, with its linear warm-up from 0."""
+    return CosineLRScheduler(optimizer, t_initial=cfg.steps, lr_min=cfg.min_lr, warmup_t=cfg.warmup_steps,
+                             t_in_epochs=False)
 
 
 def _accs(pc: PerClass, task) -> dict[str, float | None]:
     accs = {"acc_f": pc.accuracy(task.forget), "acc_r": pc.accuracy(task.retain),
-            "acc_o": pc.accuracy(task.old) if task.old else None}
+            "acc_o": pc.accuracy(task.old) if task.old else None,
+            # every class forgotten so far (this request's and the earlier ones'): what relapse shows up in
+            "acc_f_all": pc.accuracy(task.forget + task.old)}
     if task.missing:  # Acc_r counts the missing classes (as T-PAMI Table 5); Acc_m and Acc_r with data apart
         accs["acc_m"] = pc.accuracy(task.missing)
         accs["acc_r_data"] = pc.accuracy(task.replay)
@@ -132,7 +131,10 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     splits.with_preprocess(model.spec.preprocess)
     protocol = Protocol(cfg.protocol, splits, cfg.seed)
     model = model.to(device)
-    ctx = MethodContext(device=device, seed=cfg.seed, num_classes=len(splits.classes), epochs=cfg.train.epochs)
+    if cfg.train.steps < 1 or cfg.train.batch_size < 1:
+        raise ForgetkitError("train.steps and train.batch_size must be at least 1")
+    ctx = MethodContext(device=device, seed=cfg.seed, num_classes=len(splits.classes), steps=cfg.train.steps,
+                        batch_size=cfg.train.batch_size)
     method = build_method(method_spec, ctx)
     lr = cfg.train.lr if cfg.train.lr is not None else METHODS.get(method_spec["name"]).default_lr
 
@@ -151,38 +153,31 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         method.setup_task(model, task, data)
         trainable = method.trainable_count()
         optimizer = method.make_optimizer(lr, cfg.train.weight_decay)
-        forget_loader = _loader(data.forget, cfg.train.batch_size, derived_generator(cfg.seed, task.index, 11))
-        retain_loader = _loader(data.retain, cfg.train.batch_size, derived_generator(cfg.seed, task.index, 12))
-        if forget_loader is None:
+        scheduler = _scheduler(optimizer, cfg.train)
+        forget_batches = balanced_batches(data.forget, cfg.train.batch_size, derived_generator(cfg.seed, task.index, 11),
+                                  device)
+        retain_batches = balanced_batches(data.retain, cfg.train.batch_size, derived_generator(cfg.seed, task.index, 12),
+                                  device) or itertools.repeat(None)
+        if forget_batches is None:
             raise ForgetkitError(f"task {task.index} has no forget images; check the protocol ratios/shots")
-        steps = max(len(forget_loader), len(retain_loader) if retain_loader else 0)
-        forget_iter = cycle(forget_loader)
-        retain_iter = cycle(retain_loader) if retain_loader else itertools.repeat(None)
-        bar = tqdm(total=cfg.train.epochs * steps, desc=f"task {task.index + 1}/{len(protocol.tasks)}",
-                   disable=not progress, leave=False)
-        for epoch in range(cfg.train.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = _cosine_lr(cfg.train, lr, epoch)
-            sums: dict[str, float] = {}
-            for step in range(steps):
-                xf, yf = next(forget_iter)
-                retain_batch = next(retain_iter)
-                retain_batch = (retain_batch[0].to(device), retain_batch[1].to(device)) if retain_batch else None
-                try:
-                    losses = method.step((xf.to(device), yf.to(device)), retain_batch, epoch, optimizer)
-                except NonFiniteLoss as err:
-                    _save_last_good(method, manifest, splits.classes, out / "last_good", task)
-                    raise ForgetkitError(
-                        f"loss became {err.value} at task {task.index}, epoch {epoch}, step {step}; the last good "
-                        f"model (before this step) is saved in {out / 'last_good'}. Lower train.lr or the "
-                        f"method's loss weights") from None
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
-            method.end_epoch(epoch)
-            loss_log.append({"task": task.index, "epoch": epoch, **{k: v / steps for k, v in sums.items()}})
-        bar.close()
+        sums: dict[str, float] = {}
+        for step in tqdm(range(cfg.train.steps), desc=f"task {task.index + 1}/{len(protocol.tasks)}",
+                         disable=not progress, leave=False):
+            scheduler.step_update(step)
+            try:
+                losses = method.step(next(forget_batches), next(retain_batches), step, optimizer)
+            except NonFiniteLoss as err:
+                _save_last_good(method, manifest, splits.classes, out / "last_good", task)
+                raise ForgetkitError(
+                    f"loss became {err.value} at task {task.index}, step {step}; the last good model (before this "
+                    f"step) is saved in {out / 'last_good'}. Lower train.lr or the method's loss weights") from None
+            method.end_step(step)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
+                count = (step % cfg.train.log_every) + 1
+                loss_log.append({"task": task.index, "step": step + 1, **{k: v / count for k, v in sums.items()}})
+                sums = {}
         stats = method.task_stats()
         if cfg.save_model:
             method.save_task(out / "adapters" / f"task_{task.index}")
@@ -201,13 +196,15 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
             "after": after,
             "pretrained": at_pretrained,
             "h_mean": h_mean(at_pretrained["acc_f"], after["acc_f"], after["acc_r"]),
+            "h_cumulative": h_mean(at_pretrained["acc_f_all"], after["acc_f_all"], after["acc_r"]),
             "h_mean_from_task_start": h_mean(at_start["acc_f"], after["acc_f"], after["acc_r"]),
+            "per_class": {"before": before.by_name(splits.classes), "after": current.by_name(splits.classes)},
             "seconds": round(seconds, 2),
             "trainable_params": trainable,
             "total_params": total_params,
             "forget_images": len(data.forget),
             "retain_images": len(data.retain),
-            "steps": steps * cfg.train.epochs,
+            "steps": cfg.train.steps,
             **stats,
         })
 
@@ -219,7 +216,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         "eval_split": cfg.protocol.eval_split,
         "accuracy": "margin" if cfg.eval.margin_accuracy else "argmax",
         "pretrained": {"acc": pretrained.accuracy(range(len(splits.classes))),
-                       "fingerprint": manifest.get("fingerprint")},
+                       "per_class": pretrained.by_name(splits.classes), "fingerprint": manifest.get("fingerprint")},
         "tasks": task_results,
         "summary": _summary(task_results),
         "loss_log": loss_log,
@@ -240,6 +237,7 @@ def _summary(tasks: list[dict]) -> dict:
 
     return {
         "h_mean_avg": avg(t["h_mean"] for t in tasks),
+        "h_cumulative_avg": avg(t["h_cumulative"] for t in tasks),
         "acc_f_avg": avg(t["after"]["acc_f"] for t in tasks),
         "acc_r_avg": avg(t["after"]["acc_r"] for t in tasks),
         "acc_o_avg": avg(t["after"]["acc_o"] for t in tasks),

@@ -5,8 +5,11 @@ Definitions (gs-lora.md §4):
 * ``Acc_f``: top-1 accuracy on the test images of the classes forgotten in this task;
 * ``Acc_r``: on the classes retained;
 * ``Acc_o``: on the classes forgotten in earlier tasks (lower is better; ``None`` on the first task);
+* ``Acc_f_all``: on every class forgotten so far (this task's and the earlier ones');
 * ``H = 2·Drop·Acc_r / (Drop + Acc_r)`` with ``Drop = max(0, Acc_f(reference) − Acc_f(after))``; the reference
-  is the pre-trained model, which is how every published H of the T-PAMI tables recomputes.
+  is the pre-trained model, which is how every published H of the T-PAMI tables recomputes;
+* cumulative ``H`` (forgetkit's headline number): the same with the drop of ``Acc_f_all``, so a class forgotten
+  earlier that comes back lowers it, where the papers' per-task H does not see it.
 
 Accuracy is plain argmax over all outputs (forgotten classes still compete). ``margin=True`` gives the original
 code's CosFace "margin-penalised" accuracy, which subtracts the margin from the true class and so needs the label.
@@ -35,6 +38,10 @@ class PerClass:
             return None
         total = self.total[idx].sum().item()
         return None if total == 0 else 100.0 * self.correct[idx].sum().item() / total
+
+    def by_name(self, classes: Sequence[str]) -> dict[str, float | None]:
+        """Accuracy of every class, keyed by its name."""
+        return {name: self.accuracy([c]) for c, name in enumerate(classes)}
 
 
 @torch.no_grad()

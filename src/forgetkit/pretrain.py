@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .config import to_dict
 from .data import DataConfig, load_data
+from .data.datasets import validation_holdout
 from .metrics import evaluate_classes
 from .models import create_model, save_model
 from .runtime import adamw, derived_generator, optimizer_step, seed_everything, setup_device
@@ -33,7 +34,10 @@ class PretrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
     weight_decay: float = 0.05
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps before the cosine decay"})
-    hflip: bool = field(default=True, metadata={"help": "random horizontal flips"})
+    hflip: bool = field(default=True, metadata={"help": "random horizontal flips (off for characters and digits)"})
+    val_per_class: int = field(default=0, metadata={
+        "help": "training images per class left out, the same ones a forgetting run's protocol.val_per_class holds "
+                "out (at most this many), so that its validation images are unseen by the model"})
     seed: int = 0
     device: str = "auto"
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default, one per core)"})
@@ -47,7 +51,11 @@ def pretrain(cfg: PretrainConfig, progress: bool = True):
     splits = load_data(cfg.data)
     model = create_model(cfg.arch, len(splits.classes)).to(device)
     splits.with_preprocess(model.spec.preprocess)
-    loader = torch.utils.data.DataLoader(splits.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+    held = validation_holdout(splits.train.targets, len(splits.classes), cfg.val_per_class)
+    keep = torch.ones(len(splits.train), dtype=torch.bool)
+    keep[held] = False
+    train = splits.train.subset(torch.nonzero(keep).flatten())
+    loader = torch.utils.data.DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                                          generator=derived_generator(cfg.seed, 1))
     opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     total = cfg.epochs * len(loader)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .data import DataSplits, LabeledImages
+from .data.datasets import validation_holdout
 from .errors import ForgetkitError
 from .runtime import derived_generator
 
@@ -38,10 +39,11 @@ class ProtocolConfig:
         "help": "explicit forget requests by class name, one list per task (overrides K, T, N and the order)"})
     retain_classes: list[str] | None = field(default=None, metadata={
         "help": "with tasks: the classes to keep (default: every class never forgotten)"})
-    forget_ratio: float = field(default=0.1, metadata={"help": "fraction of each forget class's training images "
-                                                                "used"})
-    retain_ratio: float = field(default=0.1, metadata={"help": "fraction of each retained class's training images "
-                                                                "used as replay data"})
+    forget_ratio: float = field(default=1.0, metadata={
+        "help": "fraction of each forget class's training images the request may use (the papers: 0.1). It sets "
+                "which images can be drawn, not how long training runs (train.steps does)"})
+    retain_ratio: float = field(default=0.1, metadata={
+        "help": "fraction of each retained class's training images kept as replay data (the papers: 0.1)"})
     shots: int | None = field(default=None, metadata={
         "help": "few-shot: exactly this many training images per forget and per retained class (overrides ratios)"})
     missing: int = field(default=0, metadata={
@@ -191,19 +193,14 @@ class Protocol:
         return name
 
     def _split_validation(self) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-        """Per-class pools of trainable indices, and the validation indices held out of them."""
-        gen = derived_generator(self.seed, 7919)
-        pools, val = {}, []
+        """Per-class pools of trainable indices, and the validation indices held out of them (the same for every
+        seed, and the ones ``forgetkit pretrain --val-per-class`` leaves out)."""
         targets = self.splits.train.targets
-        for c in range(len(self.splits.classes)):
-            idx = torch.nonzero(targets == c).flatten()
-            idx = idx[torch.randperm(len(idx), generator=gen)]
-            if self.cfg.val_per_class and len(idx) <= self.cfg.val_per_class:
-                raise ForgetkitError(f"class {self.splits.classes[c]!r} has {len(idx)} training images, too few to "
-                                     f"hold out val_per_class={self.cfg.val_per_class}")
-            val.append(idx[: self.cfg.val_per_class])
-            pools[c] = idx[self.cfg.val_per_class:]
-        return pools, torch.cat(val) if val else torch.zeros(0, dtype=torch.long)
+        val = validation_holdout(targets, len(self.splits.classes), self.cfg.val_per_class)
+        held = torch.zeros(len(targets), dtype=torch.bool)
+        held[val] = True
+        pools = {c: torch.nonzero((targets == c) & ~held).flatten() for c in range(len(self.splits.classes))}
+        return pools, val
 
     def _draw(self, classes: list[int], ratio: float, task: int, salt: int) -> torch.Tensor:
         gen = derived_generator(self.seed, task, salt)

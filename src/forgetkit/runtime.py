@@ -52,10 +52,38 @@ def setup_device(device: str = "auto", threads: int = 0) -> torch.device:
     return dev
 
 
-def cycle(iterable):
-    """Iterate over a loader forever (a new pass, with a new shuffle, each time it ends)."""
-    while True:
-        yield from iterable
+class BalancedBatchSampler:
+    """Endless batches of dataset indices in which the classes take turns.
+
+    Classes come in a shuffled order, and every class comes round once before any comes twice; within a class the
+    images come in a shuffled order, each once before any repeats. So a batch of B images over C classes holds
+    min(B, C) distinct classes, and every class is seen within ceil(C / B) steps whatever the class count or the
+    number of images per class: a step budget then means the same on 10 classes and on 1,000.
+    """
+
+    def __init__(self, targets: torch.Tensor, batch_size: int, generator: torch.Generator):
+        self.batch_size, self.generator = batch_size, generator
+        self.by_class = [torch.nonzero(targets == c).flatten() for c in torch.unique(targets).tolist()]
+
+    def _endless(self, items: torch.Tensor):
+        while True:
+            yield from items[torch.randperm(len(items), generator=self.generator)].tolist()
+
+    def __iter__(self):
+        images = [self._endless(idx) for idx in self.by_class]
+        classes = self._endless(torch.arange(len(self.by_class)))
+        while True:
+            yield [next(images[next(classes)]) for _ in range(self.batch_size)]
+
+
+def balanced_batches(dataset, batch_size: int, generator: torch.Generator, device):
+    """Endless class-balanced ``(images, labels)`` batches of ``dataset`` on ``device`` (batch capped at the dataset's
+    size); None for an empty dataset."""
+    if len(dataset) == 0:
+        return None
+    sampler = BalancedBatchSampler(dataset.targets, min(batch_size, len(dataset)), generator)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler)
+    return ((x.to(device), y.to(device)) for x, y in loader)
 
 
 def adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,

@@ -41,6 +41,26 @@ class Preprocess:
                 "std": list(self.std)}
 
 
+VALIDATION_SEED = 7919
+
+
+def validation_holdout(targets: torch.Tensor, num_classes: int, per_class: int) -> torch.Tensor:
+    """Indices of the validation images: ``per_class`` training images of every class, the same for every run.
+
+    The hold-out is drawn from a fixed generator, not the run's seed, so that ``forgetkit pretrain`` can leave
+    exactly these images out and a forgetting run evaluated on them measures images its model never saw.
+    """
+    gen = torch.Generator().manual_seed(VALIDATION_SEED)
+    held = []
+    for c in range(num_classes):
+        idx = torch.nonzero(targets == c).flatten()
+        if per_class and len(idx) <= per_class:
+            raise ForgetkitError(f"class {c} has {len(idx)} training images, too few to hold out {per_class} for "
+                                 f"validation; lower val_per_class")
+        held.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    return torch.sort(torch.cat(held)).values if held else torch.zeros(0, dtype=torch.long)
+
+
 class LabeledImages(torch.utils.data.Dataset):
     """A dataset with a class list and integer targets; items are ``(image tensor, label)``.
 

@@ -202,3 +202,12 @@ def synthetic(cfg: DataConfig) -> DataSplits:
         return TensorImages(images, labels, [f"class_{i}" for i in range(cfg.num_classes)])
 
     return DataSplits("synthetic", draw(cfg.train_per_class), draw(cfg.test_per_class))
+
+
+# ---------------------------------------------------------------------------------------------------- glyphs
+@SOURCES.register("glyphs60")
+def glyphs60(cfg: DataConfig) -> DataSplits:
+    """60 classes of characters rendered from matplotlib's fonts (data/glyphs.py); ``data.seed`` picks the draw."""
+    from .glyphs import glyphs60 as make
+
+    return make(cfg.seed)

@@ -8,7 +8,7 @@ passes, prototypes and merges are the method's business: the engine has no metho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,7 +40,8 @@ class MethodContext:
     device: torch.device
     seed: int
     num_classes: int
-    epochs: int
+    steps: int = field(default=300, metadata={"help": "optimisation steps of each request"})
+    batch_size: int = field(default=32, metadata={"help": "images per stream per step"})
 
 
 class NonFiniteLoss(Exception):
@@ -65,16 +66,16 @@ class Method:
         raise NotImplementedError
 
     def training_step(self, forget: tuple[torch.Tensor, torch.Tensor], retain: tuple[torch.Tensor, torch.Tensor],
-                      epoch: int) -> dict[str, torch.Tensor]:
+                      step: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def step(self, forget, retain, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    def step(self, forget, retain, step: int, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         """One optimisation step: losses, a finite check before any update, backward, optimiser step.
 
         Methods with several passes per step (SCRUB's max and min passes) override this and call
         :meth:`apply` for each pass.
         """
-        losses = self.training_step(forget, retain, epoch)
+        losses = self.training_step(forget, retain, step)
         self.apply(losses["loss"], optimizer)
         return losses
 
@@ -90,8 +91,12 @@ class Method:
         """AdamW over :meth:`parameters`, decay on ≥2-d tensors only (as timm's optimiser factory)."""
         return adamw(self.parameters(), lr, weight_decay)
 
-    def end_epoch(self, epoch: int) -> None:
-        """Called after the last step of each epoch (weight averages, schedules)."""
+    def end_step(self, step: int) -> None:
+        """Called after every optimisation step (weight averages and other periodic updates)."""
+
+    def every(self, step: int, period: int) -> bool:
+        """True after every ``period``-th step of the budget (``period`` ≥ 1)."""
+        return (step + 1) % max(1, period) == 0
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the optimiser updates (default: everything trainable in the module being trained)."""

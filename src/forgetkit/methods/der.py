@@ -1,7 +1,8 @@
 """DER and DER++ (Buzzega et al.) as the papers' baselines (gs-lora.md §5).
 
 ``DER:   L = CE(f(x_f), ỹ_f) + λ_der · Σ_batch ‖e(x_r) − e_T(x_r)‖²``
-``DER++: L = DER + λ_plus · CE(f(x_r'), y_r')`` on a second, independently drawn replay batch.
+``DER++: L = DER + λ_plus · CE(f(x_r'), y_r')`` on a second, independently drawn replay batch (of the run's batch
+size, from its own class-balanced stream; the original took the next batch of the same replay loader).
 
 As in the papers' code the match is on embeddings (not logits) of a teacher copy, squared norm summed over the
 batch, which is why the default weights are small.
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..runtime import cycle, derived_generator
+from ..runtime import balanced_batches, derived_generator
 from .base import register_method
 from .finetune import FinetuneConfig, FullFinetune
 
@@ -48,7 +49,7 @@ class DER(FullFinetune):
             target = self.teacher.embed(xr)
         return (self.module.embed(xr) - target).pow(2).sum()
 
-    def training_step(self, forget, retain, epoch):
+    def training_step(self, forget, retain, step):
         xf = forget[0]
         losses = {"forget": self.wrong_label_ce(forget)}
         losses["der"] = self.der_term(retain) if retain else xf.new_zeros(())
@@ -63,16 +64,13 @@ class DERPlusPlus(DER):
     config_cls = DERPPConfig
 
     def before_training(self):
-        self.second = None
-        if len(self.data.retain):
-            loader = torch.utils.data.DataLoader(self.data.retain, batch_size=32, shuffle=True,
-                                                 generator=derived_generator(self.ctx.seed, self.task.index, 41))
-            self.second = cycle(loader)
+        self.second = balanced_batches(self.data.retain, self.ctx.batch_size,
+                                       derived_generator(self.ctx.seed, self.task.index, 41), self.ctx.device)
 
-    def training_step(self, forget, retain, epoch):
-        losses = super().training_step(forget, retain, epoch)
+    def training_step(self, forget, retain, step):
+        losses = super().training_step(forget, retain, step)
         if self.second is not None:
-            x2, y2 = (t.to(self.ctx.device) for t in next(self.second))
+            x2, y2 = next(self.second)
             losses["plus"] = F.cross_entropy(self.logits(x2, y2), y2)
             losses["loss"] = losses["loss"] + self.cfg.plus_weight * losses["plus"]
         return losses

@@ -28,7 +28,7 @@ class FDR(FullFinetune):
     uses_teacher = True
     default_lr = 1e-3
 
-    def training_step(self, forget, retain, epoch):
+    def training_step(self, forget, retain, step):
         xf = forget[0]
         losses = {"forget": self.wrong_label_ce(forget)}
         if retain is None:

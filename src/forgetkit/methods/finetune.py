@@ -45,8 +45,8 @@ class FullFinetune(Method):
             for param in self.teacher.parameters():
                 param.requires_grad = False
         self.module = model
-        self.before_training()
         model.train()
+        self.before_training()
         return model
 
     def before_training(self) -> None:

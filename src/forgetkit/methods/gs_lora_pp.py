@@ -11,7 +11,7 @@ mean squared distance ("l2"). The original shipped w_r = 0 in every script; here
 
 Optional weight EMA, fixed: the original averaged an un-merged copy whose forward ignored LoRA, so its logged
 EMA accuracies were those of the start-of-task model. Here the EMA averages the *merged update* ΔW = B·A·scaling of
-every adapted layer once per epoch from ``ema_start_epoch``, and the averaged update is what gets merged and
+every adapted layer every ``ema_every`` steps from ``ema_start_step``, and the averaged update is what gets merged and
 carried to the next task.
 """
 
@@ -39,7 +39,8 @@ class GSLoRAPPConfig(GSLoRAConfig):
     proto_distance: str = field(default="kl", metadata={"help": "kl (original) or l2"})
     ema_decay: float | None = field(default=None, metadata={
         "help": "decay of the EMA of the merged update (null = no EMA; original 0.9)"})
-    ema_start_epoch: int = field(default=0, metadata={"help": "first epoch whose end starts the EMA"})
+    ema_every: int = field(default=25, metadata={"help": "steps between two EMA updates (the original: one epoch)"})
+    ema_start_step: int = field(default=0, metadata={"help": "no EMA update before this step"})
 
 
 def prototype_distance(emb: torch.Tensor, prototypes: torch.Tensor, kind: str) -> torch.Tensor:
@@ -109,8 +110,8 @@ class GSLoRAPlusPlus(GSLoRA):
     def lora_layers(self):
         return {n: m for n, m in self.module.named_modules() if hasattr(m, "get_delta_weight")}
 
-    def end_epoch(self, epoch):
-        if self.cfg.ema_decay is None or epoch < self.cfg.ema_start_epoch:
+    def end_step(self, step):
+        if self.cfg.ema_decay is None or step < self.cfg.ema_start_step or not self.every(step, self.cfg.ema_every):
             return
         with torch.no_grad():
             deltas = {n: m.get_delta_weight("default").detach().clone() for n, m in self.lora_layers().items()}

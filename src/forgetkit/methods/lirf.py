@@ -10,7 +10,9 @@ forgotten classes' knowledge (saved per task as ``deposit.safetensors``, for lat
 R and F are the retained and forgotten class indices and AT compares L2-normalised per-channel token energies
 (entries below 0.005 zeroed). Fixed from the original: the logit slices use the real class indices (the original
 took the first k columns as "forgotten", false under a shuffled order), and the deposit half is optimised and
-learns the true labels (the original never put it in the optimiser).
+learns the true labels (the original never put it in the optimiser). As in the original, a CosFace head applies
+its margin at the wrong label ỹ in the student's, teacher's and deposit's logits (the deposit's CE, on true
+labels, at the true label), and the shared upper half runs in eval mode (no dropout).
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class LIRF(FullFinetune):
         for name, param in self.deposit.named_parameters():
             param.requires_grad = name in lower
         self.deposit.train()
+        for model in (self.module, self.deposit):  # the frozen, shared upper half stays in eval mode (as the original)
+            for part in model.upper_modules(self.split_at):
+                part.eval()
 
     def parameters(self):
         return [p for p in self.module.parameters() if p.requires_grad] + [
@@ -79,22 +84,22 @@ class LIRF(FullFinetune):
     def task_stats(self):
         return {"deposit_params": sum(p.numel() for p in self.deposit.parameters() if p.requires_grad)}
 
-    def training_step(self, forget, retain, epoch):
+    def training_step(self, forget, retain, step):
         cfg, a = self.cfg, self.cfg.alpha
         xf, yf = forget
         wrong = self.wrong_labels(yf)
         s_mid = self.module.lower(xf, self.split_at)
-        s_logits = self.module.upper(s_mid, self.split_at)
+        s_logits = self.module.upper(s_mid, self.split_at, wrong)
         with torch.no_grad():
             t_mid = self.teacher.lower(xf, self.split_at)
-            t_logits = self.teacher.upper(t_mid, self.split_at)
-        d_logits = self.deposit(xf)
+            t_logits = self.teacher.upper(t_mid, self.split_at, wrong)
+        d_emb = self.deposit.upper_embed(self.deposit.lower(xf, self.split_at), self.split_at)
         losses = {
             "forget": F.cross_entropy(s_logits, wrong),
             "at": F.mse_loss(attention_map(s_mid), attention_map(t_mid)),
             "kd": sliced_kd(t_logits, s_logits, self.task.retain, cfg.temperature),
-            "deposit": a * sliced_kd(t_logits, d_logits, self.task.forget, cfg.temperature)
-            + (1 - a) * F.cross_entropy(d_logits, yf),
+            "deposit": a * sliced_kd(t_logits, self.deposit.head(d_emb, wrong), self.task.forget, cfg.temperature)
+            + (1 - a) * F.cross_entropy(self.deposit.head(d_emb, yf), yf),
         }
         losses["retain"] = F.cross_entropy(self.module(*retain), retain[1]) if retain else xf.new_zeros(())
         losses["loss"] = ((1 - a) * losses["forget"] - cfg.at_weight * losses["at"] + cfg.kd_weight * a * losses["kd"]

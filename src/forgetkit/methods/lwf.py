@@ -34,7 +34,7 @@ class LwF(FullFinetune):
     config_cls = LwFConfig
     uses_teacher = True
 
-    def training_step(self, forget, retain, epoch):
+    def training_step(self, forget, retain, step):
         xf = forget[0]
         losses = {"forget": self.wrong_label_ce(forget)}
         if retain is None:

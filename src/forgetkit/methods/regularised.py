@@ -1,8 +1,15 @@
 """L2*, EWC* and MAS*: rehearsal plus an importance-weighted pull towards earlier weights (gs-lora.md §5).
 
-``L = CE(f(x_f), ỹ_f) + CE(f(x_r), y_r) + λ · Σ_tasks Σ_θ Ω_θ (θ − θ*_task)²``, with θ* the weights at the start
-of each task so far and Ω: 1 (L2), the diagonal empirical Fisher of CE on the replay data (EWC), or the mean
-absolute gradient of the squared logit norm (MAS). The star means "with a rehearsal buffer", as in the papers.
+``L = w_f·CE(f(x_f), ỹ_f) + w_r·CE(f(x_r), y_r) + λ · Σ_tasks Σ_θ Ω_θ (θ − θ*_task)²``, with θ* the weights at
+the start of each task so far and Ω: 1 (L2), the diagonal empirical Fisher of CE on the replay data (EWC), or the
+mean absolute gradient of the squared logit norm (MAS). The star means "with a rehearsal buffer", as in the papers.
+
+Data term: forgetkit sums the two CEs (w_f = w_r = 1, ``data_term: sum``). The original trained on one shuffled
+concatenation of the relabelled forget set and the replay set, one batch-mean CE per batch, whose expected value is
+the pooled weighting w = n / (n_f + n_r) of each set's size (about 0.2·CE_f + 0.8·CE_r on the face split);
+``data_term: pooled`` gives that. Importance (EWC, MAS) is estimated on up to ``importance_images`` replay images
+drawn class-balanced (every retained class in turn), in batches of the run's batch size; the original used every
+batch of its shuffled replay loader.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..errors import ForgetkitError
+from ..runtime import BalancedBatchSampler, derived_generator
 from .base import register_method
 from .finetune import FinetuneConfig, FullFinetune
 
@@ -22,6 +31,11 @@ class L2Config(FinetuneConfig):
 
     reg_lambda: float = field(default=0.1, metadata={"help": "λ: weight of the penalty"})
     online: bool = field(default=False, metadata={"help": "keep one running anchor instead of one per task"})
+    data_term: str = field(default="sum", metadata={
+        "help": "sum: CE_f + CE_r; pooled: each CE weighted by its set's share of forget ∪ replay, the expected value "
+                "of the original's CE over one mixed batch"})
+    importance_images: int = field(default=2048, metadata={
+        "help": "replay images the importance (EWC, MAS) is estimated on, drawn class-balanced; 0 = all"})
 
 
 @dataclass
@@ -43,6 +57,10 @@ class ImportanceRegularised(FullFinetune):
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
+        if cfg.data_term not in ("sum", "pooled"):
+            raise ForgetkitError(f"method.data_term must be sum or pooled, not {cfg.data_term!r}")
+        if cfg.importance_images < 0:
+            raise ForgetkitError("method.importance_images must be 0 (all) or a positive count")
         self.anchors: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
 
     def importance(self) -> dict[str, torch.Tensor]:
@@ -69,19 +87,31 @@ class ImportanceRegularised(FullFinetune):
                 total = total + (omega[name] * (param - theta[name]) ** 2).sum()
         return total
 
-    def replay_batches(self, limit: int = 20):
-        loader = torch.utils.data.DataLoader(self.data.retain, batch_size=32, shuffle=False)
-        for i, (x, y) in enumerate(loader):
-            if i >= limit:
-                break
+    def replay_batches(self):
+        """The importance pass's batches: up to ``importance_images`` replay images, the classes taking turns."""
+        retain = self.data.retain
+        if len(retain) == 0:
+            return
+        count = len(retain) if self.cfg.importance_images == 0 else min(self.cfg.importance_images, len(retain))
+        order = next(iter(BalancedBatchSampler(retain.targets, count, derived_generator(
+            self.ctx.seed, self.task.index, 61))))
+        loader = torch.utils.data.DataLoader(retain.subset(torch.tensor(order)), batch_size=self.ctx.batch_size)
+        for x, y in loader:
             yield x.to(self.ctx.device), y.to(self.ctx.device)
 
-    def training_step(self, forget, retain, epoch):
+    def data_weights(self) -> tuple[float, float]:
+        if self.cfg.data_term == "sum":
+            return 1.0, 1.0
+        n_f, n_r = len(self.data.forget), len(self.data.retain)
+        return n_f / (n_f + n_r), n_r / (n_f + n_r)
+
+    def training_step(self, forget, retain, step):
         xf = forget[0]
+        w_f, w_r = self.data_weights()
         losses = {"forget": self.wrong_label_ce(forget)}
         losses["retain"] = F.cross_entropy(self.logits(*retain), retain[1]) if retain else xf.new_zeros(())
         losses["penalty"] = self.penalty()
-        losses["loss"] = losses["forget"] + losses["retain"] + self.cfg.reg_lambda * losses["penalty"]
+        losses["loss"] = w_f * losses["forget"] + w_r * losses["retain"] + self.cfg.reg_lambda * losses["penalty"]
         return losses
 
 

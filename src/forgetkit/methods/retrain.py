@@ -40,7 +40,7 @@ class Retrain(Method):
         self.module.train()
         return self.module
 
-    def training_step(self, forget, retain, epoch):
+    def training_step(self, forget, retain, step):
         xr, yr = retain
         loss = F.cross_entropy(self.module(xr, yr), yr)
         return {"loss": loss, "retain": loss}

@@ -1,14 +1,20 @@
 """SCRUB and SCRUB-S (Kurmanji et al.), as the papers' baselines (gs-lora.md §5).
 
-Per step, during the first ``max_epochs`` epochs a *max* pass on the forget batch, then always a *min* pass on
+Per step, during the first ``max_steps`` steps a *max* pass on the forget batch, then always a *min* pass on
 the replay batch, each its own optimiser step (Adam, weight decay 5e-4)::
 
     max: −KD_T(f(x_f), f_T(x_f))                      + p · Σ_θ ‖θ − θ_swa‖_F
     min:  γ · CE(f(x_r), y_r) + α · KD_T(f(x_r), f_T(x_r)) + p · Σ_θ ‖θ − θ_swa‖_F
 
-with original labels (no relabelling). SCRUB-S adds the smoothing term (p > 0) towards an exponential average of
-the weights (θ_swa ← 0.9·θ_swa + 0.1·θ once per epoch). The original runs whole max and min passes over the two
-loaders per inner epoch; here they alternate per step, which gives both the same number of updates.
+with original labels (no relabelling); a CosFace head applies its margin at the true label in both passes, as
+the original does. SCRUB-S adds the smoothing term (p > 0) towards an exponential average of the weights
+(θ_swa ← 0.9·θ_swa + 0.1·θ, ten times per request, as the original's ten super-epochs).
+
+Counts differ from the original, which runs whole passes over its two loaders: per super-epoch 5 max passes over
+the forget loader and 10 min passes over the replay loader, i.e. max : min updates = N_f : 2·N_r batches, a ratio
+set by the sizes of the two datasets (500 : 4,000 for 10 and 40 batches). Here the budget is a number of steps:
+one max and one min update per step in the first half, min updates only in the second, i.e. 1 : 2 whatever the
+data sizes (docs/baselines.md).
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ class SCRUBConfig(FinetuneConfig):
     gamma: float = field(default=0.99, metadata={"help": "γ: weight of the replay CE in the min pass"})
     kd_alpha: float = field(default=1e-3, metadata={"help": "α: weight of the replay KD in the min pass"})
     smoothing: float = field(default=0.0, metadata={"help": "p: pull towards the weight average (SCRUB-S > 0)"})
-    max_epochs: int | None = field(default=None, metadata={
-        "help": "epochs with max passes (null = the first half, as 5 of the original's 10 inner epochs)"})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "steps with a max pass (null = the first half of the budget, as 5 of the original's 10 inner epochs)"})
     adam_weight_decay: float = field(default=5e-4, metadata={"help": "Adam's L2 weight decay"})
 
 
@@ -63,8 +69,8 @@ class SCRUB(FullFinetune):
     def max_loss(self, forget) -> torch.Tensor:
         xf, yf = forget
         with torch.no_grad():
-            teacher = self.teacher(xf)
-        loss = -kd_loss(self.module(xf), teacher, self.cfg.temperature)
+            teacher = self.teacher(xf, yf)
+        loss = -kd_loss(self.module(xf, yf), teacher, self.cfg.temperature)
         return loss + self.cfg.smoothing * self.smoothing_term() if self.cfg.smoothing else loss
 
     def min_loss(self, retain) -> torch.Tensor:
@@ -76,19 +82,21 @@ class SCRUB(FullFinetune):
             student, teacher, self.cfg.temperature)
         return loss + self.cfg.smoothing * self.smoothing_term() if self.cfg.smoothing else loss
 
-    def max_active(self, epoch: int) -> bool:
-        limit = self.cfg.max_epochs if self.cfg.max_epochs is not None else math.ceil(self.ctx.epochs / 2)
-        return epoch < limit
+    def max_active(self, step: int) -> bool:
+        limit = self.cfg.max_steps if self.cfg.max_steps is not None else math.ceil(self.ctx.steps / 2)
+        return step < limit
 
-    def end_epoch(self, epoch):
-        with torch.no_grad():  # the weight average moves once per epoch
+    def end_step(self, step):
+        if not self.every(step, math.ceil(self.ctx.steps / 10)):
+            return
+        with torch.no_grad():  # the weight average moves ten times per request (the original's super-epochs)
             for name, param in self.module.named_parameters():
                 if name in self.swa:
                     self.swa[name].mul_(0.9).add_(param.detach(), alpha=0.1)
 
-    def step(self, forget, retain, epoch, optimizer):
+    def step(self, forget, retain, step, optimizer):
         losses = {}
-        if self.max_active(epoch):
+        if self.max_active(step):
             losses["max"] = self.max_loss(forget)
             self.apply(losses["max"], optimizer)
         if retain is not None:
@@ -97,7 +105,7 @@ class SCRUB(FullFinetune):
         losses["loss"] = sum(v.detach() for v in losses.values())
         return losses
 
-    def training_step(self, forget, retain, epoch):
+    def training_step(self, forget, retain, step):
         """The two passes' losses at the current weights (for inspection; :meth:`step` optimises them)."""
         losses = {"max": self.max_loss(forget)}
         if retain is not None:

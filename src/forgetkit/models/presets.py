@@ -32,8 +32,9 @@ class ModelSpec:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
-    drop_rate: float = field(default=0.0, metadata={"help": "dropout on the embeddings, after attention and in the "
-                                                             "MLP (training only)"})
+    drop_rate: float = field(default=0.0, metadata={"help": "dropout on the patch+position embeddings, after "
+                                                             "attention and in the MLP (training only); none on the "
+                                                             "final pooled embedding"})
     norm_eps: float = field(default=1e-6, metadata={"help": "LayerNorm epsilon (timm's 1e-6; the Face Transformer "
                                                              "uses PyTorch's default 1e-5)"})
     attn_scale: str = field(default="head_dim", metadata={"help": "head_dim (standard) or model_dim (Face "

@@ -52,7 +52,9 @@ class ForgetModel(nn.Module):
         self.backbone = VisionTransformer(
             img_size=spec.image_size, patch_size=spec.patch_size, in_chans=spec.in_chans, num_classes=0,
             embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio,
-            qkv_bias=spec.qkv_bias, drop_rate=spec.drop_rate, pos_drop_rate=spec.drop_rate,
+            # timm's drop_rate is only the dropout on the pooled embedding (head_drop), which the Face Transformer
+            # does not have; the spec's drop_rate is the embedding-input, attention-output and MLP dropout.
+            qkv_bias=spec.qkv_bias, drop_rate=0.0, pos_drop_rate=spec.drop_rate,
             proj_drop_rate=spec.drop_rate, norm_layer=partial(nn.LayerNorm, eps=spec.norm_eps),
             global_pool="token", class_token=True,
         )
@@ -82,11 +84,20 @@ class ForgetModel(nn.Module):
             x = block(x)
         return x
 
-    def upper(self, tokens: torch.Tensor, split: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def upper_embed(self, tokens: torch.Tensor, split: int) -> torch.Tensor:
+        """The pooled embedding from the tokens after the first ``split`` blocks."""
         vit = self.backbone
         for block in vit.blocks[split:]:
             tokens = block(tokens)
-        return self.head(vit.forward_head(vit.norm(tokens), pre_logits=True), labels)
+        return vit.forward_head(vit.norm(tokens), pre_logits=True)
+
+    def upper(self, tokens: torch.Tensor, split: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.upper_embed(tokens, split), labels)
+
+    def upper_modules(self, split: int) -> list[nn.Module]:
+        """The modules of the upper half (blocks ``split:``, final norm, pooling, head)."""
+        vit = self.backbone
+        return list(vit.blocks[split:]) + [vit.norm, vit.fc_norm, vit.head_drop, self.head]
 
     def lower_parameter_names(self, split: int) -> set[str]:
         """Parameters of the lower half: patch embedding, class token, positions and the first `split` blocks."""
