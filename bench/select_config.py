@@ -5,23 +5,41 @@ training images per class that no method trains on, and prints per task H, Acc_r
 classes, when there are any), the number of blocks whose LoRA ends near zero and the issue-2 quality checks that
 fail (``gs_lora_quality.py``), plus the average H. Writes ``selection.md`` in ``--out``.
 
-    .venv/bin/python bench/select_config.py --grid method.alpha=0.05,0.1,0.2            # the demo's α
-    .venv/bin/python bench/select_config.py --config fmnist_fewshot --grid method.beta=[0.2],[1.0] \\
-        --grid train.epochs=25,50 [-o key=value ...]
+    .venv/bin/python bench/select_config.py --grid method.alpha=30,60                  # the demo's α
+    .venv/bin/python bench/select_config.py --dataset glyphs60 --seeds 0,1,2 --grid train.steps=200,400
+    .venv/bin/python bench/select_config.py --config fmnist_fewshot --grid method.beta=[0.2],[1.0] [-o key=value ...]
+
+``--dataset NAME`` points the config at one of the datasets of ``bench/datasets.yaml`` (its model, data, protocol
+shape and validation hold-out); several seeds give a row per seed and a mean.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+from pathlib import Path
+
+import yaml
 
 import forgetkit as fk
 from forgetkit.io import write_text
 from forgetkit.methods.base import resolved_method_config
 from forgetkit.report import fmt, task_label
-from gs_lora_quality import check
+from gs_lora_quality import ISSUE_10_CHECKS, check
 
-VALIDATION = ["protocol.val_per_class=500", "protocol.eval_split=val", "save_model=false"]
+DATASETS = Path(__file__).parent / "datasets.yaml"
+
+
+def dataset_overrides(name: str | None, split: str) -> list[str]:
+    """The overrides that run a config on dataset ``name`` of datasets.yaml, evaluated on ``split`` (val or test)."""
+    if name is None:
+        return ["protocol.val_per_class=500", "protocol.eval_split=val"] if split == "val" else []
+    entries = yaml.safe_load(DATASETS.read_text())
+    if name not in entries:
+        raise SystemExit(f"error: unknown dataset {name!r}; datasets.yaml has {', '.join(entries)}")
+    entry = entries[name]
+    held = [f"protocol.val_per_class={entry['val_per_class']}"]
+    return entry["overrides"] + held + (["protocol.eval_split=val"] if split == "val" else [])
 
 
 def parse_grid(items: list[str]) -> list[list[str]]:
@@ -49,26 +67,38 @@ def main() -> None:
     parser.add_argument("--grid", action="append", default=[], help="key=v1,v2,... (repeat for a product)")
     parser.add_argument("--out", default="runs/select")
     parser.add_argument("-o", "--override", action="append", default=[], help="fixed key=value for every run")
+    parser.add_argument("--dataset", help="a dataset of bench/datasets.yaml (default: the config's own data)")
+    parser.add_argument("--seeds", default="0", help="comma-separated run seeds")
     args = parser.parse_args()
-    lines = [f"# {args.config}: validation split, whole continual protocol", "",
+    seeds = [int(s) for s in args.seeds.split(",")]
+    lines = [f"# {args.config} on {args.dataset or 'its own data'}: validation split, whole continual protocol", "",
              "Fixed overrides: " + (" ".join(args.override) or "none"), "",
-             "| setting | task | H | Acc_r (pre) | Acc_f | Acc_o | Acc_m | blocks near 0 | failed checks |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| setting | seed | task | H | cumulative H | Acc_r (pre) | Acc_f | Acc_o | Acc_m | blocks near 0 | "
+             "failed checks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    summary = ["", "| setting | mean avg H | mean avg cumulative H | failed checks (of all seeds) |", "|---|---|---|---|"]
     for i, combo in enumerate(parse_grid(args.grid) if args.grid else [[]]):
         name = " ".join(combo) or "as configured"
-        cfg = fk.load_config(args.config, VALIDATION + args.override + combo + [f"output_dir={args.out}/run-{i}"])
-        results = fk.run_forgetting(cfg, progress=False, overwrite=True)
-        checks = check(results, resolved_method_config(cfg.method).get("alpha", 0.0))
-        for t, row in zip(results["tasks"], checks):
-            a = t["after"]
-            zeroed = f"{t['groups_zeroed']}/{t['num_groups']}" if "groups_zeroed" in t else "–"
-            failed = ", ".join(k for k, ok in row["checks"].items() if not ok) or "–"
-            lines.append(f"| {name} | {task_label(t)} | {fmt(t['h_mean'])} | {fmt(a['acc_r'])} "
-                         f"({fmt(t['pretrained']['acc_r'])}) | {fmt(a['acc_f'])} | {fmt(a['acc_o'])} | "
-                         f"{fmt(a.get('acc_m'))} | {zeroed} | {failed} |")
-        lines.append(f"| {name} | average | {fmt(results['summary']['h_mean_avg'])} | | | | | | |")
-        print("\n".join(lines[-len(results['tasks']) - 1:]), flush=True)
-        write_text(f"{args.out}/selection.md", "\n".join(lines) + "\n")
+        h, h_cum, failures = [], [], []
+        for seed in seeds:
+            cfg = fk.load_config(args.config, dataset_overrides(args.dataset, "val") + ["save_model=false"]
+                                 + args.override + combo + [f"seed={seed}", f"output_dir={args.out}/run-{i}-{seed}"])
+            results = fk.run_forgetting(cfg, progress=False, overwrite=True)
+            checks = check(results, resolved_method_config(cfg.method).get("alpha", 0.0))
+            for t, row in zip(results["tasks"], checks):
+                a = t["after"]
+                zeroed = f"{t['groups_zeroed']}/{t['num_groups']}" if "groups_zeroed" in t else "–"
+                failed = [k for k, ok in row["checks"].items() if not ok and k in ISSUE_10_CHECKS]
+                failures += [f"{k} ({task_label(t)}, seed {seed})" for k in failed]
+                lines.append(f"| {name} | {seed} | {task_label(t)} | {fmt(t['h_mean'])} | {fmt(t['h_cumulative'])} | "
+                             f"{fmt(a['acc_r'])} ({fmt(t['pretrained']['acc_r'])}) | {fmt(a['acc_f'])} | "
+                             f"{fmt(a['acc_o'])} | {fmt(a.get('acc_m'))} | {zeroed} | {', '.join(failed) or '–'} |")
+            h.append(results["summary"]["h_mean_avg"])
+            h_cum.append(results["summary"]["h_cumulative_avg"])
+            print("\n".join(lines[-len(results['tasks']):]), flush=True)
+        summary.append(f"| {name} | {fmt(sum(h) / len(h))} | {fmt(sum(h_cum) / len(h_cum))} | "
+                       f"{len(failures)}{': ' + '; '.join(failures) if failures else ''} |")
+        print(summary[-1], flush=True)
+        write_text(f"{args.out}/selection.md", "\n".join(lines + summary) + "\n")
 
 
 if __name__ == "__main__":

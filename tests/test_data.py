@@ -92,3 +92,58 @@ def test_synthetic_is_deterministic():
     c = load_data(DataConfig(source="synthetic", seed=4))
     assert torch.equal(a.train.images, b.train.images)
     assert not torch.equal(a.train.images, c.train.images)
+
+
+def test_balanced_batches_let_every_class_come_round_before_any_repeats():
+    from forgetkit.runtime import BalancedBatchSampler
+
+    targets = torch.tensor([0] * 50 + [1] * 3 + [2] * 7 + [3] * 1 + [4] * 20)   # very unequal classes, sorted
+    batches = BalancedBatchSampler(targets, 4, torch.Generator().manual_seed(0)).__iter__()
+    drawn = [next(batches) for _ in range(10)]
+    flat = [i for b in drawn for i in b]
+    labels = targets[flat].tolist()
+    for start in range(0, 40, 5):  # every window of 5 consecutive draws holds each of the 5 classes once
+        assert sorted(labels[start:start + 5]) == [0, 1, 2, 3, 4]
+    per_class_0 = [i for i in flat if targets[i] == 0]
+    assert len(set(per_class_0)) == len(per_class_0)  # no image of a class repeats before the class is used up
+    again = BalancedBatchSampler(targets, 4, torch.Generator().manual_seed(0)).__iter__()
+    assert [next(again) for _ in range(10)] == drawn  # same generator seed, same batches
+
+
+def test_validation_holdout_is_fixed_nested_and_left_out_by_pretrain(tmp_path):
+    from forgetkit.data.datasets import validation_holdout
+    from forgetkit.pretrain import PretrainConfig, pretrain
+    from forgetkit.protocol import Protocol, ProtocolConfig
+
+    splits = load_data(DataConfig(source="synthetic", num_classes=3, train_per_class=12))
+    held5 = validation_holdout(splits.train.targets, 3, 5)
+    assert len(held5) == 15 and torch.bincount(splits.train.targets[held5]).tolist() == [5, 5, 5]
+    assert set(held5.tolist()) <= set(validation_holdout(splits.train.targets, 3, 8).tolist())  # nested
+    for seed in (0, 1):  # a run's seed does not move the hold-out, and the run never trains on it
+        proto = Protocol(ProtocolConfig(num_tasks=1, forget_per_task=1, val_per_class=5, eval_split="val", forget_ratio=1.0,
+                                        retain_ratio=1.0), splits, seed=seed)
+        assert torch.equal(torch.sort(proto.eval_images.indices).values, held5)
+        data = proto.task_data(proto.tasks[0])
+        assert not set(data.forget.indices.tolist() + data.retain.indices.tolist()) & set(held5.tolist())
+    _, info = pretrain(PretrainConfig(data=DataConfig(source="synthetic", num_classes=3, train_per_class=12),
+                                      arch="vit_test", epochs=1, batch_size=4, val_per_class=5, threads=1,
+                                      out=str(tmp_path / "m")), progress=False)
+    assert info["train_images"] == 36 - 15
+    with pytest.raises(ForgetkitError, match="too few to hold out"):
+        validation_holdout(splits.train.targets, 3, 12)
+
+
+def test_glyphs60_renders_60_distinct_classes_deterministically():
+    from forgetkit.data.glyphs import GLYPH_CLASSES, render_glyphs
+
+    names = [name for name, _ in GLYPH_CLASSES]
+    assert len(names) == len(set(names)) == 60 and len({c for _, c in GLYPH_CLASSES}) == 60
+    images, labels = render_glyphs(2, seed=0, split=0)
+    assert images.shape == (120, 1, 28, 28) and images.dtype == torch.uint8
+    assert labels.tolist() == [c for c in range(60) for _ in range(2)]
+    assert torch.equal(render_glyphs(2, seed=0, split=0)[0], images)        # the generator defines the data
+    assert not torch.equal(render_glyphs(2, seed=0, split=1)[0], images)    # test images are other draws
+    ink = images.float().flatten(1)
+    assert (ink.max(1).values > 150).all()                                  # every image has a drawn glyph
+    centred = (ink > 100).float().mean(1)
+    assert (centred > 0.02).all() and (centred < 0.6).all()                 # neither empty nor a filled box

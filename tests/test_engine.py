@@ -114,3 +114,29 @@ def test_group_lasso_drives_groups_down(tiny_model_dir, tmp_path):
                  "method.lasso_update=gradient", "protocol.num_tasks=1")
     f, s = free["tasks"][0]["group_norms"], sparse["tasks"][0]["group_norms"]
     assert sum(s.values()) < 0.5 * sum(f.values())
+
+
+def test_results_report_cumulative_h_and_per_class_accuracy(tiny_model_dir, tmp_path):
+    results = run(tiny_model_dir, tmp_path / "r")
+    first, second = results["tasks"]
+    classes = list(results["pretrained"]["per_class"])
+    assert len(classes) == 6
+    for t in results["tasks"]:
+        forgotten = t["forget_classes"] + t["old_classes"]
+        per_class = t["per_class"]["after"]
+        # synthetic classes have equal test counts, so the pooled accuracy is the mean of the classes'
+        assert t["after"]["acc_f"] == pytest.approx(sum(per_class[c] for c in t["forget_classes"]) / 2)
+        assert t["after"]["acc_f_all"] == pytest.approx(sum(per_class[c] for c in forgotten) / len(forgotten))
+        assert t["h_cumulative"] == pytest.approx(fk.metrics.h_mean(
+            t["pretrained"]["acc_f_all"], t["after"]["acc_f_all"], t["after"]["acc_r"]))
+    assert first["h_cumulative"] == pytest.approx(first["h_mean"])  # nothing was forgotten earlier
+    assert second["per_class"]["before"] == first["per_class"]["after"]
+    assert results["summary"]["h_cumulative_avg"] == pytest.approx((first["h_cumulative"] +
+                                                                    second["h_cumulative"]) / 2)
+
+
+def test_a_class_that_comes_back_lowers_cumulative_h_only():
+    """Relapse is invisible to the per-task H and lowers the cumulative one."""
+    per_task = fk.metrics.h_mean(90.0, 0.0, 85.0)
+    relapsed = fk.metrics.h_mean(90.0, 45.0, 85.0)   # the earlier class back to 90 %: the pair averages 45 %
+    assert relapsed < per_task - 20

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import forgetkit as fk
+from forgetkit.errors import ForgetkitError
 from forgetkit.losses import group_norms
 from forgetkit.methods import METHODS, MethodContext, build_method
 from forgetkit.methods.finetune import kd_loss
@@ -27,8 +28,9 @@ def test_registry_has_gs_lora_pp_and_the_eleven_baselines():
 PAPER_FORM = dict(lasso_update="gradient", bound_per_sample=False, forgotten_mass_weight=0.0)
 
 
-def setup(tiny_model_dir, name, **cfg):
-    model, _ = fk.load_model(tiny_model_dir)
+def setup(tiny_model_dir, name, model=None, **cfg):
+    """A method set up on a one-request protocol of the synthetic data (``model``: another vit_test-sized model)."""
+    model = model if model is not None else fk.load_model(tiny_model_dir)[0]
     splits = fk.load_data(fk.DataConfig(source="synthetic")).with_preprocess(model.spec.preprocess)
     proto = Protocol(ProtocolConfig(num_tasks=1, forget_ratio=0.5, retain_ratio=0.2), splits, seed=0)
     task = proto.tasks[0]
@@ -178,7 +180,10 @@ def test_wrong_labels_are_wrong_and_cover_all_classes(tiny_model_dir):
     wrong = method.wrong_labels(y)
     assert (wrong != 2).all() and set(wrong.tolist()) == {0, 1, 3, 4, 5}
     method.cfg.faithful_relabel = True  # the original's bug: only indices below K = number of forget classes
-    assert set(method.wrong_labels(y).tolist()) <= set(range(len(method.task.forget)))
+    k = len(method.task.forget)
+    assert set(method.wrong_labels(y).tolist()) <= set(range(k))
+    low = torch.arange(k).repeat(500)  # true labels below K never keep their own label (the original's y + 1 fix)
+    assert (method.wrong_labels(low) != low).all()
 
 
 def test_lwf_der_fdr_terms(tiny_model_dir):
@@ -317,3 +322,64 @@ def test_bench_inherits_shared_method_settings_only():
         ("method", {"name": "l2"}), ("train.lr", 0.001)]
     # LIRF has an `alpha` too, with another meaning: it must not receive GS-LoRA's group-lasso weight
     assert parsed(method_overrides({"name": "gs_lora", "alpha": 0.2}, "lirf", {})) == [("method", {"name": "lirf"})]
+
+
+def cosface_model(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return fk.create_model("vit_test", 6, head="cosface", **overrides)
+
+
+def test_scrub_max_pass_applies_the_cosface_margin(tiny_model_dir):
+    """The original calls student(x_f, y_f) and teacher(x_f, y_f): on a CosFace head the margin is in both."""
+    method, module, original, _, (xf, yf), _ = setup(tiny_model_dir, "scrub", model=cosface_model())
+    perturb(module)
+    teacher = original.eval()
+    with_margin = -kd_loss(module(xf, yf), teacher(xf, yf), 2.0)
+    without = -kd_loss(module(xf), teacher(xf), 2.0)
+    assert not torch.allclose(with_margin, without, rtol=1e-3)
+    assert torch.allclose(method.max_loss((xf, yf)), with_margin, rtol=1e-5)
+
+
+def test_lirf_cosface_margins_and_frozen_upper_half_in_eval_mode(tiny_model_dir):
+    method, module, original, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, "lirf",
+                                                               model=cosface_model(drop_rate=0.3))
+    split = method.split_at
+    tokens = module.lower(xf, split)
+    # the shared upper half has no dropout during training (the original keeps teacher_up in eval mode) ...
+    assert torch.equal(module.upper(tokens, split), module.upper(tokens, split))
+    assert torch.equal(method.deposit.upper(tokens, split), method.deposit.upper(tokens, split))
+    # ... while the lower half that trains keeps its dropout
+    assert not torch.equal(module.lower(xf, split), module.lower(xf, split))
+    # the forget CE puts the CosFace margin at the wrong label, as the original's teacher_up(mid, ỹ)
+    fix_labels(method)
+    wrong = _replay_wrong(yf, method)
+    torch.manual_seed(1)
+    losses = method.training_step((xf, yf), (xr, yr), step=0)
+    torch.manual_seed(1)
+    s_mid = module.lower(xf, split)
+    expected = F.cross_entropy(module.upper(s_mid, split, wrong), wrong)
+    assert torch.allclose(losses["forget"], expected, rtol=1e-5)
+    assert not torch.allclose(expected, F.cross_entropy(module.upper(s_mid, split), wrong), rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["ewc", "mas"])
+def test_importance_sees_every_retained_class(tiny_model_dir, name):
+    """The importance pass draws its images class-balanced: a cap of 8 images still covers all 4 replay classes
+    (the old pass took the first batches of a class-sorted set, i.e. the lowest classes only)."""
+    method, *_ = setup(tiny_model_dir, name, importance_images=8)
+    seen = torch.cat([y for _, y in method.replay_batches()])
+    assert len(seen) == 8 and sorted(set(seen.tolist())) == sorted(method.task.replay)
+    method.cfg.importance_images = 0  # all replay images
+    assert sum(len(y) for _, y in method.replay_batches()) == len(method.data.retain)
+
+
+def test_pooled_data_term_weights_each_set_by_its_size(tiny_model_dir):
+    method, module, _, _, (xf, yf), (xr, yr) = setup(tiny_model_dir, "l2", data_term="pooled", reg_lambda=0.0)
+    fix_labels(method)
+    wrong = _replay_wrong(yf, method)
+    n_f, n_r = len(method.data.forget), len(method.data.retain)
+    losses = method.training_step((xf, yf), (xr, yr), step=0)
+    expected = (n_f * F.cross_entropy(module(xf), wrong) + n_r * F.cross_entropy(module(xr), yr)) / (n_f + n_r)
+    assert torch.allclose(losses["loss"], expected, rtol=1e-5)
+    with pytest.raises(ForgetkitError, match="data_term must be sum or pooled"):
+        setup(tiny_model_dir, "l2", data_term="mixed")

@@ -203,3 +203,18 @@ def test_face_transformer_mismatches_are_explained(tmp_path):
     torch.save(face_transformer_state() | {"loss.kernel": torch.ones(1)}, tmp_path / "other.pth")
     with pytest.raises(ForgetkitError, match="unknown key loss.kernel"):
         load_external_weights(tmp_path / "other.pth", "vit_test", 5, **FACE_TEST)
+
+
+def test_face_preset_has_no_dropout_on_the_final_embedding():
+    """The Face Transformer drops out embeddings, attention and MLP outputs, but not its final embedding."""
+    torch.manual_seed(0)
+    model = fk.create_model("face_vit_p8s8", 5, depth=1, embed_dim=64, num_heads=2)
+    x = torch.rand(2, 3, 112, 112)
+    reference = model.eval().embed(x)
+    model.train()
+    for name, module in model.named_modules():  # every dropout before the pooled embedding off
+        if isinstance(module, torch.nn.Dropout) and not name.endswith("head_drop"):
+            module.eval()
+    assert torch.allclose(model.embed(x), reference, atol=1e-6)
+    model.train()
+    assert not torch.allclose(model.embed(x), model.embed(x))  # the block dropouts themselves still act

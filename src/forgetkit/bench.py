@@ -31,7 +31,8 @@ from .methods import METHODS
 from .methods.base import DEFAULT_METHOD
 from .report import fmt, results_table, task_label
 
-CSV_COLUMNS = ["method", "task", "h_mean", "acc_r", "acc_f", "acc_o", "seconds", "trainable_ratio"]
+CSV_COLUMNS = ["method", "task", "h_cumulative", "h_mean", "acc_r", "acc_f", "acc_o", "acc_f_all", "seconds",
+               "trainable_ratio"]
 
 
 @dataclass
@@ -96,9 +97,7 @@ def run_bench(spec: BenchSpec, progress: bool = True) -> list[dict]:
         all_results[name] = run_forgetting(cfg, progress=progress, overwrite=True)
         if progress:
             print(f"[bench] {name} done in {time.time() - start:.0f} s", flush=True)
-    rows = comparison_rows(all_results)
-    write_comparison(out, all_results, rows, spec)
-    return rows
+    return write_comparison(out, all_results, spec)
 
 
 def report_only(spec: BenchSpec) -> list[dict]:
@@ -110,9 +109,7 @@ def report_only(spec: BenchSpec) -> list[dict]:
         if not path.is_file():
             raise ForgetkitError(f"{path} not found; run `forgetkit bench` for {name} first")
         all_results[name] = json.loads(path.read_text())
-    rows = comparison_rows(all_results)
-    write_comparison(out, all_results, rows, spec)
-    return rows
+    return write_comparison(out, all_results, spec)
 
 
 def comparison_rows(all_results: dict[str, dict]) -> list[dict]:
@@ -120,8 +117,9 @@ def comparison_rows(all_results: dict[str, dict]) -> list[dict]:
     for name, results in all_results.items():
         for t in results["tasks"]:
             a = t["after"]
-            row = {"method": name, "task": task_label(t), "h_mean": t["h_mean"], "acc_r": a["acc_r"],
-                   "acc_f": a["acc_f"], "acc_o": a["acc_o"], "seconds": t["seconds"],
+            row = {"method": name, "task": task_label(t), "h_cumulative": t["h_cumulative"], "h_mean": t["h_mean"],
+                   "acc_r": a["acc_r"], "acc_f": a["acc_f"], "acc_o": a["acc_o"], "acc_f_all": a["acc_f_all"],
+                   "seconds": t["seconds"],
                    "trainable_ratio": 100.0 * t["trainable_params"] / t["total_params"]}
             if "acc_m" in a:  # missing-class protocols: Acc_m, and Acc_r of the classes with replay data
                 row.update(acc_m=a["acc_m"], acc_r_data=a["acc_r_data"])
@@ -129,7 +127,10 @@ def comparison_rows(all_results: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def write_comparison(out: Path, all_results: dict[str, dict], rows: list[dict], spec: BenchSpec) -> None:
+def write_comparison(out: Path, all_results: dict[str, dict], spec: BenchSpec) -> list[dict]:
+    """Write the comparison files, best method first by average cumulative H; returns the CSV rows."""
+    all_results = dict(sorted(all_results.items(), key=lambda kv: -(kv[1]["summary"]["h_cumulative_avg"] or 0.0)))
+    rows = comparison_rows(all_results)
     columns = CSV_COLUMNS + (["acc_m", "acc_r_data"] if any("acc_m" in r for r in rows) else [])
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -143,19 +144,23 @@ def write_comparison(out: Path, all_results: dict[str, dict], rows: list[dict], 
     cells = "H / Acc_r / Acc_f / Acc_o / Acc_m (Acc_r includes the missing classes)" if missing else \
         "H / Acc_r / Acc_f / Acc_o"
     lines = [f"# Comparison on {first['dataset']} ({first['setting']}), seed {first['seed']}", "",
-             f"Cells: {cells} (percent). H uses the drop of Acc_f from the pre-trained model.", "",
+             f"Cells: {cells} (percent). H uses the drop of Acc_f from the pre-trained model. Methods are sorted by "
+             f"average cumulative H: the H of every class forgotten so far (Acc_f_all) against Acc_r, which a "
+             f"class forgotten earlier that comes back lowers.", "",
              results_table([(n, r["tasks"]) for n, r in all_results.items()]), "",
-             "| method | avg H | avg Acc_r | avg Acc_f | avg Acc_o | trainable | seconds / task |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | avg cumulative H | avg H | avg Acc_r | avg Acc_f | avg Acc_o | trainable | seconds / task |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in all_results.items():
         s, tasks = r["summary"], r["tasks"]
         ratio = 100.0 * tasks[0]["trainable_params"] / tasks[0]["total_params"]
-        lines.append(f"| {name} | {fmt(s['h_mean_avg'])} | {fmt(s['acc_r_avg'])} | {fmt(s['acc_f_avg'])} | "
-                     f"{fmt(s['acc_o_avg'])} | {ratio:.2f} % | {s['seconds_total'] / len(tasks):.1f} |")
+        lines.append(f"| {name} | {fmt(s['h_cumulative_avg'])} | {fmt(s['h_mean_avg'])} | {fmt(s['acc_r_avg'])} | "
+                     f"{fmt(s['acc_f_avg'])} | {fmt(s['acc_o_avg'])} | {ratio:.2f} % | "
+                     f"{s['seconds_total'] / len(tasks):.1f} |")
     write_text(out / "comparison.md", "\n".join(lines) + "\n")
     write_json(out / "comparison.json", {"spec": {"base": spec.base, "overrides": spec.overrides,
                                                   "methods": spec.methods}, "rows": rows})
     plot_comparison(all_results, out / "comparison.png")
+    return rows
 
 
 def plot_comparison(all_results: dict[str, dict], path: Path) -> None:
@@ -175,12 +180,12 @@ def plot_comparison(all_results: dict[str, dict], path: Path) -> None:
         tasks = all_results[name]["tasks"]
         ours = name.startswith("gs_lora")
         colour = colours[(2 * i) % 20 + (2 * i) // 20 % 2]  # dark shades first, then the light ones
-        axes[0].plot(xs, [t["h_mean"] for t in tasks], marker=markers[i % len(markers)], color=colour,
+        axes[0].plot(xs, [t["h_cumulative"] for t in tasks], marker=markers[i % len(markers)], color=colour,
                      linewidth=2.6 if ours else 1.2, label=name, zorder=3 if ours else 2)
     axes[0].set_xticks(xs, [task_label(t) for t in first])
     axes[0].set_xlabel("task (classes present − forgotten)")
-    axes[0].set_ylabel("H-Mean (%)")
-    axes[0].set_title("H-Mean per task (higher is better)")
+    axes[0].set_ylabel("cumulative H (%)")
+    axes[0].set_title("cumulative H per task (higher is better)")
     axes[0].grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2, loc="lower right")
     summary = [all_results[n]["summary"] for n in names]

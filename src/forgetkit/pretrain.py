@@ -86,8 +86,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True):
     acc = 100.0 * per_class.correct.sum().item() / per_class.total.sum().item()
     manifest_extra = {
         "pretrain": {"config": to_dict(cfg), "test_accuracy": acc, "seconds": round(seconds, 1),
-                     "dataset": splits.name},
+                     "dataset": splits.name, "train_images": len(train)},
         "history": [],
     }
     save_model(model.cpu(), Path(cfg.out), splits.classes, **manifest_extra)
-    return model, {"test_accuracy": acc, "seconds": seconds, "out": cfg.out}
+    return model, {"test_accuracy": acc, "seconds": seconds, "out": cfg.out, "train_images": len(train)}

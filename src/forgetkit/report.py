@@ -47,14 +47,17 @@ def markdown_report(results: dict) -> str:
             "none on the first task), then Acc_m when some retained classes have no replay data (Acc_r then "
             "includes them). H uses the drop of Acc_f from the pre-trained model.", ""]
     out.append(results_table([(results["method"], tasks)]))
-    out += ["", "## Per task", "", "| task | forgotten | H | Acc_f before → after | Acc_r before → after | "
+    out += ["", "## Per task", "", "Cumulative H counts every class forgotten so far (Acc_f_all), so a class that comes "
+            "back lowers it; the papers' H sees only the request's own classes.", "",
+            "| task | forgotten | H | cumulative H | Acc_f before → after | Acc_r before → after | "
             "Acc_o after | seconds | trainable / total params | groups near zero |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for t in tasks:
         b, a = t["before"], t["after"]
         zeroed = f"{t['groups_zeroed']} / {t['num_groups']}" if "groups_zeroed" in t else "–"
         out.append(
-            f"| {t['index'] + 1} | {', '.join(t['forget_classes'])} | {fmt(t['h_mean'])} | {fmt(b['acc_f'])} → "
+            f"| {t['index'] + 1} | {', '.join(t['forget_classes'])} | {fmt(t['h_mean'])} | {fmt(t['h_cumulative'])} | "
+            f"{fmt(b['acc_f'])} → "
             f"{fmt(a['acc_f'])} | {fmt(b['acc_r'])} → {fmt(a['acc_r'])} | {fmt(a['acc_o'])} | {t['seconds']:.1f} | "
             f"{t['trainable_params']:,} / {t['total_params']:,} "
             f"({100 * t['trainable_params'] / t['total_params']:.2f} %)"
@@ -65,12 +68,29 @@ def markdown_report(results: dict) -> str:
                 "| task | " + " | ".join(f"block {k}" for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
         for t in tasks:
             out.append(f"| {t['index'] + 1} | " + " | ".join(f"{t['group_norms'][k]:.3g}" for k in keys) + " |")
+    out += per_class_table(results)
     s = results["summary"]
-    out += ["", "## Summary", "", f"- average H: {fmt(s['h_mean_avg'])}", f"- average Acc_f: {fmt(s['acc_f_avg'])}",
+    out += ["", "## Summary", "", f"- average cumulative H: {fmt(s['h_cumulative_avg'])}",
+            f"- average H: {fmt(s['h_mean_avg'])}", f"- average Acc_f: {fmt(s['acc_f_avg'])}",
             f"- average Acc_r: {fmt(s['acc_r_avg'])}", f"- average Acc_o: {fmt(s['acc_o_avg'])}",
             f"- total seconds: {s['seconds_total']}", "",
             "Plots: `accuracy.png` (accuracies after each task), `group_norms.png` (LoRA group norms).", ""]
     return "\n".join(out)
+
+
+def per_class_table(results: dict) -> list[str]:
+    """Accuracy of every class after every request (f: forgotten by then), so a user sees which classes paid."""
+    tasks = results["tasks"]
+    lines = ["", "## Per class (accuracy after each request; f = forgotten by then)", "",
+             "| class | pre-trained | " + " | ".join(f"after {t['index'] + 1}" for t in tasks) + " |",
+             "|---|---|" + "---|" * len(tasks)]
+    for name, pre in results["pretrained"]["per_class"].items():
+        cells = []
+        for t in tasks:
+            mark = " f" if name in t["forget_classes"] or name in t["old_classes"] else ""
+            cells.append(f"{fmt(t['per_class']['after'][name], 1)}{mark}")
+        lines.append(f"| {name} | {fmt(pre, 1)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_accuracy(results: dict, path: Path) -> None:
@@ -90,6 +110,7 @@ def plot_accuracy(results: dict, path: Path) -> None:
             ax.plot(*zip(*pts), style, label=label)
     ax.plot(xs, [t["pretrained"]["acc_r"] for t in tasks], "o--", color="grey", alpha=0.6, label="Acc_r pre-trained")
     ax.plot(xs, [t["h_mean"] for t in tasks], "d:", color="black", label="H-Mean")
+    ax.plot(xs, [t["h_cumulative"] for t in tasks], "d-", color="black", alpha=0.5, label="cumulative H")
     ax.set_xticks(xs, [task_label(t) for t in tasks])
     ax.set_xlabel("task (classes present − forgotten)")
     ax.set_ylabel("accuracy (%)")

@@ -2,8 +2,9 @@
 
 * All parameters train except the classifier head (as in the papers' baselines; ``train_head`` opens it).
 * "Forgetting" by cross-entropy towards a random *wrong* label, drawn uniformly from every class but the true one.
-  The original drew ``(y + randint(1, 100)) mod K`` with K = the number of forget classes, i.e. only from the first
-  K label indices, whatever those classes are (gs-lora.md §5); ``faithful_relabel: true`` reproduces that.
+  The original drew ``(y + randint(1, 100)) mod K`` (both ends included) with K = the number of forget classes, i.e.
+  only from the first K label indices, whatever those classes are (gs-lora.md §5), and replaced a draw equal to y by
+  (y + 1) mod K; ``faithful_relabel: true`` reproduces both.
 * A frozen teacher is a copy of the model at the start of each task (the original copied the pre-trained model
   once; both are the same on the first task).
 """
@@ -54,10 +55,11 @@ class FullFinetune(Method):
 
     def wrong_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """A random label different from each true label (see the module docstring)."""
-        if self.cfg.faithful_relabel:
+        if self.cfg.faithful_relabel:  # (y + randint[1, 100]) mod K, and y + 1 where that lands on y itself
             k = len(self.task.forget)
-            offset = torch.randint(1, 100, labels.shape, generator=self.generator).to(labels.device)
-            return (labels + offset) % k
+            offset = torch.randint(1, 101, labels.shape, generator=self.generator).to(labels.device)
+            wrong = (labels + offset) % k
+            return torch.where(wrong == labels, (labels + 1) % k, wrong)
         c = self.ctx.num_classes
         offset = torch.randint(1, c, labels.shape, generator=self.generator).to(labels.device)
         return (labels + offset) % c
