@@ -12,7 +12,7 @@ def test_forget_command_runs_and_prints_table(tiny_model_dir, tmp_path, capsys):
         args += ["-o", item]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| Pre-train |" in out and "average H" in out
+    assert "| Pre-train |" in out and "average cumulative H" in out
     assert json.loads((tmp_path / "cli" / "results.json").read_text())["method"] == "gs_lora"
 
 

@@ -57,13 +57,18 @@ def test_class_mass_loss_hand_computed():
 
 
 def test_group_soft_threshold_by_hand():
-    a, b = torch.tensor([3.0, 4.0]), torch.tensor([0.3, 0.4])   # group norms 5 and 0.5
+    a, b = torch.tensor([3.0, 4.0]), torch.tensor([0.3, 0.4])   # group norms 5 and 0.5, sizes 2 and 3
     c = torch.tensor([[0.0]])
     group_soft_threshold([[a], [b, c]], threshold=1.0)
-    assert torch.allclose(a, torch.tensor([3.0, 4.0]) * (1 - 1 / 5))  # shrunk by 1 in norm, same direction
-    assert torch.equal(b, torch.zeros(2)) and torch.equal(c, torch.zeros(1, 1))
+    # shrunk by threshold·√p_g = √2 in norm, same direction (the standard group lasso's size weight)
+    assert torch.allclose(a, torch.tensor([3.0, 4.0]) * (1 - 2 ** 0.5 / 5))
+    assert torch.equal(b, torch.zeros(2)) and torch.equal(c, torch.zeros(1, 1))  # 0.5 < √3: exactly zero
     group_soft_threshold([[b, c]], threshold=1.0)                 # an all-zero group stays zero (no 0/0)
     assert torch.equal(b, torch.zeros(2))
+    big = torch.full((400,), 0.5)                                  # norm 10, size 400: shrinks by 20, so zero
+    small = torch.tensor([6.0, 8.0])                               # norm 10, size 2: shrinks by √2 only
+    group_soft_threshold([[big], [small]], threshold=1.0)
+    assert torch.equal(big, torch.zeros(400)) and small.norm() > 8
 
 
 def test_group_lasso_gradient_points_along_the_group():

@@ -15,8 +15,8 @@ def _print_table(results: dict) -> None:
 
     print(results_table([(results["method"], results["tasks"])]))
     s = results["summary"]
-    print(f"\naverage H {s['h_mean_avg']:.2f}  Acc_f {s['acc_f_avg']:.2f}  Acc_r {s['acc_r_avg']:.2f}  "
-          f"({s['seconds_total']:.0f} s of training and evaluation)")
+    print(f"\naverage cumulative H {s['h_cumulative_avg']:.2f}  H {s['h_mean_avg']:.2f}  Acc_f {s['acc_f_avg']:.2f}  "
+          f"Acc_r {s['acc_r_avg']:.2f}  ({s['seconds_total']:.0f} s of training and evaluation)")
 
 
 def cmd_forget(args) -> None:

@@ -44,12 +44,18 @@ def group_lasso(groups: Iterable[Iterable[torch.Tensor]]) -> torch.Tensor:
 
 @torch.no_grad()
 def group_soft_threshold(groups: Iterable[Iterable[torch.Tensor]], threshold: float) -> None:
-    """In place, the proximal step of ``threshold · Σ_g ||g||``: each group shrinks by ``threshold`` in norm, and a
-    group whose norm is below ``threshold`` becomes exactly zero (the block-wise soft threshold)."""
+    """In place, the proximal step of the standard group lasso ``threshold · Σ_g √p_g ||g||`` (p_g: the group's
+    parameter count, Yuan & Lin's weight): each group shrinks by ``threshold·√p_g`` in norm, and a group whose norm is
+    below that becomes exactly zero (the block-wise soft threshold).
+
+    The √p_g weight is what makes one ``threshold`` mean the same on any model: an Adam step moves a group by at most
+    about ``lr·√p_g``, so ``threshold = lr·α`` shrinks every group by the same fraction α of its largest step,
+    whatever the width of the model or the LoRA rank."""
     for group in groups:
         group = list(group)
         norm = torch.sqrt(sum((p ** 2).sum() for p in group))
-        scale = torch.clamp(1 - threshold / norm.clamp_min(1e-12), min=0.0)
+        size = sum(p.numel() for p in group)
+        scale = torch.clamp(1 - threshold * size ** 0.5 / norm.clamp_min(1e-12), min=0.0)
         for p in group:
             p.mul_(scale)
 

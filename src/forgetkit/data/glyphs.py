@@ -13,8 +13,9 @@ generated, deterministically, from a package forgetkit already depends on:
   shear, offset and stroke blur, with pixel noise; 300 training and 60 test images per class, drawn from
   separate random streams (train and test images never repeat).
 
-The classes are about as hard as Fashion-MNIST's for the ``vit_fmnist`` preset (see docs/benchmarks.md). The
-generator, not a file, defines the dataset: ``seed`` (``data.seed``) gives another draw of it.
+The ``vit_fmnist`` preset reaches 98.3 % test accuracy on it (docs/benchmarks.md): easier than Fashion-MNIST per
+class, with six times as many classes. The generator, not a file, defines the dataset: ``seed`` (``data.seed``)
+gives another draw of it. Rendering takes about 6 s.
 """
 
 from __future__ import annotations

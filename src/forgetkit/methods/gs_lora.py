@@ -46,9 +46,10 @@ class GSLoRAConfig:
         "help": "γ: weight of mean −log(1 − p(forgotten)) on the forget images, forgotten = this task's classes and "
                 "every earlier task's. Forgotten images then land on retained classes, so classes forgotten earlier "
                 "do not become where later ones go, nor come back (0 = off, the paper)"})
-    alpha: float = field(default=60.0, metadata={
+    alpha: float = field(default=0.28, metadata={
         "help": "α: group-lasso strength, 0 = plain LoRA. gradient: the loss weight (paper 1e-4 with CosFace); "
-                "proximal: the shrink per step in units of lr"})
+                "proximal: each block's update shrinks by lr·α·√(its parameter count) per step, i.e. by the fraction "
+                "α of the largest step Adam can take, whatever the model's width or the LoRA rank"})
     alpha_warmup_steps: int = field(default=100, metadata={"help": "steps with α = 0 at the start of each request"})
     lasso_update: str = field(default="proximal", metadata={
         "help": "how the lasso acts: gradient (α·Σ||g|| in the loss, the paper) or proximal (after each optimiser "
