@@ -17,7 +17,7 @@ import argparse
 from forgetkit.bench import load_bench_spec, report_only, run_bench
 from forgetkit.io import write_text
 from forgetkit.report import fmt
-from select_config import dataset_overrides
+from benchdata import dataset_overrides
 
 
 def main() -> None:
@@ -49,7 +49,8 @@ def main() -> None:
             return sum(values) / len(values) if values else None
 
         ranked = sorted(by_method, key=lambda m: -(avg(by_method[m], "h_cumulative") or 0.0))
-        lines += [f"## {dataset}", "", "| rank | method | avg cumulative H | avg H | avg Acc_r | avg Acc_f | avg Acc_o |",
+        lines += [f"## {dataset}", "",
+                  "| rank | method | avg cumulative H | avg H | avg Acc_r | avg Acc_f | avg Acc_o |",
                   "|---|---|---|---|---|---|---|"]
         for rank, method in enumerate(ranked, 1):
             rows = by_method[method]

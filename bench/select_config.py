@@ -17,30 +17,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from pathlib import Path
-
-import yaml
 
 import forgetkit as fk
 from forgetkit.io import write_text
 from forgetkit.methods.base import resolved_method_config
 from forgetkit.report import fmt, task_label
+from benchdata import dataset_overrides
 from gs_lora_quality import ISSUE_10_CHECKS, check
-
-DATASETS = Path(__file__).parent / "datasets.yaml"
-
-
-def dataset_overrides(name: str | None, split: str) -> list[str]:
-    """The overrides that run a config on dataset ``name`` of datasets.yaml, evaluated on ``split`` (val or test)."""
-    if name is None:
-        return ["protocol.val_per_class=500", "protocol.eval_split=val"] if split == "val" else []
-    entries = yaml.safe_load(DATASETS.read_text())
-    if name not in entries:
-        raise SystemExit(f"error: unknown dataset {name!r}; datasets.yaml has {', '.join(entries)}")
-    entry = entries[name]
-    held = [f"protocol.val_per_class={entry['val_per_class']}"]
-    return entry["overrides"] + held + (["protocol.eval_split=val"] if split == "val" else [])
-
 
 def parse_grid(items: list[str]) -> list[list[str]]:
     """``key=v1,v2`` items -> every combination, as override lists (lists in values: ``[0.2,0.4]`` stays whole)."""
@@ -75,7 +58,8 @@ def main() -> None:
              "Fixed overrides: " + (" ".join(args.override) or "none"), "",
              "| setting | seed | task | H | cumulative H | Acc_r (pre) | Acc_f | Acc_o | Acc_m | blocks near 0 | "
              "failed checks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    summary = ["", "| setting | mean avg H | mean avg cumulative H | failed checks (of all seeds) |", "|---|---|---|---|"]
+    summary = ["", "| setting | mean avg H | mean avg cumulative H | failed checks (of all seeds) |",
+               "|---|---|---|---|"]
     for i, combo in enumerate(parse_grid(args.grid) if args.grid else [[]]):
         name = " ".join(combo) or "as configured"
         h, h_cum, failures = [], [], []

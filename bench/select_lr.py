@@ -18,7 +18,7 @@ import forgetkit as fk
 from forgetkit.bench import method_overrides
 from forgetkit.io import write_json, write_text
 from forgetkit.report import fmt
-from select_config import dataset_overrides
+from benchdata import dataset_overrides
 
 # The paper's learning rate (gs-lora.md §5, §3.6) and one decade around it.
 GRID = {

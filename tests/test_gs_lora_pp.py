@@ -96,3 +96,22 @@ def test_gs_lora_pp_end_to_end_with_missing_classes(tiny_model_dir, tmp_path):
         assert t["missing_classes"] and "acc_m" in t["after"] and "acc_r_data" in t["after"]
         assert t["after"]["acc_f"] <= 10
     assert results["setting"] == "continual_1missing"
+
+
+def test_prototypes_average_a_seeded_sample_of_each_class(tiny_model_dir):
+    from forgetkit.methods.gs_lora_pp import per_class_sample
+    from forgetkit.runtime import derived_generator
+
+    method, module, original, task, *_ = setup(tiny_model_dir, "gs_lora_pp", prototype_images=5)
+    retain = method.data.retain
+    sample = per_class_sample(retain, 5, torch.Generator().manual_seed(0))
+    counts = torch.bincount(sample.targets, minlength=6)
+    assert all(counts[c] == 5 for c in task.replay) and len(sample) == 5 * len(task.replay)
+    again = per_class_sample(retain, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(sample.targets, again.targets) and torch.equal(sample.indices, again.indices)
+    assert per_class_sample(retain, 0, torch.Generator()) is retain   # 0 = every image
+    # the method's prototypes are the class means over such a sample, from the start-of-task model
+    gen = derived_generator(0, task.index, 71)
+    data = [per_class_sample(d, 5, gen) for d in (method.data.forget, retain)]
+    expected, _ = class_prototypes(original, data, 6, "cpu")
+    assert torch.allclose(method.prototypes, expected, atol=1e-5)

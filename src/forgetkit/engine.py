@@ -154,10 +154,10 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         trainable = method.trainable_count()
         optimizer = method.make_optimizer(lr, cfg.train.weight_decay)
         scheduler = _scheduler(optimizer, cfg.train)
-        forget_batches = balanced_batches(data.forget, cfg.train.batch_size, derived_generator(cfg.seed, task.index, 11),
-                                  device)
-        retain_batches = balanced_batches(data.retain, cfg.train.batch_size, derived_generator(cfg.seed, task.index, 12),
-                                  device) or itertools.repeat(None)
+        forget_batches = balanced_batches(data.forget, cfg.train.batch_size,
+                                          derived_generator(cfg.seed, task.index, 11), device)
+        retain_batches = balanced_batches(data.retain, cfg.train.batch_size,
+                                          derived_generator(cfg.seed, task.index, 12), device) or itertools.repeat(None)
         if forget_batches is None:
             raise ForgetkitError(f"task {task.index} has no forget images; check the protocol ratios/shots")
         sums: dict[str, float] = {}

@@ -42,8 +42,10 @@ class ProtocolConfig:
     forget_ratio: float = field(default=1.0, metadata={
         "help": "fraction of each forget class's training images the request may use (the papers: 0.1). It sets "
                 "which images can be drawn, not how long training runs (train.steps does)"})
-    retain_ratio: float = field(default=0.1, metadata={
-        "help": "fraction of each retained class's training images kept as replay data (the papers: 0.1)"})
+    retain_ratio: float = field(default=1.0, metadata={
+        "help": "fraction of each retained class's training images kept as replay data (the papers: 0.1). Like "
+                "forget_ratio it sets which images can be drawn, not how long training runs; a fraction of a small "
+                "dataset is too few images to keep the retained classes (docs/benchmarks.md)"})
     shots: int | None = field(default=None, metadata={
         "help": "few-shot: exactly this many training images per forget and per retained class (overrides ratios)"})
     missing: int = field(default=0, metadata={

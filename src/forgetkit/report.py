@@ -47,8 +47,9 @@ def markdown_report(results: dict) -> str:
             "none on the first task), then Acc_m when some retained classes have no replay data (Acc_r then "
             "includes them). H uses the drop of Acc_f from the pre-trained model.", ""]
     out.append(results_table([(results["method"], tasks)]))
-    out += ["", "## Per task", "", "Cumulative H counts every class forgotten so far (Acc_f_all), so a class that comes "
-            "back lowers it; the papers' H sees only the request's own classes.", "",
+    out += ["", "## Per task", "",
+            "Cumulative H counts every class forgotten so far (Acc_f_all), so a class that comes back lowers it; the "
+            "papers' H sees only the request's own classes.", "",
             "| task | forgotten | H | cumulative H | Acc_f before → after | Acc_r before → after | "
             "Acc_o after | seconds | trainable / total params | groups near zero |",
             "|---|---|---|---|---|---|---|---|---|---|"]

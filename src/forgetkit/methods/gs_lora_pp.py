@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ForgetkitError
+from ..runtime import derived_generator
 from .base import register_method
 from .gs_lora import GSLoRA, GSLoRAConfig
 
@@ -39,6 +40,9 @@ class GSLoRAPPConfig(GSLoRAConfig):
     proto_distance: str = field(default="kl", metadata={"help": "kl (original) or l2"})
     ema_decay: float | None = field(default=None, metadata={
         "help": "decay of the EMA of the merged update (null = no EMA; original 0.9)"})
+    prototype_images: int = field(default=256, metadata={
+        "help": "images per class the prototypes are averaged over (a seeded sample of the request's forget and "
+                "replay images; 0 = all)"})
     ema_every: int = field(default=25, metadata={"help": "steps between two EMA updates (the original: one epoch)"})
     ema_start_step: int = field(default=0, metadata={"help": "no EMA update before this step"})
 
@@ -73,6 +77,17 @@ def class_prototypes(model, datasets, num_classes: int, device, batch_size: int 
     return (sums / counts.clamp(min=1)[:, None]).to(device), present
 
 
+def per_class_sample(dataset, per_class: int, generator: torch.Generator):
+    """At most ``per_class`` items of each class of ``dataset``, drawn with ``generator`` (0 = the whole dataset)."""
+    if per_class == 0 or len(dataset) == 0:
+        return dataset
+    keep = []
+    for c in torch.unique(dataset.targets).tolist():
+        idx = torch.nonzero(dataset.targets == c).flatten()
+        keep.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
+    return dataset.subset(torch.sort(torch.cat(keep)).values)
+
+
 @register_method("gs_lora_pp")
 class GSLoRAPlusPlus(GSLoRA):
     """GS-LoRA++: GS-LoRA + prototype push (forget) / pull (retain) regularisation, optional update EMA."""
@@ -87,9 +102,11 @@ class GSLoRAPlusPlus(GSLoRA):
             raise ForgetkitError(f"method.ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
 
     def setup_task(self, model, task, data):
-        # Prototypes from the model as it starts this task (after the previous merge), before LoRA is added.
-        self.prototypes, self.present = class_prototypes(model, [data.forget, data.retain], self.ctx.num_classes,
-                                                         self.ctx.device)
+        # Prototypes from the model as it starts this task (after the previous merge), before LoRA is added, over a
+        # seeded sample of each class: a class mean needs a few hundred images, not the whole replay set.
+        gen = derived_generator(self.ctx.seed, task.index, 71)
+        sample = [per_class_sample(d, self.cfg.prototype_images, gen) for d in (data.forget, data.retain)]
+        self.prototypes, self.present = class_prototypes(model, sample, self.ctx.num_classes, self.ctx.device)
         module = super().setup_task(model, task, data)
         pick = min(task.index, len(self.cfg.proto_forget_weight) - 1)
         self.w_f = self.cfg.proto_forget_weight[pick]
