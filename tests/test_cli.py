@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from forgetkit.cli import main
 
 from conftest import tiny_run_overrides
@@ -118,3 +120,11 @@ def test_bench_command_writes_one_comparison(tiny_model_dir, tmp_path, capsys):
     assert (tmp_path / "bench" / "comparison.csv").read_text() == before
     assert main(["bench", "-c", str(spec), "--out", str(tmp_path / "empty"), "--report-only"]) == 2
     assert "run `forgetkit bench` for gs_lora first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override", ["train.steps=0", "train.batch_size=0"])
+def test_an_empty_budget_is_refused_before_any_work(override, tmp_path, capsys):
+    assert main(["forget", "-c", "demo", "-o", override, "--out", str(tmp_path / "r"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.steps") and "must be at least 1" in err and "\n" not in err.strip()
+    assert not (tmp_path / "r").exists()

@@ -114,6 +114,9 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     if (out / "results.json").exists() and not overwrite:
         raise ForgetkitError(f"{out} already holds results.json; choose another output_dir or pass --overwrite")
     method_spec = resolved_method_config(cfg.method)  # validates the method section before any work
+    if cfg.train.steps < 1 or cfg.train.batch_size < 1:
+        raise ForgetkitError(f"train.steps ({cfg.train.steps}) and train.batch_size ({cfg.train.batch_size}) must be "
+                             f"at least 1; the default budget is train.steps=300")
     device = setup_device(cfg.train.device, cfg.train.threads)
     seed_everything(cfg.seed)
 
@@ -131,8 +134,6 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     splits.with_preprocess(model.spec.preprocess)
     protocol = Protocol(cfg.protocol, splits, cfg.seed)
     model = model.to(device)
-    if cfg.train.steps < 1 or cfg.train.batch_size < 1:
-        raise ForgetkitError("train.steps and train.batch_size must be at least 1")
     ctx = MethodContext(device=device, seed=cfg.seed, num_classes=len(splits.classes), steps=cfg.train.steps,
                         batch_size=cfg.train.batch_size)
     method = build_method(method_spec, ctx)
