@@ -92,10 +92,14 @@ class ImportanceRegularised(FullFinetune):
         retain = self.data.retain
         if len(retain) == 0:
             return
-        count = len(retain) if self.cfg.importance_images == 0 else min(self.cfg.importance_images, len(retain))
-        order = next(iter(BalancedBatchSampler(retain.targets, count, derived_generator(
-            self.ctx.seed, self.task.index, 61))))
-        loader = torch.utils.data.DataLoader(retain.subset(torch.tensor(order)), batch_size=self.ctx.batch_size)
+        cap = self.cfg.importance_images
+        if cap == 0 or cap >= len(retain):  # every replay image once
+            images = retain
+        else:  # a class-balanced draw of `cap` images
+            order = next(iter(BalancedBatchSampler(retain.targets, cap, derived_generator(
+                self.ctx.seed, self.task.index, 61))))
+            images = retain.subset(torch.tensor(order))
+        loader = torch.utils.data.DataLoader(images, batch_size=self.ctx.batch_size)
         for x, y in loader:
             yield x.to(self.ctx.device), y.to(self.ctx.device)
 
