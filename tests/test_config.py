@@ -55,3 +55,13 @@ def test_resolved_method_config_fills_defaults():
 def test_missing_config_file():
     with pytest.raises(ForgetkitError, match="not found.*demo"):
         fk.load_config("no/such.yaml")
+
+
+def test_describe_shows_a_nested_section_s_own_default():
+    """GS-LoRA's LoRA defaults to rank 4 (its default factory), not LoRASettings' class default of 8."""
+    from forgetkit.config import describe
+    from forgetkit.methods import METHODS
+
+    rows = {key: default for key, default, _ in describe(METHODS.get("gs_lora").config_cls, "method.")}
+    assert rows["method.lora.rank"] == "4" and rows["method.lora.lora_alpha"] == "0.5"
+    assert rows["method.alpha"] == repr(resolved_method_config({})["alpha"])

@@ -137,20 +137,26 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) rows for every field of a config dataclass, nested sections flattened."""
+def describe(cls, prefix: str = "", defaults=None) -> list[tuple[str, str, str]]:
+    """(key, default, help) rows for every field of a config dataclass, nested sections flattened.
+
+    ``defaults`` is the instance whose values are the defaults (a nested section's defaults are those of the parent's
+    default for it, e.g. GS-LoRA's rank-4 LoRA, not the nested class's own).
+    """
     rows = []
     for f in dataclasses.fields(cls):
         tp = typing.get_type_hints(cls)[f.name]
         key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(tp):
-            rows += describe(tp, key + ".")
-            continue
-        if f.default is not dataclasses.MISSING:
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = "(required)"
+        if dataclasses.is_dataclass(tp):
+            rows += describe(tp, key + ".", default if dataclasses.is_dataclass(default) else None)
+            continue
         rows.append((key, repr(to_dict(default)), f.metadata.get("help", "")))
     return rows
