@@ -128,3 +128,36 @@ def test_an_empty_budget_is_refused_before_any_work(override, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: train.steps") and "must be at least 1" in err and "\n" not in err.strip()
     assert not (tmp_path / "r").exists()
+
+
+def test_a_request_that_forgets_nothing_fails_loudly(tiny_model_dir, tmp_path, capsys):
+    """A budget far too small forgets nothing: the run is saved, each failed request is named, and the exit status
+    is 3 with the likely fix; --allow-fail accepts it."""
+    args = ["forget", "-c", "demo", "-q"]
+    for item in tiny_run_overrides(tiny_model_dir, tmp_path / "weak") + ["train.steps=1", "train.lr=1e-6"]:
+        args += ["-o", item]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "FAIL request 1" in err and "forgotten classes still at" in err
+    assert "error: 2 of 2 requests missed their goal" in err and "train.steps=600" in err
+    results = json.loads((tmp_path / "weak" / "results.json").read_text())   # nothing lost: the run is saved
+    assert [t["verdict"]["pass"] for t in results["tasks"]] == [False, False]
+    assert main(args + ["--overwrite", "--allow-fail"]) == 0
+
+
+def test_a_request_that_reaches_its_goal_passes(tiny_model_dir, tmp_path):
+    from forgetkit.engine import EvalConfig, verdict
+
+    results = fk_run(tiny_model_dir, tmp_path)
+    assert all(t["verdict"] == {"pass": True, "failed": []} for t in results["tasks"])
+    strict = EvalConfig(forget_threshold=5.0, max_retain_drop=0.0)       # the same numbers under a stricter bar
+    t = results["tasks"][0]
+    worse = {**t["after"], "acc_r": t["before"]["acc_r"] - 0.5}
+    assert verdict(worse, t["before"], strict)["failed"][0].startswith("retained classes fell")
+
+
+def fk_run(model_dir, tmp_path):
+    import forgetkit as fk
+
+    cfg = fk.load_config(None, tiny_run_overrides(model_dir, tmp_path / "ok") + ["eval.max_retain_drop=10"])
+    return fk.run_forgetting(cfg, progress=False)

@@ -10,6 +10,10 @@ from .config import apply_overrides
 from .errors import ForgetkitError
 
 
+class RequestFailed(Exception):
+    """A finished run in which at least one request missed its goal (exit status 3)."""
+
+
 def _print_table(results: dict) -> None:
     from .report import results_table
 
@@ -30,11 +34,20 @@ def cmd_forget(args) -> None:
     results = run_forgetting(cfg, progress=not args.quiet, overwrite=args.overwrite)
     _print_table(results)
     print(f"\nresults, report.md and plots in {cfg.output_dir}/")
+    failed = [t for t in results["tasks"] if not t["verdict"]["pass"]]
+    for t in failed:
+        print(f"FAIL request {t['index'] + 1} ({', '.join(t['forget_classes'])}): {'; '.join(t['verdict']['failed'])}",
+              file=sys.stderr)
+    if failed and not args.allow_fail:
+        raise RequestFailed(f"{len(failed)} of {len(results['tasks'])} requests missed their goal; try a larger "
+                            f"budget (-o train.steps=600) or, if retained classes fell, more replay images or "
+                            f"-o method.alpha=0 (docs/gs-lora.md); --allow-fail accepts the result")
 
 
 def cmd_demo(args) -> None:
     args.config = "demo"
     args.overwrite = True
+    args.allow_fail = False
     cmd_forget(args)
 
 
@@ -163,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("forget", help="run a forgetting protocol from a YAML config")
     p.add_argument("-c", "--config", required=True, help="YAML file or packaged config name (demo, ...)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
+    p.add_argument("--allow-fail", action="store_true", help="exit 0 even if a request misses its goal "
+                                                             "(eval.forget_threshold, eval.max_retain_drop)")
     run_flags(p)
     p.set_defaults(func=cmd_forget)
 
@@ -227,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except RequestFailed as err:  # the run is complete and saved; a request missed its goal
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     except ForgetkitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

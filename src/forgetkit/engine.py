@@ -51,11 +51,27 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """How accuracy is measured."""
+    """How accuracy is measured, and what a request must reach to pass."""
 
     margin_accuracy: bool = field(default=False, metadata={
         "help": "CosFace only: the original code's margin-penalised accuracy (uses the label); default plain argmax"})
     batch_size: int = 256
+    forget_threshold: float = field(default=5.0, metadata={
+        "help": "a request passes only if its forgotten classes' held-out accuracy is at most this (percent)"})
+    max_retain_drop: float = field(default=5.0, metadata={
+        "help": "... and its retained classes' accuracy is at most this many points below the model before it"})
+
+
+def verdict(after: dict, before: dict, cfg: EvalConfig) -> dict:
+    """Whether a request reached its goal, judged on held-out images after it ran (never during training)."""
+    failed = []
+    if after["acc_f"] is not None and after["acc_f"] > cfg.forget_threshold:
+        failed.append(f"forgotten classes still at {after['acc_f']:.1f} % (goal ≤ {cfg.forget_threshold:g} %)")
+    if after["acc_r"] is not None and before["acc_r"] is not None and \
+            after["acc_r"] < before["acc_r"] - cfg.max_retain_drop:
+        failed.append(f"retained classes fell from {before['acc_r']:.1f} to {after['acc_r']:.1f} % (allowed drop "
+                      f"{cfg.max_retain_drop:g} points)")
+    return {"pass": not failed, "failed": failed}
 
 
 @dataclass
@@ -200,6 +216,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
             "h_cumulative": h_mean(at_pretrained["acc_f_all"], after["acc_f_all"], after["acc_r"]),
             "h_mean_from_task_start": h_mean(at_start["acc_f"], after["acc_f"], after["acc_r"]),
             "per_class": {"before": before.by_name(splits.classes), "after": current.by_name(splits.classes)},
+            "verdict": verdict(after, at_start, cfg.eval),
             "seconds": round(seconds, 2),
             "trainable_params": trainable,
             "total_params": total_params,

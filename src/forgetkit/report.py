@@ -50,14 +50,16 @@ def markdown_report(results: dict) -> str:
     out += ["", "## Per task", "",
             "Cumulative H counts every class forgotten so far (Acc_f_all), so a class that comes back lowers it; the "
             "papers' H sees only the request's own classes.", "",
-            "| task | forgotten | H | cumulative H | Acc_f before → after | Acc_r before → after | "
+            "| task | forgotten | verdict | H | cumulative H | Acc_f before → after | Acc_r before → after | "
             "Acc_o after | seconds | trainable / total params | groups near zero |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in tasks:
         b, a = t["before"], t["after"]
         zeroed = f"{t['groups_zeroed']} / {t['num_groups']}" if "groups_zeroed" in t else "–"
         out.append(
-            f"| {t['index'] + 1} | {', '.join(t['forget_classes'])} | {fmt(t['h_mean'])} | {fmt(t['h_cumulative'])} | "
+            f"| {t['index'] + 1} | {', '.join(t['forget_classes'])} | "
+            f"{'PASS' if t['verdict']['pass'] else 'FAIL: ' + '; '.join(t['verdict']['failed'])} | "
+            f"{fmt(t['h_mean'])} | {fmt(t['h_cumulative'])} | "
             f"{fmt(b['acc_f'])} → "
             f"{fmt(a['acc_f'])} | {fmt(b['acc_r'])} → {fmt(a['acc_r'])} | {fmt(a['acc_o'])} | {t['seconds']:.1f} | "
             f"{t['trainable_params']:,} / {t['total_params']:,} "
