@@ -122,7 +122,7 @@ def test_bench_command_writes_one_comparison(tiny_model_dir, tmp_path, capsys):
     assert "run `forgetkit bench` for gs_lora first" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("override", ["train.steps=0", "train.batch_size=0"])
+@pytest.mark.parametrize("override", ["train.steps=0", "train.batch_size=0", "train.log_every=0"])
 def test_an_empty_budget_is_refused_before_any_work(override, tmp_path, capsys):
     assert main(["forget", "-c", "demo", "-o", override, "--out", str(tmp_path / "r"), "-q"]) == 2
     err = capsys.readouterr().err

@@ -130,9 +130,10 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     if (out / "results.json").exists() and not overwrite:
         raise ForgetkitError(f"{out} already holds results.json; choose another output_dir or pass --overwrite")
     method_spec = resolved_method_config(cfg.method)  # validates the method section before any work
-    if cfg.train.steps < 1 or cfg.train.batch_size < 1:
-        raise ForgetkitError(f"train.steps ({cfg.train.steps}) and train.batch_size ({cfg.train.batch_size}) must be "
-                             f"at least 1; the default budget is train.steps=300")
+    if min(cfg.train.steps, cfg.train.batch_size, cfg.train.log_every) < 1:
+        raise ForgetkitError(f"train.steps ({cfg.train.steps}), train.batch_size ({cfg.train.batch_size}) and "
+                             f"train.log_every ({cfg.train.log_every}) must be at least 1; the default budget is "
+                             f"train.steps=300")
     device = setup_device(cfg.train.device, cfg.train.threads)
     seed_everything(cfg.seed)
 
