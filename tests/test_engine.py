@@ -33,12 +33,14 @@ def test_gs_lora_forgets_and_retains_end_to_end(tiny_model_dir, tmp_path):
         assert key in on_disk["tasks"][0]
     assert on_disk["tasks"][0]["after"]["acc_o"] is None
     for name in ("config.yaml", "report.md", "accuracy.png", "group_norms.png", "model/model.safetensors",
-                 "adapters/task_0/adapter_model.safetensors"):
+                 "model/edits/request_000/adapter_model.safetensors", "log.csv"):
         assert (tmp_path / "r" / name).is_file(), name
     assert "| Pre-train |" in (tmp_path / "r" / "report.md").read_text()
     # the saved edited model reproduces the final accuracies
     model, manifest = fk.load_model(tmp_path / "r" / "model")
-    assert [h["forgotten"] for h in manifest["history"]] == [t["forget_classes"] for t in results["tasks"]]
+    assert [e["classes"] for e in manifest["ledger"]] == [t["forget_classes"] for t in results["tasks"]]
+    assert [e["kind"] for e in manifest["ledger"]] == ["forget", "forget"]
+    assert manifest["ledger"][-1]["fingerprint_after"] == manifest["fingerprint"] == fk.fingerprint(model)
 
 
 def _comparable(results):
@@ -78,7 +80,7 @@ def test_nan_loss_stops_with_last_good_state_saved(tiny_model_dir, tmp_path, mon
         run(tiny_model_dir, tmp_path / "r")
     model, manifest = fk.load_model(tmp_path / "r" / "last_good")
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert manifest["history"][-1]["reason"] == "non-finite loss"
+    assert manifest["interrupted"]["reason"] == "non-finite loss"
     assert not (tmp_path / "r" / "results.json").exists()
 
 

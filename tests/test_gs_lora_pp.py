@@ -100,7 +100,7 @@ def test_gs_lora_pp_end_to_end_with_missing_classes(tiny_model_dir, tmp_path):
 
 def test_prototypes_average_a_seeded_sample_of_each_class(tiny_model_dir):
     from forgetkit.methods.gs_lora_pp import per_class_sample
-    from forgetkit.runtime import derived_generator
+    from forgetkit.runtime import rng
 
     method, module, original, task, *_ = setup(tiny_model_dir, "gs_lora_pp", prototype_images=5)
     retain = method.data.retain
@@ -111,7 +111,7 @@ def test_prototypes_average_a_seeded_sample_of_each_class(tiny_model_dir):
     assert torch.equal(sample.targets, again.targets) and torch.equal(sample.indices, again.indices)
     assert per_class_sample(retain, 0, torch.Generator()) is retain   # 0 = every image
     # the method's prototypes are the class means over such a sample, from the start-of-task model
-    gen = derived_generator(0, task.index, 71)
+    gen = rng(0, "prototype_images", task.index)
     data = [per_class_sample(d, 5, gen) for d in (method.data.forget, retain)]
     expected, _ = class_prototypes(original, data, 6, "cpu")
     assert torch.allclose(method.prototypes, expected, atol=1e-5)

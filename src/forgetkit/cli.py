@@ -123,7 +123,7 @@ def cmd_import_weights(args) -> None:
         indices = [names.index(c) for c in classes]
     model = load_external_weights(args.weights, args.arch, len(classes), class_indices=indices,
                                   **apply_overrides({}, args.override))
-    save_model(model, args.out, classes, imported_from=str(args.weights), history=[])
+    save_model(model, args.out, classes, imported_from=str(args.weights), ledger=[])
     print(f"saved {args.arch} with {len(classes)} classes to {args.out}/")
 
 

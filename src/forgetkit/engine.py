@@ -6,25 +6,32 @@ about any particular method.
 
 from __future__ import annotations
 
+import copy
 import itertools
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from timm.scheduler import CosineLRScheduler
 from tqdm.auto import tqdm
 
 from .config import to_dict
 from .data import DataConfig, load_data
 from .errors import ForgetkitError
+from .io import read_json, save_weights
+from .kinds import REQUEST_KINDS, RequestKind, forgotten_classes
 from .methods import MethodContext, build_method
-from .methods.base import METHODS, NonFiniteLoss, resolved_method_config
-from .metrics import PerClass, evaluate_classes, h_mean
+from .methods.base import METHODS, Method, NonFiniteLoss, resolved_method_config
+from .metrics import PerClass, evaluate_classes
 from .models import fingerprint, load_model, save_model
-from .protocol import Protocol, ProtocolConfig
-from .runtime import balanced_batches, derived_generator, seed_everything, setup_device
+from .models.lora import apply_adapter
+from .protocol import Protocol, ProtocolConfig, Task, TaskData
+from .runstate import RunLog, RunState, crash_point
+from .runtime import balanced_batches, rng, seed_everything, seed_request, setup_device, step_scheduler
 
 BUILTIN_MODELS = {"builtin:fmnist_vit": Path(__file__).parent / "assets" / "fmnist_vit"}
 
@@ -62,18 +69,6 @@ class EvalConfig:
         "help": "... and its retained classes' accuracy is at most this many points below the model before it"})
 
 
-def verdict(after: dict, before: dict, cfg: EvalConfig) -> dict:
-    """Whether a request reached its goal, judged on held-out images after it ran (never during training)."""
-    failed = []
-    if after["acc_f"] is not None and after["acc_f"] > cfg.forget_threshold:
-        failed.append(f"forgotten classes still at {after['acc_f']:.1f} % (goal ≤ {cfg.forget_threshold:g} %)")
-    if after["acc_r"] is not None and before["acc_r"] is not None and \
-            after["acc_r"] < before["acc_r"] - cfg.max_retain_drop:
-        failed.append(f"retained classes fell from {before['acc_r']:.1f} to {after['acc_r']:.1f} % (allowed drop "
-                      f"{cfg.max_retain_drop:g} points)")
-    return {"pass": not failed, "failed": failed}
-
-
 @dataclass
 class RunConfig:
     """A whole forgetting run; saved as ``config.yaml`` next to its results."""
@@ -87,8 +82,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = field(default=0, metadata={"help": "seed of every random choice of the run"})
-    output_dir: str = field(default="runs/forget", metadata={"help": "where results, report and model go"})
-    save_model: bool = field(default=True, metadata={"help": "save the edited model and per-task adapters"})
+    output_dir: str = field(default="runs/forget", metadata={"help": "where results, report, logs and state go"})
+    model_dir: str | None = field(default=None, metadata={
+        "help": "where the edited model (weights, manifest with the ledger, per-request edits) goes; "
+                "null = <output_dir>/model"})
+    save_model: bool = field(default=True, metadata={"help": "save the edited model and its per-request edits"})
 
 
 def resolve_model_path(name: str) -> Path:
@@ -99,133 +97,254 @@ def resolve_model_path(name: str) -> Path:
     return Path(name)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> CosineLRScheduler:
-    """timm's cosine schedule counted in steps, with its linear warm-up from 0."""
-    return CosineLRScheduler(optimizer, t_initial=cfg.steps, lr_min=cfg.min_lr, warmup_t=cfg.warmup_steps,
-                             t_in_epochs=False)
 
 
-def _accs(pc: PerClass, task) -> dict[str, float | None]:
-    accs = {"acc_f": pc.accuracy(task.forget), "acc_r": pc.accuracy(task.retain),
-            "acc_o": pc.accuracy(task.old) if task.old else None,
-            # every class forgotten so far (this request's and the earlier ones'): what relapse shows up in
-            "acc_f_all": pc.accuracy(task.forget + task.old)}
-    if task.missing:  # Acc_r counts the missing classes (as T-PAMI Table 5); Acc_m and Acc_r with data apart
-        accs["acc_m"] = pc.accuracy(task.missing)
-        accs["acc_r_data"] = pc.accuracy(task.replay)
-    return accs
+
+def check_budget(train: TrainConfig) -> None:
+    if min(train.steps, train.batch_size, train.log_every) < 1:
+        raise ForgetkitError(f"train.steps ({train.steps}), train.batch_size ({train.batch_size}) and "
+                             f"train.log_every ({train.log_every}) must be at least 1; the default budget is "
+                             f"train.steps=300")
+    if train.lr is not None and train.lr <= 0:
+        raise ForgetkitError(f"train.lr must be positive, got {train.lr}; leave it unset for the method's default")
+
+
+@dataclass
+class Editor:
+    """What every request of a run shares: the method, the evaluation images and the settings."""
+
+    method: Method
+    kind: RequestKind
+    classes: list[str]
+    eval_images: Any
+    train: TrainConfig
+    eval: EvalConfig
+    seed: int
+    lr: float
+    device: torch.device
+    progress: bool = False
+
+    def evaluate(self, model) -> PerClass:
+        return evaluate_classes(model, self.eval_images, device=self.device, batch_size=self.eval.batch_size,
+                                margin=self.eval.margin_accuracy, progress=self.progress)
+
+    def run(self, model: torch.nn.Module, task: Task, data: TaskData, before: PerClass, pretrained: PerClass,
+            log: RunLog | None = None, edit_dir: Path | None = None, last_good: Path | None = None):
+        """One request: train for the step budget, evaluate, judge. Returns (model, record, per-class after)."""
+        start = time.time()
+        seed_request(self.seed, task.index)
+        method, cfg = self.method, self.train
+        fingerprint_before = fingerprint(model)
+        original = copy.deepcopy(model) if edit_dir is not None else None
+        method.setup_task(model, task, data)
+        trainable = method.trainable_count()
+        optimizer = method.make_optimizer(self.lr, cfg.weight_decay)
+        scheduler = step_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr)
+        streams = {"forget": balanced_batches(data.forget, cfg.batch_size,
+                                              rng(self.seed, "forget_batches", task.index), self.device),
+                   "retain": balanced_batches(data.retain, cfg.batch_size,
+                                              rng(self.seed, "replay_batches", task.index), self.device)}
+        if streams["forget"] is None:
+            raise ForgetkitError(f"request {task.index + 1} has no forget images; check the protocol ratios/shots")
+        streams = {k: v or itertools.repeat(None) for k, v in streams.items()}
+        sums: dict[str, float] = {}
+        loss_rows = []
+        for step in tqdm(range(cfg.steps), desc=f"request {task.index + 1}", disable=not self.progress,
+                         leave=False):
+            scheduler.step_update(step)
+            crash_point(f"request_{task.index}_step_{step}")
+            try:
+                losses = method.step(next(streams["forget"]), next(streams["retain"]), step, optimizer)
+            except NonFiniteLoss as err:
+                if last_good is not None:
+                    save_model(method.finish_task().cpu(), last_good, self.classes, ledger=[], interrupted={
+                        "request": task.index, "reason": "non-finite loss", "step": step})
+                where = f"; the last good model (before this step) is saved in {last_good}" if last_good else ""
+                raise ForgetkitError(f"loss became {err.value} at request {task.index + 1}, step {step}{where}. "
+                                     f"Lower train.lr or the method's loss weights") from None
+            method.end_step(step)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                count = (step % cfg.log_every) + 1
+                row = {"task": task.index, "step": step + 1, **{k: v / count for k, v in sums.items()}}
+                loss_rows.append(row)
+                if log is not None:
+                    log.log(task.index, step + 1, {k: v for k, v in row.items() if k not in ("task", "step")},
+                            task.index * cfg.steps + step + 1)
+                sums = {}
+        stats = method.task_stats()
+        staging = edit_dir.with_name(f".{edit_dir.name}.tmp") if edit_dir is not None else None
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        saved_adapter = method.save_task(staging) if staging is not None else False
+        model = method.finish_task()
+        model.eval()
+        edit = None
+        if staging is not None:  # written aside, then renamed into place: never half an edit
+            edit = _record_edit(original, model, staging, saved_adapter)
+            shutil.rmtree(edit_dir, ignore_errors=True)
+            os.replace(staging, edit_dir)
+            edit["path"] = f"edits/{edit_dir.name}"
+        seconds = time.time() - start
+        after = self.evaluate(model)
+        metrics = self.kind.measure(task, before, after, pretrained)
+        names = self.classes
+        record = {
+            "index": task.index,
+            "kind": self.kind.name,
+            "forget_classes": [names[c] for c in task.forget],
+            "retain_classes": [names[c] for c in task.retain],
+            "old_classes": [names[c] for c in task.old],
+            "missing_classes": [names[c] for c in task.missing],
+            **metrics,
+            "per_class": {"before": before.by_name(names), "after": after.by_name(names)},
+            "verdict": self.kind.verdict(metrics, self.eval),
+            "seconds": round(seconds, 2),
+            "trainable_params": trainable,
+            "total_params": sum(p.numel() for p in model.parameters()),
+            "forget_images": len(data.forget),
+            "retain_images": len(data.retain),
+            "steps": cfg.steps,
+            "fingerprint_before": fingerprint_before,
+            "fingerprint_after": fingerprint(model),
+            "edit": edit,
+            **stats,
+        }
+        if log is not None:
+            a = metrics["after"]
+            log.log(task.index, cfg.steps, {"acc_f": a["acc_f"], "acc_r": a["acc_r"], "acc_o": a["acc_o"],
+                                            "h_mean": metrics["h_mean"], "h_cumulative": metrics["h_cumulative"]},
+                    (task.index + 1) * cfg.steps)
+        return model, record, loss_rows, after
+
+
+def _record_edit(original, model, edit_dir: Path, saved_adapter: bool) -> dict:
+    """The request's edit as the ledger keeps it: its LoRA adapter when applying it to the model before the request
+    gives the model after it bit for bit (checked here), else the weights after the request."""
+    if saved_adapter and fingerprint(apply_adapter(original, edit_dir)) == fingerprint(model):
+        return {"type": "lora"}
+    save_weights(edit_dir / "model.safetensors", model.state_dict())
+    return {"type": "weights"}
+
+
+def ledger_entry(record: dict, method_spec: dict, train: TrainConfig) -> dict:
+    """The ledger's view of one finished request."""
+    return {"index": record["index"], "kind": record["kind"], "classes": record["forget_classes"],
+            "method": method_spec["name"], "config": {"method": method_spec, "train": to_dict(train)},
+            "verdict": record["verdict"],
+            "metrics": {k: record[k] for k in ("after", "h_mean", "h_cumulative")},
+            "fingerprint_before": record["fingerprint_before"], "fingerprint_after": record["fingerprint_after"],
+            "edit": record["edit"], "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _per_class_to_json(pc: PerClass) -> dict:
+    return {"correct": pc.correct.tolist(), "total": pc.total.tolist()}
+
+
+def _per_class_from_json(data: dict) -> PerClass:
+    return PerClass(torch.tensor(data["correct"]), torch.tensor(data["total"]))
+
+
+def check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".forgetkit-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ForgetkitError(f"cannot write to {directory} ({err.strerror}); choose another output folder with "
+                             f"--out or output_dir") from None
 
 
 def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = False,
-                   model: torch.nn.Module | None = None) -> dict:
-    """Run a forgetting protocol end to end and write its outputs; returns the results dict.
+                   model: torch.nn.Module | None = None, resume: bool = False) -> dict:
+    """Run a sequence of forget requests (a protocol) on a model, saving the state after every request; returns
+    the results dict (also written as ``results.json``, the marker of a finished run).
 
-    ``model``, when given, replaces ``cfg.model``: any classifier with ``embed``, ``head`` and a ``spec`` giving
-    ``preprocess``, ``lora_targets`` and ``group_pattern``, whose classes are the data's (e.g. CLIP's image tower
-    with a zero-shot head). It is edited in place, and only forgetkit ViTs can be saved (``save_model: false``).
+    ``resume`` continues a run killed part-way from its last finished request; the results equal those of an
+    uninterrupted run but for timings. ``model``, when given, replaces ``cfg.model``: any classifier with
+    ``embed``, ``head`` and a ``spec`` giving ``preprocess``, ``lora_targets`` and ``group_pattern``, whose classes
+    are the data's (e.g. CLIP's image tower with a zero-shot head). It is edited in place, and only forgetkit ViTs
+    can be saved (``save_model: false``).
     """
     from .report import write_outputs
 
     out = Path(cfg.output_dir)
-    if (out / "results.json").exists() and not overwrite:
-        raise ForgetkitError(f"{out} already holds results.json; choose another output_dir or pass --overwrite")
+    if (out / "results.json").exists():
+        if resume:  # already finished: nothing to do
+            return read_json(out / "results.json")
+        if not overwrite:
+            raise ForgetkitError(f"{out} already holds results.json; choose another output_dir or pass --overwrite")
     method_spec = resolved_method_config(cfg.method)  # validates the method section before any work
-    if min(cfg.train.steps, cfg.train.batch_size, cfg.train.log_every) < 1:
-        raise ForgetkitError(f"train.steps ({cfg.train.steps}), train.batch_size ({cfg.train.batch_size}) and "
-                             f"train.log_every ({cfg.train.log_every}) must be at least 1; the default budget is "
-                             f"train.steps=300")
+    check_budget(cfg.train)
+    config = to_dict(cfg) | {"method": method_spec}
+    check_writable(out)
+    model_dir = Path(cfg.model_dir) if cfg.model_dir else out / "model"
     device = setup_device(cfg.train.device, cfg.train.threads)
     seed_everything(cfg.seed)
 
     splits = load_data(cfg.data)
     if model is None:
-        model, manifest = load_model(resolve_model_path(cfg.model))
+        source = resolve_model_path(cfg.model)
+        model, manifest = load_model(source)
     else:
         if cfg.save_model:
             raise ForgetkitError("a model passed in directly cannot be saved as a forgetkit checkpoint; set "
                                  "save_model: false")
-        manifest = {"classes": list(splits.classes), "fingerprint": fingerprint(model), "history": []}
+        source, manifest = None, {"classes": list(splits.classes), "fingerprint": fingerprint(model), "ledger": []}
     if list(manifest["classes"]) != list(splits.classes):
         raise ForgetkitError(f"the model was trained on classes {manifest['classes'][:5]}..., the data has "
                              f"{splits.classes[:5]}...; use the dataset the model was trained on")
+    classes = list(splits.classes)
+    prior_ledger = list(manifest.get("ledger", []))
     splits.with_preprocess(model.spec.preprocess)
-    protocol = Protocol(cfg.protocol, splits, cfg.seed)
+    forgotten = [classes.index(name) for name in forgotten_classes(prior_ledger)]
+    protocol = Protocol(cfg.protocol, splits, cfg.seed, forgotten=forgotten, first_index=len(prior_ledger))
+    kind = REQUEST_KINDS.get("forget")()
+    for task in protocol.tasks:  # every request checked against the model's ledger before any work
+        kind.check(task, prior_ledger, classes)
     model = model.to(device)
-    ctx = MethodContext(device=device, seed=cfg.seed, num_classes=len(splits.classes), steps=cfg.train.steps,
+    ctx = MethodContext(device=device, seed=cfg.seed, num_classes=len(classes), steps=cfg.train.steps,
                         batch_size=cfg.train.batch_size)
     method = build_method(method_spec, ctx)
+    method.check_model(model, kind.name)
     lr = cfg.train.lr if cfg.train.lr is not None else METHODS.get(method_spec["name"]).default_lr
+    editor = Editor(method, kind, classes, protocol.eval_images, cfg.train, cfg.eval, cfg.seed, lr, device,
+                    progress)
 
-    def evaluate(m) -> PerClass:
-        return evaluate_classes(m, protocol.eval_images, device=device, batch_size=cfg.eval.batch_size,
-                                margin=cfg.eval.margin_accuracy, progress=progress)
-
-    pretrained = evaluate(model)
-    current = pretrained
-    total_params = sum(p.numel() for p in model.parameters())
-    task_results, loss_log = [], []
-    for task in protocol.tasks:
-        start = time.time()
-        data = protocol.task_data(task)
-        before = current
-        method.setup_task(model, task, data)
-        trainable = method.trainable_count()
-        optimizer = method.make_optimizer(lr, cfg.train.weight_decay)
-        scheduler = _scheduler(optimizer, cfg.train)
-        forget_batches = balanced_batches(data.forget, cfg.train.batch_size,
-                                          derived_generator(cfg.seed, task.index, 11), device)
-        retain_batches = balanced_batches(data.retain, cfg.train.batch_size,
-                                          derived_generator(cfg.seed, task.index, 12), device) or itertools.repeat(None)
-        if forget_batches is None:
-            raise ForgetkitError(f"task {task.index} has no forget images; check the protocol ratios/shots")
-        sums: dict[str, float] = {}
-        for step in tqdm(range(cfg.train.steps), desc=f"task {task.index + 1}/{len(protocol.tasks)}",
-                         disable=not progress, leave=False):
-            scheduler.step_update(step)
-            try:
-                losses = method.step(next(forget_batches), next(retain_batches), step, optimizer)
-            except NonFiniteLoss as err:
-                _save_last_good(method, manifest, splits.classes, out / "last_good", task)
-                raise ForgetkitError(
-                    f"loss became {err.value} at task {task.index}, step {step}; the last good model (before this "
-                    f"step) is saved in {out / 'last_good'}. Lower train.lr or the method's loss weights") from None
-            method.end_step(step)
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
-                count = (step % cfg.train.log_every) + 1
-                loss_log.append({"task": task.index, "step": step + 1, **{k: v / count for k, v in sums.items()}})
-                sums = {}
-        stats = method.task_stats()
-        if cfg.save_model:
-            method.save_task(out / "adapters" / f"task_{task.index}")
-        model = method.finish_task()
-        model.eval()
-        seconds = time.time() - start
-        current = evaluate(model)
-        after, at_start, at_pretrained = _accs(current, task), _accs(before, task), _accs(pretrained, task)
-        task_results.append({
-            "index": task.index,
-            "forget_classes": [splits.classes[c] for c in task.forget],
-            "retain_classes": [splits.classes[c] for c in task.retain],
-            "old_classes": [splits.classes[c] for c in task.old],
-            "missing_classes": [splits.classes[c] for c in task.missing],
-            "before": at_start,
-            "after": after,
-            "pretrained": at_pretrained,
-            "h_mean": h_mean(at_pretrained["acc_f"], after["acc_f"], after["acc_r"]),
-            "h_cumulative": h_mean(at_pretrained["acc_f_all"], after["acc_f_all"], after["acc_r"]),
-            "h_mean_from_task_start": h_mean(at_start["acc_f"], after["acc_f"], after["acc_r"]),
-            "per_class": {"before": before.by_name(splits.classes), "after": current.by_name(splits.classes)},
-            "verdict": verdict(after, at_start, cfg.eval),
-            "seconds": round(seconds, 2),
-            "trainable_params": trainable,
-            "total_params": total_params,
-            "forget_images": len(data.forget),
-            "retain_images": len(data.retain),
-            "steps": cfg.train.steps,
-            **stats,
-        })
+    state = RunState(out)
+    if resume:
+        saved, weights, method_state = state.load(config)
+        model.load_state_dict(weights)
+        method.load_state_dict(method_state)
+        records, loss_log, ledger = saved["tasks"], saved["loss_log"], saved["ledger"]
+        pretrained, current = (_per_class_from_json(saved[k]) for k in ("pretrained_counts", "current_counts"))
+        log = RunLog(out, keep_rows=saved["log_rows"], purge_step=len(records) * cfg.train.steps)
+    else:
+        shutil.rmtree(state.root, ignore_errors=True)
+        if cfg.save_model and source is not None and model_dir.resolve() != source.resolve():
+            _copy_edits(source, model_dir, prior_ledger)
+        records, loss_log, ledger = [], [], list(prior_ledger)
+        pretrained = current = editor.evaluate(model)
+        log = RunLog(out)
+    try:
+        for task in protocol.tasks[len(records):]:
+            model, record, rows, current = editor.run(
+                model, task, protocol.task_data(task), current, pretrained, log,
+                edit_dir=model_dir / "edits" / f"request_{task.index:03d}" if cfg.save_model else None,
+                last_good=out / "last_good")
+            records.append(record)
+            loss_log += rows
+            ledger.append(ledger_entry(record, method_spec, cfg.train))
+            crash_point(f"request_{task.index}_done")
+            state.save(len(records), model, method.state_dict(), {
+                "config": config, "tasks": records, "loss_log": loss_log, "ledger": ledger,
+                "pretrained_counts": _per_class_to_json(pretrained), "current_counts": _per_class_to_json(current),
+                "log_rows": log.count})
+    finally:
+        log.close()
 
     results = {
         "method": method_spec["name"],
@@ -234,19 +353,27 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         "seed": cfg.seed,
         "eval_split": cfg.protocol.eval_split,
         "accuracy": "margin" if cfg.eval.margin_accuracy else "argmax",
-        "pretrained": {"acc": pretrained.accuracy(range(len(splits.classes))),
-                       "per_class": pretrained.by_name(splits.classes), "fingerprint": manifest.get("fingerprint")},
-        "tasks": task_results,
-        "summary": _summary(task_results),
+        "pretrained": {"acc": pretrained.accuracy(range(len(classes))),
+                       "per_class": pretrained.by_name(classes), "fingerprint": manifest.get("fingerprint")},
+        "tasks": records,
+        "summary": _summary(records),
         "loss_log": loss_log,
+        "ledger": ledger,
     }
     if cfg.save_model:
-        history = list(manifest.get("history", [])) + [
-            {"method": method_spec["name"], "forgotten": t["forget_classes"]} for t in task_results]
-        save_model(model.cpu(), out / "model", splits.classes, history=history,
-                   source_fingerprint=manifest.get("fingerprint"))
-    write_outputs(out, results, to_dict(cfg) | {"method": method_spec})
+        base = manifest.get("base") or {"path": cfg.model, "fingerprint": manifest["fingerprint"]}
+        save_model(model.cpu(), model_dir, classes, ledger=ledger, base=base)
+    write_outputs(out, results, config)
     return results
+
+
+def _copy_edits(source: Path, model_dir: Path, ledger: list[dict]) -> None:
+    """Carry the earlier requests' edits into the new model folder, so that its ledger is complete on its own."""
+    for entry in ledger:
+        if entry.get("edit"):
+            src, dst = source / entry["edit"]["path"], model_dir / entry["edit"]["path"]
+            if src.is_dir() and not dst.exists():
+                shutil.copytree(src, dst)
 
 
 def _summary(tasks: list[dict]) -> dict:
@@ -262,9 +389,3 @@ def _summary(tasks: list[dict]) -> dict:
         "acc_o_avg": avg(t["after"]["acc_o"] for t in tasks),
         "seconds_total": round(sum(t["seconds"] for t in tasks), 2),
     }
-
-
-def _save_last_good(method, manifest, classes, directory: Path, task) -> None:
-    model = method.finish_task().cpu()
-    history = list(manifest.get("history", [])) + [{"interrupted_task": task.index, "reason": "non-finite loss"}]
-    save_model(model, directory, classes, history=history)

@@ -6,7 +6,6 @@ demo, since no pre-trained weights can be downloaded here.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from .data import DataConfig, load_data
 from .data.datasets import validation_holdout
 from .metrics import evaluate_classes
 from .models import create_model, save_model
-from .runtime import adamw, derived_generator, optimizer_step, seed_everything, setup_device
+from .runtime import adamw, optimizer_step, rng, seed_everything, setup_device, step_scheduler
 
 
 @dataclass
@@ -56,17 +55,11 @@ def pretrain(cfg: PretrainConfig, progress: bool = True):
     keep[held] = False
     train = splits.train.subset(torch.nonzero(keep).flatten())
     loader = torch.utils.data.DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                         generator=derived_generator(cfg.seed, 1))
+                                         generator=rng(cfg.seed, "train_order"))
     opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
-    total = cfg.epochs * len(loader)
+    scheduler = step_scheduler(opt, cfg.epochs * len(loader), cfg.warmup_steps, warmup_prefix=True)
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
-
-    flip_gen = derived_generator(cfg.seed, 2)
+    flip_gen = rng(cfg.seed, "augment")
     start, step = time.time(), 0
     model.train()
     for epoch in range(cfg.epochs):
@@ -77,7 +70,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True):
                 flip = torch.rand(len(x), generator=flip_gen) < 0.5
                 x = torch.where(flip.to(device).view(-1, 1, 1, 1), x.flip(-1), x)
             loss = F.cross_entropy(model(x, y), y)
-            optimizer_step(opt, loss, lr_at(step))
+            scheduler.step_update(step)
+            optimizer_step(opt, loss)
             step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.time() - start
@@ -87,7 +81,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True):
     manifest_extra = {
         "pretrain": {"config": to_dict(cfg), "test_accuracy": acc, "seconds": round(seconds, 1),
                      "dataset": splits.name, "train_images": len(train)},
-        "history": [],
+        "ledger": [],
     }
     save_model(model.cpu(), Path(cfg.out), splits.classes, **manifest_extra)
     return model, {"test_accuracy": acc, "seconds": seconds, "out": cfg.out, "train_images": len(train)}

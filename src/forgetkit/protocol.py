@@ -22,7 +22,7 @@ import torch
 from .data import DataSplits, LabeledImages
 from .data.datasets import validation_holdout
 from .errors import ForgetkitError
-from .runtime import derived_generator
+from .runtime import rng
 
 
 @dataclass
@@ -98,8 +98,26 @@ def _resolve_names(names: list[str], classes: list[str], what: str) -> list[int]
     return out
 
 
-def make_tasks(cfg: ProtocolConfig, classes: list[str]) -> list[Task]:
-    """The task sequence of a protocol, checked against the dataset's classes."""
+def make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int] | None = None,
+               first_index: int = 0) -> list[Task]:
+    """The task sequence of a protocol, checked against the dataset's classes.
+
+    ``forgotten``: classes the model forgot in earlier requests (its ledger); they are never retained, and count as
+    old classes. ``first_index``: the index of the first request in the model's ledger (per-request random streams and
+    per-request settings use it).
+    """
+    forgotten = list(forgotten or [])
+    if forgotten and cfg.tasks is None:
+        raise ForgetkitError(f"the model has already forgotten {', '.join(repr(classes[c]) for c in forgotten)}; "
+                             f"name the classes of further requests (--classes or protocol.tasks) instead of a "
+                             f"numbered protocol")
+    tasks = _make_tasks(cfg, classes, forgotten)
+    for task in tasks:
+        task.index += first_index
+    return tasks
+
+
+def _make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int]) -> list[Task]:
     num_classes = len(classes)
     if cfg.tasks is not None:
         if not cfg.tasks:
@@ -115,12 +133,12 @@ def make_tasks(cfg: ProtocolConfig, classes: list[str]) -> list[Task]:
             seen |= set(fs)
         if cfg.retain_classes is not None:
             keep = _resolve_names(list(cfg.retain_classes), classes, "protocol.retain_classes")
-            overlap = set(keep) & seen
+            overlap = set(keep) & (seen | set(forgotten))
             if overlap:
                 raise ForgetkitError(f"class {classes[min(overlap)]!r} is both forgotten and retained; remove it from "
                                      f"protocol.retain_classes or from protocol.tasks")
         else:
-            keep = [c for c in range(num_classes) if c not in seen]
+            keep = [c for c in range(num_classes) if c not in seen and c not in forgotten]
         if not keep:
             raise ForgetkitError("no class would be retained; forgetting every class leaves nothing to keep")
         missing = []
@@ -129,11 +147,11 @@ def make_tasks(cfg: ProtocolConfig, classes: list[str]) -> list[Task]:
             if set(missing) - set(keep):
                 raise ForgetkitError(f"missing class {classes[min(set(missing) - set(keep))]!r} is not retained; "
                                      f"missing classes must be among the retained ones")
-        tasks, forgotten = [], []
+        tasks, old = [], list(forgotten)
         for t, fs in enumerate(forget_sets):
             later = [c for later_fs in forget_sets[t + 1:] for c in later_fs]
-            tasks.append(Task(t, fs, keep + later, list(forgotten), missing))
-            forgotten += fs
+            tasks.append(Task(t, fs, keep + later, list(old), missing))
+            old += fs
         return tasks
 
     k, t_count = cfg.forget_per_task, cfg.num_tasks
@@ -169,7 +187,8 @@ class TaskData:
 class Protocol:
     """A protocol bound to a dataset: tasks, held-out validation images, and per-task subsamples."""
 
-    def __init__(self, cfg: ProtocolConfig, splits: DataSplits, seed: int):
+    def __init__(self, cfg: ProtocolConfig, splits: DataSplits, seed: int, forgotten: list[int] | None = None,
+                 first_index: int = 0):
         if cfg.eval_split not in ("test", "val"):
             raise ForgetkitError(f"protocol.eval_split must be test or val, not {cfg.eval_split!r}")
         if cfg.eval_split == "val" and cfg.val_per_class < 1:
@@ -181,7 +200,7 @@ class Protocol:
         if cfg.shots is not None and cfg.shots < 1:
             raise ForgetkitError("protocol.shots must be at least 1 (or null for ratio sampling)")
         self.cfg, self.splits, self.seed = cfg, splits, seed
-        self.tasks = make_tasks(cfg, splits.classes)
+        self.tasks = make_tasks(cfg, splits.classes, forgotten, first_index)
         self._pool, val = self._split_validation()
         self.eval_images = splits.test if cfg.eval_split == "test" else splits.train.subset(val)
 
@@ -204,8 +223,8 @@ class Protocol:
         pools = {c: torch.nonzero((targets == c) & ~held).flatten() for c in range(len(self.splits.classes))}
         return pools, val
 
-    def _draw(self, classes: list[int], ratio: float, task: int, salt: int) -> torch.Tensor:
-        gen = derived_generator(self.seed, task, salt)
+    def _draw(self, classes: list[int], ratio: float, task: int, purpose: str) -> torch.Tensor:
+        gen = rng(self.seed, purpose, task)
         chosen = []
         for c in classes:
             pool = self._pool[c]
@@ -218,6 +237,6 @@ class Protocol:
 
     def task_data(self, task: Task) -> TaskData:
         """Training subsets for ``task``: drawn per class from the run's seed and the task index only."""
-        forget = self._draw(task.forget, self.cfg.forget_ratio, task.index, 1)
-        retain = self._draw(task.replay, self.cfg.retain_ratio, task.index, 2)
+        forget = self._draw(task.forget, self.cfg.forget_ratio, task.index, "forget_subset")
+        retain = self._draw(task.replay, self.cfg.retain_ratio, task.index, "replay_subset")
         return TaskData(self.splits.train.subset(forget), self.splits.train.subset(retain))

@@ -7,6 +7,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
+from timm.scheduler import CosineLRScheduler
 
 from .errors import ForgetkitError
 
@@ -19,17 +20,47 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def derived_generator(seed: int, *parts: int) -> torch.Generator:
-    """A generator for one purpose (a task's subsample, a loader's order), derived from the run's seed only.
+# Every random choice of forgetkit draws from one of these named streams. The numbers are only salts: a stream is
+# derived from (seed, request index, salt), so request k's draws never depend on how many numbers request k-1 (or
+# model construction, or a crash and resume) consumed. The original code's subsets changed when building the model
+# consumed random numbers (gs-lora.md §3.6).
+STREAMS = {
+    # per request
+    "forget_subset": 1,        # which training images of the forget classes a request may use
+    "replay_subset": 2,        # which training images of the retained classes are replay data
+    "forget_batches": 11,      # order of the forget stream's class-balanced batches
+    "replay_batches": 12,      # order of the replay stream's class-balanced batches
+    "wrong_labels": 31,        # the baselines' random wrong labels
+    "second_replay": 41,       # DER++'s second replay stream
+    "retrain_init": 51,        # Retrain's fresh initialisation
+    "importance_images": 61,   # EWC*/MAS* importance images
+    "prototype_images": 71,    # GS-LoRA++ prototype images
+    "request_global": 91,      # torch's, NumPy's and Python's global generators during a request (dropout)
+    "clip_targets": None,      # CLIP text forgetting's random targets (no salt: the documented numbers' draw)
+    # per run (no request index)
+    "train_order": 1,          # pre-training: order of the training images
+    "augment": 2,              # pre-training: flips (ViT) and caption choice (CLIP)
+}
 
-    Deriving it from (seed, parts) instead of consuming a global stream means that nothing else a run does (such
-    as building a model) shifts which images are drawn: the original code's subsets changed when model
-    construction consumed random numbers (gs-lora.md §3.6).
-    """
+
+def _derive(seed: int, *parts: int) -> torch.Generator:
     value = seed
     for part in parts:
         value = (value * 1_000_003 + part + 1) % (2**63 - 1)
     return torch.Generator().manual_seed(value)
+
+
+def rng(seed: int, purpose: str, request: int | None = None) -> torch.Generator:
+    """The generator of one named purpose (:data:`STREAMS`), derived from the run's seed and the request index."""
+    salt = STREAMS[purpose]
+    parts = [part for part in (request, salt) if part is not None]
+    return _derive(seed, *parts)
+
+
+def seed_request(seed: int, request: int) -> None:
+    """Seed the global generators (dropout and anything else that draws without a generator) for one request, so a
+    run resumed at request k continues exactly as the uninterrupted run did."""
+    seed_everything(rng(seed, "request_global", request).initial_seed())
 
 
 def setup_device(device: str = "auto", threads: int = 0) -> torch.device:
@@ -95,10 +126,21 @@ def adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
                               {"params": [p for p in params if not decay(p)], "weight_decay": 0.0}], lr=lr)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
-    """One scheduled step of the pre-training loops: set the learning rate of every group, backward, update."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+def step_scheduler(optimizer: torch.optim.Optimizer, steps: int, warmup_steps: int = 0, min_lr: float = 0.0,
+                   warmup_prefix: bool = False) -> CosineLRScheduler:
+    """The one learning-rate schedule of forgetkit (forgetting requests and both pre-training loops): timm's cosine
+    decay counted in optimisation steps, after a linear warm-up from 0. Call ``step_update(step)`` before each step.
+    It scales every parameter group's own initial learning rate, so a method may keep per-group rates.
+
+    ``warmup_prefix``: the cosine starts after the warm-up (pre-training) instead of spanning the whole budget with
+    the warm-up overlapping its start (forgetting requests).
+    """
+    return CosineLRScheduler(optimizer, t_initial=max(1, steps - (warmup_steps if warmup_prefix else 0)),
+                             lr_min=min_lr, warmup_t=warmup_steps, warmup_prefix=warmup_prefix, t_in_epochs=False)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One step of the pre-training loops (the learning rate is the scheduler's): backward, update."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

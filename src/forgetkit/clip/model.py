@@ -3,7 +3,7 @@
 A forgetkit CLIP checkpoint is a folder::
 
     model.safetensors   the weights
-    manifest.json       format, the open_clip model config, preprocessing, fingerprint, history of edits
+    manifest.json       format, the open_clip model config, preprocessing, fingerprint, ledger of edits (docs/ledger.md)
 
 Nothing is downloaded: an open_clip architecture is built from its config (``open_clip.create_model`` with no
 ``pretrained`` tag) and the weights come from a local file, read as safetensors or with ``weights_only=True``.
@@ -84,7 +84,7 @@ def create_clip(preset: str, seed: int = 0, mean=(0.5,) * 3, std=(0.5,) * 3) -> 
     model = open_clip.CLIP(**model_cfg)
     manifest = {"format": FORMAT, "preset": preset, "model_cfg": model_cfg,
                 "preprocess": {"image_size": model_cfg["vision_cfg"]["image_size"], "mean": list(mean),
-                               "std": list(std)}, "history": []}
+                               "std": list(std)}, "ledger": []}
     return _bundle(model, manifest)
 
 
@@ -162,7 +162,7 @@ def load_clip(source: str | Path, arch: str | None = None) -> ClipBundle:
         except (KeyError, AssertionError, RuntimeError, ValueError, ZeroDivisionError) as err:
             raise ForgetkitError(f"{path}: not an OpenAI-format CLIP state dict ({err}); pass the open_clip "
                                  f"architecture name (e.g. arch='ViT-B-16')") from None
-        manifest = {"format": "external", "source": str(path), "arch": "openai", "history": []}
+        manifest = {"format": "external", "source": str(path), "arch": "openai", "ledger": []}
     else:
         if arch in CLIP_PRESETS:
             model = open_clip.CLIP(**CLIP_PRESETS.get(arch)())
@@ -172,5 +172,5 @@ def load_clip(source: str | Path, arch: str | None = None) -> ClipBundle:
             raise ForgetkitError(f"unknown CLIP architecture {arch!r}; give an open_clip name (open_clip.list_models()"
                                  f") or a forgetkit preset ({', '.join(CLIP_PRESETS.names())})")
         load_state_strict(model, state, str(path), CLIP_FIX)
-        manifest = {"format": "external", "source": str(path), "arch": arch, "history": []}
+        manifest = {"format": "external", "source": str(path), "arch": arch, "ledger": []}
     return _bundle(model.float(), manifest)

@@ -8,7 +8,6 @@ holds many), instead of CLIP's one-positive InfoNCE, which would push apart iden
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 from ..config import to_dict
 from ..data import DataConfig, load_data
 from ..errors import ForgetkitError
-from ..runtime import adamw, derived_generator, optimizer_step, seed_everything, setup_device
+from ..runtime import adamw, optimizer_step, rng, seed_everything, setup_device, step_scheduler
 from .model import WEIGHT_DTYPES, create_clip, round_weights, save_clip
 from .names import shipped_names
 from .zeroshot import accuracy_over, class_weights, image_features, prompt_name
@@ -106,12 +105,12 @@ def pretrain_clip(cfg: ClipPretrainConfig, progress: bool = True) -> dict:
     by_class = [torch.nonzero(caption_class == c).flatten() for c in range(offset)]
     data = _Captioned(parts, cfg.repeats)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                         generator=derived_generator(cfg.seed, 1))
-    caption_gen = derived_generator(cfg.seed, 2)
+                                         generator=rng(cfg.seed, "train_order"))
+    caption_gen = rng(cfg.seed, "augment")
     model = bundle.model.to(device).train()
     tables = {id(p) for n, p in model.named_parameters() if "embedding" in n}  # token and position tables
     opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay, decay=lambda p: p.ndim >= 2 and id(p) not in tables)
-    total = cfg.epochs * len(loader)
+    scheduler = step_scheduler(opt, cfg.epochs * len(loader), cfg.warmup_steps, warmup_prefix=True)
     start, step = time.time(), 0
     for epoch in range(cfg.epochs):
         bar = tqdm(loader, desc=f"clip-pretrain epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
@@ -121,9 +120,8 @@ def pretrain_clip(cfg: ClipPretrainConfig, progress: bool = True) -> dict:
             img = model.encode_image(x.to(device), normalize=True)
             txt = model.encode_text(tokens[pick].to(device), normalize=True)
             loss = class_aware_clip_loss(img, txt, y.to(device), model.logit_scale.exp().clamp(max=100))
-            # warm-up factor times a cosine over the whole run (the recipe of the shipped CLIP)
-            optimizer_step(opt, loss, cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
-                           * 0.5 * (1 + math.cos(math.pi * step / total)))
+            scheduler.step_update(step)
+            optimizer_step(opt, loss)
             step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.time() - start

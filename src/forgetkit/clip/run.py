@@ -19,7 +19,7 @@ from ..errors import ForgetkitError
 from ..io import atomic_write, save_weights, write_json, write_text, write_yaml
 from ..models.checkpoint import fingerprint
 from ..report import fmt
-from ..runtime import derived_generator, seed_everything, setup_device
+from ..runtime import rng, seed_everything, setup_device
 from .image_forget import ClipImageClassifier
 from .model import load_clip
 from .names import builtin_names, read_names
@@ -112,7 +112,7 @@ def run_clip_forgetting(cfg: ClipForgetConfig, progress: bool = True, overwrite:
         retain = name_list.retain_names(classes, request)
         start = time.time()
         new_projection, info = forget_text_classes(bundle, request, retain, classes, cfg.method,
-                                                   derived_generator(cfg.seed, index))
+                                                   rng(cfg.seed, "clip_targets", index))
         set_projection(bundle.model, new_projection)
         try:
             weights, other_weights = all_weights()

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..config import from_dict
+from ..errors import ForgetkitError
 from ..protocol import Task, TaskData
 from ..registry import Registry
 from ..runtime import adamw
@@ -58,9 +59,33 @@ class Method:
     name: ClassVar[str] = ""
     config_cls: ClassVar[type]
     default_lr: ClassVar[float] = 1e-2
+    supports: ClassVar[frozenset[str]] = frozenset({"forget"})
+    """request kinds (forgetkit.kinds) this method can carry out"""
+    requires: ClassVar[frozenset[str]] = frozenset()
+    """model capabilities it needs (see :func:`model_capabilities`), checked before any work"""
 
     def __init__(self, cfg, ctx: MethodContext):
         self.cfg, self.ctx = cfg, ctx
+
+    def check_model(self, model: torch.nn.Module, kind: str) -> None:
+        """Refuse, before any work, a request kind this method cannot carry out or a model it cannot edit."""
+        if kind not in self.supports:
+            raise ForgetkitError(f"method {self.name} cannot carry out {kind} requests (it supports "
+                                 f"{', '.join(sorted(self.supports))}); choose another method (forgetkit methods)")
+        lacking = self.requires - model_capabilities(model)
+        if lacking:
+            raise ForgetkitError(f"method {self.name} needs a model with {', '.join(sorted(lacking))} "
+                                 f"({', '.join(CAPABILITIES[c] for c in sorted(lacking))}); this one has none")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything the method keeps from one request to the next (saved with the run's state after each request,
+        so a resumed run continues exactly)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ForgetkitError(f"method {self.name} keeps no state across requests, but the saved state has "
+                                 f"{len(state)} tensors; resume with the method that made the run")
 
     def setup_task(self, model: torch.nn.Module, task: Task, data: TaskData) -> torch.nn.Module:
         raise NotImplementedError
@@ -110,11 +135,30 @@ class Method:
         """Extra per-task numbers for results.json, taken before ``finish_task``."""
         return {}
 
-    def save_task(self, directory: Path) -> None:
-        """Optional per-task artefacts (adapters); called before ``finish_task``."""
+    def save_task(self, directory: Path) -> bool:
+        """Save this request's artefacts into ``directory`` (called before ``finish_task``); True when they include
+        a LoRA adapter that turns the model before the request into the model after it (the runner checks this, and
+        keeps the full weights in the ledger otherwise)."""
+        return False
 
     def finish_task(self) -> torch.nn.Module:
         raise NotImplementedError
+
+
+# What a model can offer a method, and how the runner recognises it.
+CAPABILITIES = {
+    "lora_targets": "layers LoRA can adapt: model.spec.lora_targets",
+    "split_backbone": "a backbone split into lower and upper halves: model.lower / model.upper_embed",
+}
+
+
+def model_capabilities(model: torch.nn.Module) -> set[str]:
+    found = set()
+    if getattr(getattr(model, "spec", None), "lora_targets", None):
+        found.add("lora_targets")
+    if callable(getattr(model, "lower", None)) and callable(getattr(model, "upper_embed", None)):
+        found.add("split_backbone")
+    return found
 
 
 def build_method(spec: dict, ctx: MethodContext) -> Method:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..runtime import balanced_batches, derived_generator
+from ..runtime import balanced_batches, rng
 from .base import register_method
 from .finetune import FinetuneConfig, FullFinetune
 
@@ -65,7 +65,7 @@ class DERPlusPlus(DER):
 
     def before_training(self):
         self.second = balanced_batches(self.data.retain, self.ctx.batch_size,
-                                       derived_generator(self.ctx.seed, self.task.index, 41), self.ctx.device)
+                                       rng(self.ctx.seed, "second_replay", self.task.index), self.ctx.device)
 
     def training_step(self, forget, retain, step):
         losses = super().training_step(forget, retain, step)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..runtime import derived_generator
+from ..runtime import rng
 from .base import Method
 
 
@@ -37,7 +37,7 @@ class FullFinetune(Method):
 
     def setup_task(self, model, task, data):
         self.task, self.data = task, data
-        self.generator = derived_generator(self.ctx.seed, task.index, 31)
+        self.generator = rng(self.ctx.seed, "wrong_labels", task.index)
         for name, param in model.named_parameters():
             param.requires_grad = self.cfg.train_head or not name.startswith("head.")
         self.teacher = None

@@ -69,6 +69,7 @@ class GSLoRA(Method):
 
     config_cls: type = GSLoRAConfig
     default_lr = 1e-2
+    requires = frozenset({"lora_targets"})
 
     def __init__(self, cfg: GSLoRAConfig, ctx):
         super().__init__(cfg, ctx)
@@ -139,6 +140,7 @@ class GSLoRA(Method):
     def save_task(self, directory: Path):
         save_adapter(self.module, directory, self.base_fingerprint, task=self.task.index,
                      forget_classes=self.task.forget, merged_into_model=True)
+        return True
 
     def finish_task(self):
         return merge_lora(self.module)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ForgetkitError
-from ..runtime import derived_generator
+from ..runtime import rng
 from .base import register_method
 from .gs_lora import GSLoRA, GSLoRAConfig
 
@@ -104,7 +104,7 @@ class GSLoRAPlusPlus(GSLoRA):
     def setup_task(self, model, task, data):
         # Prototypes from the model as it starts this task (after the previous merge), before LoRA is added, over a
         # seeded sample of each class: a class mean needs a few hundred images, not the whole replay set.
-        gen = derived_generator(self.ctx.seed, task.index, 71)
+        gen = rng(self.ctx.seed, "prototype_images", task.index)
         sample = [per_class_sample(d, self.cfg.prototype_images, gen) for d in (data.forget, data.retain)]
         self.prototypes, self.present = class_prototypes(model, sample, self.ctx.num_classes, self.ctx.device)
         module = super().setup_task(model, task, data)

@@ -59,6 +59,7 @@ class LIRF(FullFinetune):
     """LIRF*: train the lower half to forget, deposit the forgotten knowledge in a second lower half."""
 
     config_cls = LIRFConfig
+    requires = frozenset({"split_backbone"})
     uses_teacher = True
 
     def before_training(self):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ForgetkitError
-from ..runtime import BalancedBatchSampler, derived_generator
+from ..runtime import BalancedBatchSampler, rng
 from .base import register_method
 from .finetune import FinetuneConfig, FullFinetune
 
@@ -66,6 +66,22 @@ class ImportanceRegularised(FullFinetune):
     def importance(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def state_dict(self):
+        """The anchors (θ*, Ω) of every earlier request: the penalty of later requests depends on them."""
+        return {f"anchor{i}.{part}.{name}": tensor for i, pair in enumerate(self.anchors)
+                for part, values in zip(("theta", "omega"), pair) for name, tensor in values.items()}
+
+    def load_state_dict(self, state):
+        count = len({key.split(".", 1)[0] for key in state})
+        self.anchors = []
+        for i in range(count):
+            pair = ({}, {})
+            for key, tensor in state.items():
+                anchor, part, name = key.split(".", 2)
+                if anchor == f"anchor{i}":
+                    pair[0 if part == "theta" else 1][name] = tensor.to(self.ctx.device)
+            self.anchors.append(pair)
+
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
 
@@ -96,8 +112,8 @@ class ImportanceRegularised(FullFinetune):
         if cap == 0 or cap >= len(retain):  # every replay image once
             images = retain
         else:  # a class-balanced draw of `cap` images
-            order = next(iter(BalancedBatchSampler(retain.targets, cap, derived_generator(
-                self.ctx.seed, self.task.index, 61))))
+            order = next(iter(BalancedBatchSampler(retain.targets, cap, rng(
+                self.ctx.seed, "importance_images", self.task.index))))
             images = retain.subset(torch.tensor(order))
         loader = torch.utils.data.DataLoader(images, batch_size=self.ctx.batch_size)
         for x, y in loader:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..errors import ForgetkitError
 from ..models import ForgetModel
-from ..runtime import derived_generator
+from ..runtime import rng
 from .base import Method, register_method
 
 
@@ -33,7 +33,7 @@ class Retrain(Method):
     def setup_task(self, model, task, data):
         if len(data.retain) == 0:
             raise ForgetkitError("retrain needs replay data of the retained classes; raise protocol.retain_ratio")
-        seed = int(derived_generator(self.ctx.seed, task.index, 51).initial_seed())
+        seed = int(rng(self.ctx.seed, "retrain_init", task.index).initial_seed())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.module = ForgetModel(model.spec).to(self.ctx.device)

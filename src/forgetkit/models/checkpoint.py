@@ -3,7 +3,7 @@
 A forgetkit checkpoint is a folder::
 
     model.safetensors   the merged weights (never any LoRA factor: an update can never be applied twice)
-    manifest.json       format, ModelSpec, class names, preprocessing, fingerprint, history of edits
+    manifest.json       format, ModelSpec, class names, preprocessing, fingerprint, ledger of edits (docs/ledger.md)
 """
 
 from __future__ import annotations

@@ -1,0 +1,63 @@
+"""A model's ledger: the ordered record of every request applied to it since its base checkpoint.
+
+Each entry (written by the runner after the request finished) holds the request's kind and classes, the method and
+its resolved config, the verdict and metrics, the SHA-256 fingerprints of the weights before and after, the time,
+and the request's *edit*: its LoRA adapter when applying that adapter to the weights before gives the weights after
+bit for bit (checked when it is saved), else the full weights after. :func:`replay_ledger` rebuilds a checkpoint's
+weights from its base and those edits, checking every fingerprint on the way: what a deletion audit asks for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import ForgetkitError
+from .io import load_weights
+from .models import fingerprint, load_model
+from .models.checkpoint import load_state_strict
+from .models.lora import apply_adapter
+
+
+def read_ledger(model_dir: str | Path) -> tuple[list[dict], dict]:
+    """The ledger and manifest of a forgetkit checkpoint."""
+    _, manifest = load_model(model_dir)
+    return list(manifest.get("ledger", [])), manifest
+
+
+def replay_ledger(model_dir: str | Path, base: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The checkpoint's weights rebuilt from its base model and its ledger's edits, in order.
+
+    ``base`` defaults to the checkpoint named in the manifest. Raises :class:`ForgetkitError` at the first entry whose
+    fingerprint before or after does not match, naming the entry.
+    """
+    model_dir = Path(model_dir)
+    final, manifest = load_model(model_dir)
+    ledger = manifest.get("ledger", [])
+    if base is None:
+        if not manifest.get("base"):
+            raise ForgetkitError(f"{model_dir} names no base checkpoint; pass the base model to replay its ledger")
+        from .engine import resolve_model_path
+
+        base, _ = load_model(resolve_model_path(manifest["base"]["path"]))
+    model = base
+    for entry in ledger:
+        n = entry["index"] + 1
+        if fingerprint(model) != entry["fingerprint_before"]:
+            raise ForgetkitError(f"request {n} of {model_dir}'s ledger was applied to other weights than these "
+                                 f"(fingerprint {entry['fingerprint_before'][:12]}); replay from the base it names")
+        edit = entry.get("edit")
+        if not edit:
+            raise ForgetkitError(f"request {n} of {model_dir}'s ledger kept no edit (save_model was off)")
+        path = model_dir / edit["path"]
+        if edit["type"] == "lora":
+            model = apply_adapter(model, path)
+        else:
+            load_state_strict(model, load_weights(path / "model.safetensors"), str(path))
+        if fingerprint(model) != entry["fingerprint_after"]:
+            raise ForgetkitError(f"replaying request {n} of {model_dir}'s ledger did not give the weights it "
+                                 f"recorded; the edit in {path} was changed or belongs to another model")
+    if fingerprint(model) != fingerprint(final):
+        raise ForgetkitError(f"the ledger of {model_dir} does not lead to its saved weights")
+    return model.eval()

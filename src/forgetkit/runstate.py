@@ -1,0 +1,147 @@
+"""What a run keeps on disk while it goes: its state after every finished request, and its logs.
+
+State: ``<output_dir>/state/request_NNN/`` holds everything needed to continue after request NNN (the model's
+weights, the method's tensors, the results and loss rows so far, the resolved config). It is written into a hidden
+temporary folder and renamed into place, and ``state/latest.json`` (written atomically after the rename) names the
+newest complete one, so a crash at any moment leaves either the previous state or the new one, never half of one.
+
+Logs: ``log.csv`` gets a row per logged loss and per request metric as the run goes (flushed at once, so ``tail -f``
+works), and TensorBoard event files go to ``<output_dir>/tensorboard`` when the ``tensorboard`` package is installed.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import torch
+
+from .errors import ForgetkitError
+from .io import load_weights, read_json, save_weights, write_json, write_text
+
+STATE_DIR = "state"
+LOG_FIELDS = ["request", "step", "name", "value"]
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the resume tests: ``FORGETKIT_CRASH_AT=<name>`` kills the process here (as ``kill -9``
+    would), so a test can stop a run at an exact point. Without the variable this does nothing."""
+    if os.environ.get("FORGETKIT_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs."""
+    keys = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+# Keys that may differ between a run and its resumption: they do not change any number.
+RESUMABLE_CHANGES = ("output_dir", "train.threads")
+
+
+class RunState:
+    """Save and load the state of a run at request boundaries."""
+
+    def __init__(self, out: Path):
+        self.root = Path(out) / STATE_DIR
+
+    def save(self, completed: int, model: torch.nn.Module, method_state: dict[str, torch.Tensor],
+             progress: dict) -> None:
+        """State after ``completed`` requests: written beside, renamed into place, then pointed at."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"request_{completed:03d}"
+        tmp = self.root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_weights(tmp / "model.safetensors", model.state_dict())
+        crash_point(f"save_{completed}")
+        save_weights(tmp / "method.safetensors", method_state or {"_empty": torch.zeros(0)})
+        write_json(tmp / "progress.json", progress)
+        final = self.root / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        crash_point(f"point_{completed}")
+        write_json(self.root / "latest.json", {"completed": completed, "dir": name})
+        for old in self.root.iterdir():  # earlier states are superseded
+            if old.name != name and old.name != "latest.json":
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, config: dict) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(progress, model weights, method tensors) of the newest complete state, after checking that it was made
+        by the same config."""
+        pointer = self.root / "latest.json"
+        if not pointer.is_file():
+            raise ForgetkitError(f"nothing to resume in {self.root.parent}: no saved state ({pointer} is missing, "
+                                 f"the run ended before its first request finished); run it again without --resume")
+        where = self.root / read_json(pointer)["dir"]
+        progress = read_json(where / "progress.json")
+        differ = [k for k in config_differences(progress["config"], config) if k not in RESUMABLE_CHANGES]
+        if differ:
+            raise ForgetkitError(f"cannot resume {self.root.parent}: it was made by another config (differs in "
+                                 f"{', '.join(differ)}); use the same config, or another output folder")
+        method_state = {k: v for k, v in load_weights(where / "method.safetensors").items() if k != "_empty"}
+        return progress, load_weights(where / "model.safetensors"), method_state
+
+
+class RunLog:
+    """``log.csv`` (always) and TensorBoard scalars (when installed), appended as the run goes."""
+
+    def __init__(self, out: Path, keep_rows: int = 0, purge_step: int | None = None):
+        self.path = Path(out) / "log.csv"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # on resume, drop the rows of the request that was interrupted: they are written again
+        rows = self.rows()[:keep_rows] if keep_rows else []
+        write_text(self.path, self._csv([LOG_FIELDS] + [[r[k] for k in LOG_FIELDS] for r in rows]))
+        self.count = len(rows)
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.writer(self._file)
+        self._tb = _tensorboard(Path(out) / "tensorboard", purge_step)
+
+    @staticmethod
+    def _csv(rows: list[list]) -> str:
+        import io
+
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(rows)
+        return buffer.getvalue()
+
+    def rows(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def log(self, request: int, step: int, values: dict[str, float | None], global_step: int) -> None:
+        for name, value in values.items():
+            if value is None:
+                continue
+            self._writer.writerow([request, step, name, f"{value:.6g}"])
+            self.count += 1
+            if self._tb is not None:
+                self._tb.add_scalar(name, value, global_step)
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _tensorboard(directory: Path, purge_step: int | None):
+    """A TensorBoard writer, or None without the ``tensorboard`` extra. ``purge_step``: on resume, TensorBoard hides
+    the events the interrupted request wrote past this step."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is an extra: pip install forgetkit[tensorboard]
+        return None
+    return SummaryWriter(str(directory), purge_step=purge_step)
