@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -26,28 +27,50 @@ def _print_table(results: dict) -> None:
 def cmd_forget(args) -> None:
     from .api import load_config
     from .engine import run_forgetting
+    from .kinds import REQUEST_KINDS
 
-    overrides = list(args.override)
+    if not args.config and not args.classes:
+        raise ForgetkitError("name what to forget: --classes A,B (one request; repeat --classes for more) or a "
+                             "protocol config with -c")
+    overrides = []
+    if args.model:
+        overrides.append(f"model={args.model}")
+    if args.data:
+        overrides.append(f"data.source={args.data}")
+    if args.root:
+        overrides.append(f"data.root={args.root}")
+    if args.method:
+        overrides.append(f"method={json.dumps({'name': args.method})}")  # the method's own defaults
+    if args.classes:
+        # requests on a deployed checkpoint: --out is the edited checkpoint itself (weights, manifest and ledger,
+        # beside its results and report)
+        if not args.out:
+            raise ForgetkitError("--classes needs --out: the folder of the edited checkpoint to write")
+        requests = [[name.strip() for name in group.split(",") if name.strip()] for group in args.classes]
+        overrides += [f"protocol.tasks={json.dumps(requests)}", f"model_dir={args.out}"]
     if args.out:
         overrides.append(f"output_dir={args.out}")
-    cfg = load_config(args.config, overrides)
-    results = run_forgetting(cfg, progress=not args.quiet, overwrite=args.overwrite)
+    cfg = load_config(args.config, overrides + list(args.override))
+    results = run_forgetting(cfg, progress=not args.quiet, overwrite=args.overwrite, resume=args.resume)
     _print_table(results)
-    print(f"\nresults, report.md and plots in {cfg.output_dir}/")
+    print(f"\nresults, report.md and plots in {cfg.output_dir}/" + (
+        f"; the edited model and its ledger in {cfg.model_dir or cfg.output_dir + '/model'}/" if cfg.save_model
+        else ""))
     failed = [t for t in results["tasks"] if not t["verdict"]["pass"]]
-    for t in failed:
-        print(f"FAIL request {t['index'] + 1} ({', '.join(t['forget_classes'])}): {'; '.join(t['verdict']['failed'])}",
-              file=sys.stderr)
+    for t in results["tasks"]:
+        print(f"{'PASS' if t['verdict']['pass'] else 'FAIL'} request {t['index'] + 1} "
+              f"({', '.join(t['forget_classes'])})" + (f": {'; '.join(t['verdict']['failed'])}"
+                                                       if not t["verdict"]["pass"] else ""),
+              file=sys.stderr if not t["verdict"]["pass"] else sys.stdout)
     if failed and not args.allow_fail:
-        raise RequestFailed(f"{len(failed)} of {len(results['tasks'])} requests missed their goal; try a larger "
-                            f"budget (-o train.steps=600) or, if retained classes fell, more replay images or "
-                            f"-o method.alpha=0 (docs/gs-lora.md); --allow-fail accepts the result")
+        hint = REQUEST_KINDS.get(failed[0].get("kind", "forget")).fix_hint
+        raise RequestFailed(f"{len(failed)} of {len(results['tasks'])} requests missed their goal; {hint}")
 
 
 def cmd_demo(args) -> None:
-    args.config = "demo"
-    args.overwrite = True
-    args.allow_fail = False
+    for name in ("model", "classes", "data", "root", "method"):
+        setattr(args, name, None)
+    args.config, args.overwrite, args.allow_fail, args.resume = "demo", True, False, False
     cmd_forget(args)
 
 
@@ -173,8 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     run_flags(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("forget", help="run a forgetting protocol from a YAML config")
-    p.add_argument("-c", "--config", required=True, help="YAML file or packaged config name (demo, ...)")
+    p = sub.add_parser("forget", help="forget classes from a model: requests named on the command line, or a "
+                                      "protocol from a YAML config")
+    p.add_argument("-c", "--config", help="YAML file or packaged config name (demo, ...)")
+    p.add_argument("--model", help="forgetkit checkpoint to edit (default: the config's, else builtin:fmnist_vit)")
+    p.add_argument("--classes", action="append", metavar="A,B",
+                   help="classes to forget in one request (repeat for several requests, in order); --out is then "
+                        "the edited checkpoint")
+    p.add_argument("--data", help="data source (default: the data the model was trained on)")
+    p.add_argument("--root", help="data root folder")
+    p.add_argument("--method", help="forgetting method (default gs_lora; forgetkit methods)")
+    p.add_argument("--resume", action="store_true", help="continue a run that was stopped, from its last finished "
+                                                         "request (same config and --out)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
     p.add_argument("--allow-fail", action="store_true", help="exit 0 even if a request misses its goal "
                                                              "(eval.forget_threshold, eval.max_retain_drop)")

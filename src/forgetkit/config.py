@@ -155,6 +155,12 @@ def describe(cls, prefix: str = "", defaults=None) -> list[tuple[str, str, str]]
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = "(required)"
+        optional = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(optional) == 1 and dataclasses.is_dataclass(optional[0]) and default is None:
+            # an optional section (null = taken from elsewhere): its own fields, under the section's help
+            rows.append((key, "None", f.metadata.get("help", "")))
+            rows += describe(optional[0], key + ".")
+            continue
         if dataclasses.is_dataclass(tp):
             rows += describe(tp, key + ".", default if dataclasses.is_dataclass(default) else None)
             continue

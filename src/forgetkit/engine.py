@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .config import to_dict
+from .config import from_dict, to_dict
 from .data import DataConfig, load_data
 from .errors import ForgetkitError
 from .io import read_json, save_weights
@@ -75,7 +75,8 @@ class RunConfig:
 
     model: str = field(default="builtin:fmnist_vit", metadata={
         "help": "forgetkit checkpoint folder, or builtin:fmnist_vit (the shipped Fashion-MNIST ViT)"})
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig | None = field(default=None, metadata={
+        "help": "the images; null = the data the model was trained on, as its manifest records"})
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "gs_lora"}, metadata={
         "help": "name: a registered method, plus that method's fields"})
@@ -98,6 +99,16 @@ def resolve_model_path(name: str) -> Path:
 
 
 
+
+
+def model_data_config(manifest: dict, name: str) -> DataConfig:
+    """The data a checkpoint was trained on, as its manifest records it (``forgetkit pretrain`` and every edited
+    model write it)."""
+    recorded = manifest.get("data") or manifest.get("pretrain", {}).get("config", {}).get("data")
+    if not recorded:
+        raise ForgetkitError(f"{name} does not record the data it was trained on; name it with --data/--root (or "
+                             f"data.source and data.root in the config)")
+    return from_dict(DataConfig, recorded, "data")
 
 
 def check_budget(train: TrainConfig) -> None:
@@ -285,14 +296,19 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     device = setup_device(cfg.train.device, cfg.train.threads)
     seed_everything(cfg.seed)
 
-    splits = load_data(cfg.data)
     if model is None:
         source = resolve_model_path(cfg.model)
         model, manifest = load_model(source)
+        data_cfg = cfg.data or model_data_config(manifest, cfg.model)
+        splits = load_data(data_cfg)
     else:
         if cfg.save_model:
             raise ForgetkitError("a model passed in directly cannot be saved as a forgetkit checkpoint; set "
                                  "save_model: false")
+        if cfg.data is None:
+            raise ForgetkitError("a model passed in directly needs its data named (data.source, data.root)")
+        data_cfg = cfg.data
+        splits = load_data(data_cfg)
         source, manifest = None, {"classes": list(splits.classes), "fingerprint": fingerprint(model), "ledger": []}
     if list(manifest["classes"]) != list(splits.classes):
         raise ForgetkitError(f"the model was trained on classes {manifest['classes'][:5]}..., the data has "
@@ -362,8 +378,9 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     }
     if cfg.save_model:
         base = manifest.get("base") or {"path": cfg.model, "fingerprint": manifest["fingerprint"]}
-        save_model(model.cpu(), model_dir, classes, ledger=ledger, base=base)
-    write_outputs(out, results, config)
+        save_model(model.cpu(), model_dir, classes, ledger=ledger, base=base, data=to_dict(data_cfg))
+    write_outputs(out, results, config)  # results.json last: the marker of a finished run
+    shutil.rmtree(state.root, ignore_errors=True)  # the finished run needs no state (it can be a model's size)
     return results
 
 
