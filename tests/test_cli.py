@@ -130,6 +130,40 @@ def test_an_empty_budget_is_refused_before_any_work(override, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["-o", "train.lr=0"], "error: train.lr must be positive"),
+    (["-o", "train.lr=-0.01"], "error: train.lr must be positive"),
+    (["--model", "NOT_A_MODEL"], "is not a forgetkit checkpoint"),
+])
+def test_bad_request_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
+    (tmp_path / "NOT_A_MODEL").mkdir()
+    args = [a.replace("NOT_A_MODEL", str(tmp_path / "NOT_A_MODEL")) for a in args]
+    assert main(["forget", "--classes", "Bag", "--out", str(tmp_path / "r"), "-q", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_output_folder_that_cannot_be_written(tiny_model_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("precious")
+    assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_0", "--out", str(blocker / "r"),
+                 "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write to {blocker / 'r'}") and "--out" in err
+    assert blocker.read_text() == "precious"
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, forgetkit.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    done = subprocess.run([sys.executable, "-m", "forgetkit.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "forget" in done.stdout
+
+
 def test_a_request_that_forgets_nothing_fails_loudly(tiny_model_dir, tmp_path, capsys):
     """A budget far too small forgets nothing: the run is saved, each failed request is named, and the exit status
     is 3 with the likely fix; --allow-fail accepts it."""

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import forgetkit as fk
+from forgetkit.io import load_weights, save_weights
 
 from conftest import SYNTH
 
@@ -135,10 +136,10 @@ def test_ledger_replays_to_the_final_weights_and_chains_across_checkpoints(tiny_
     assert "class_0" not in results["tasks"][0]["retain_classes"]  # never replayed once forgotten
     # a tampered edit is caught by the replay
     edit = tmp_path / "m3" / ledger[2]["edit"]["path"] / "model.safetensors"
-    state = fk.io.load_weights(edit)
+    state = load_weights(edit)
     first = next(iter(state))
     state[first] = state[first] + 1
-    fk.io.save_weights(edit, state)
+    save_weights(edit, state)
     with pytest.raises(fk.ForgetkitError, match="request 3"):
         fk.replay_ledger(tmp_path / "m3")
     # forgetting a class again is refused, naming the request that forgot it

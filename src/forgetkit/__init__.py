@@ -3,25 +3,43 @@
 Example:
     >>> import forgetkit as fk
     >>> results = fk.run_forgetting(fk.load_config("demo"))
+
+Names are imported on first use (PEP 562), so ``import forgetkit`` and ``forgetkit --help`` do not load torch.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .api import forget, load_config, packaged_configs
-from .config import from_dict, to_dict
-from .data import DataConfig, load_data
-from .engine import EvalConfig, RunConfig, TrainConfig, run_forgetting
-from .errors import ForgetkitError
-from .ledger import read_ledger, replay_ledger
-from .methods import METHODS, Method, register_method
-from .models import PRESETS, create_model, fingerprint, load_external_weights, load_model, save_model
-from .models.lora import LoRASettings, add_lora, apply_adapter, merge_lora
-from .pretrain import PretrainConfig, pretrain
-from .protocol import ProtocolConfig, class_order, make_tasks
+# public name -> module that defines it
+_EXPORTS = {
+    "forget": "api", "unlearn": "api", "load_config": "api", "packaged_configs": "api",
+    "from_dict": "config", "to_dict": "config",
+    "DataConfig": "data", "load_data": "data",
+    "EvalConfig": "engine", "RunConfig": "engine", "TrainConfig": "engine", "run_forgetting": "engine",
+    "ForgetkitError": "errors",
+    "read_ledger": "ledger", "replay_ledger": "ledger",
+    "METHODS": "methods", "Method": "methods", "register_method": "methods",
+    "PRESETS": "models", "create_model": "models", "fingerprint": "models", "load_external_weights": "models",
+    "load_model": "models", "save_model": "models",
+    "LoRASettings": "models.lora", "add_lora": "models.lora", "apply_adapter": "models.lora",
+    "merge_lora": "models.lora",
+    "PretrainConfig": "pretrain", "pretrain": "pretrain",
+    "ProtocolConfig": "protocol", "class_order": "protocol", "make_tasks": "protocol",
+    "REQUEST_KINDS": "kinds",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "forget", "load_config", "packaged_configs", "from_dict", "to_dict", "DataConfig", "load_data", "EvalConfig",
-    "RunConfig", "TrainConfig", "run_forgetting", "ForgetkitError", "read_ledger", "replay_ledger", "fingerprint", "METHODS", "Method", "register_method", "PRESETS",
-    "create_model", "load_external_weights", "load_model", "save_model", "LoRASettings", "add_lora", "apply_adapter",
-    "merge_lora", "PretrainConfig", "pretrain", "ProtocolConfig", "class_order", "make_tasks",
-]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'forgetkit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

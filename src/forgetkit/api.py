@@ -5,10 +5,12 @@ Example:
     >>> cfg = fk.load_config("demo", ["train.steps=100"])          # a packaged config or a YAML path
     >>> results = fk.run_forgetting(cfg)                            # writes results.json, report.md, plots
     >>> results = fk.forget("builtin:fmnist_vit", [["Sandal", "Bag"]], output_dir="runs/no-bags")
+    >>> edited = fk.unlearn(model, forget_set, retain_set, test_set, classes=names)   # in memory, no files
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import apply_overrides, from_dict, read_yaml
@@ -48,3 +50,69 @@ def forget(model: str, tasks: list[list[str]], *, method: str | dict = "gs_lora"
     data["protocol"] = {**(data.get("protocol") or {}), "tasks": tasks}
     cfg = from_dict(RunConfig, apply_overrides(data, overrides or []))
     return run_forgetting(cfg, progress=progress, overwrite=overwrite)
+
+
+@dataclass
+class Unlearned:
+    """What :func:`unlearn` returns: the edited model, the request's results (as one task of results.json) and the
+    model's ledger with this request appended."""
+
+    model: object
+    results: dict
+    ledger: list[dict]
+
+
+def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], method: str | dict = "gs_lora",
+            ledger: list[dict] | None = None, seed: int = 0, progress: bool = False, **sections) -> Unlearned:
+    """Forget the classes of ``forget_set`` from ``model`` in memory, keeping those of ``retain_set``: one request.
+
+    The datasets are any ``torch.utils.data.Dataset`` of ``(image tensor, label)`` pairs, already transformed for the
+    model, with labels indexing ``classes``; ``eval_set`` holds held-out images of every class and is only used to
+    measure and judge the request (the verdict), never to train. ``model`` is a forgetkit classifier (``embed``,
+    ``head``, ``spec``; e.g. from :func:`load_model` or :func:`create_model`) and is edited in place. ``ledger`` is
+    the model's ledger so far (classes forgotten earlier count as old classes and cannot be forgotten again).
+    ``sections`` are config sections as dicts: ``train={"steps": 300}``, ``eval={...}``. This is what
+    :func:`run_forgetting` does for each request, without files.
+    """
+    from .data import as_labeled
+    from .engine import Editor, EvalConfig, TrainConfig, check_budget, ledger_entry
+    from .kinds import REQUEST_KINDS, forgotten_classes
+    from .methods import MethodContext, build_method
+    from .methods.base import METHODS, resolved_method_config
+    from .protocol import Task, TaskData
+    from .runtime import setup_device
+
+    unknown = set(sections) - {"train", "eval"}
+    if unknown:
+        raise ForgetkitError(f"unlearn() takes the train and eval sections, not {', '.join(sorted(unknown))}")
+    train = from_dict(TrainConfig, sections.get("train"), "train")
+    thresholds = from_dict(EvalConfig, sections.get("eval"), "eval")
+    check_budget(train)
+    method_spec = resolved_method_config({"name": method} if isinstance(method, str) else dict(method))
+    classes, ledger = list(classes), list(ledger or [])
+    forget_images, retain_images, eval_images = (as_labeled(d, classes, what) for d, what in (
+        (forget_set, "forget set"), (retain_set, "retain set"), (eval_set, "evaluation set")))
+    forget_ids = sorted(set(forget_images.targets.tolist()))
+    retain_ids = sorted(set(retain_images.targets.tolist()))
+    if not forget_ids:
+        raise ForgetkitError("the forget set is empty; give images of the classes to forget")
+    if set(forget_ids) & set(retain_ids):
+        raise ForgetkitError(f"class {classes[min(set(forget_ids) & set(retain_ids))]!r} is in both the forget and "
+                             f"the retain set; a class is either forgotten or kept")
+    old = [classes.index(name) for name in forgotten_classes(ledger)]
+    task = Task(len(ledger), forget_ids, retain_ids, old)
+    kind = REQUEST_KINDS.get("forget")()
+    kind.check(task, ledger, classes)
+    device = setup_device(train.device, train.threads)
+    model = model.to(device)
+    ctx = MethodContext(device=device, seed=seed, num_classes=len(classes), steps=train.steps,
+                        batch_size=train.batch_size)
+    edit_method = build_method(method_spec, ctx)
+    edit_method.check_model(model, kind.name)
+    lr = train.lr if train.lr is not None else METHODS.get(method_spec["name"]).default_lr
+    editor = Editor(edit_method, kind, classes, eval_images, train, thresholds, seed, lr, device, progress)
+    before = editor.evaluate(model)
+    model, record, _, _ = editor.run(model, task, TaskData(forget_images, retain_images), before, before)
+    entry = ledger_entry(record, method_spec, train)
+    entry["config"]["seed"] = seed
+    return Unlearned(model, record, ledger + [entry])

@@ -291,7 +291,6 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     method_spec = resolved_method_config(cfg.method)  # validates the method section before any work
     check_budget(cfg.train)
     config = to_dict(cfg) | {"method": method_spec}
-    check_writable(out)
     model_dir = Path(cfg.model_dir) if cfg.model_dir else out / "model"
     device = setup_device(cfg.train.device, cfg.train.threads)
     seed_everything(cfg.seed)
@@ -330,6 +329,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     editor = Editor(method, kind, classes, protocol.eval_images, cfg.train, cfg.eval, cfg.seed, lr, device,
                     progress)
 
+    check_writable(out)  # every input checked: now the run may create its folder
     state = RunState(out)
     if resume:
         saved, weights, method_state = state.load(config)

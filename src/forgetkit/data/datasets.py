@@ -112,6 +112,32 @@ class SubsetImages(LabeledImages):
         return self
 
 
+class UserImages(LabeledImages):
+    """A user's ``torch.utils.data.Dataset`` of ``(image tensor, label)`` pairs, images already transformed for the
+    model; labels index ``classes``. Targets are read from ``dataset.targets`` when it has them, else by one pass."""
+
+    def __init__(self, dataset, classes: Sequence[str], what: str = "dataset"):
+        self.dataset, self.classes = dataset, list(classes)
+        targets = getattr(dataset, "targets", None)
+        if targets is None:
+            targets = [int(dataset[i][1]) for i in range(len(dataset))]
+        self.targets = torch.as_tensor(targets, dtype=torch.long).flatten()
+        if len(self.targets) != len(dataset):
+            raise ForgetkitError(f"the {what} has {len(dataset)} items but {len(self.targets)} targets")
+        if len(self.targets) and (self.targets.min() < 0 or self.targets.max() >= len(self.classes)):
+            raise ForgetkitError(f"the {what} has labels outside 0..{len(self.classes) - 1}; labels must index the "
+                                 f"model's {len(self.classes)} classes")
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return image, int(label)
+
+
+def as_labeled(dataset, classes: Sequence[str], what: str = "dataset") -> LabeledImages:
+    """``dataset`` as forgetkit's labelled images (unchanged if it already is one)."""
+    return dataset if isinstance(dataset, LabeledImages) else UserImages(dataset, classes, what)
+
+
 class TensorImages(LabeledImages):
     """Images held in memory as a uint8 tensor N×C×H×W (Fashion-MNIST, synthetic data)."""
 

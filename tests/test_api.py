@@ -1,0 +1,50 @@
+"""The Python API as a library: plain Datasets in, the edited model, its results and its ledger out."""
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import forgetkit as fk
+
+from conftest import SYNTH
+
+TINY = dict(train={"steps": 48, "batch_size": 16, "threads": 1},
+            method={"name": "gs_lora", "bnd": 5, "alpha": 0.01, "alpha_warmup_steps": 8})
+
+
+def plain(images, classes):
+    """A user's dataset: a TensorDataset of already transformed images (no forgetkit type, no .targets)."""
+    idx = images.indices_of(classes)
+    return TensorDataset(torch.stack([images[int(i)][0] for i in idx]), images.targets[idx])
+
+
+def test_unlearn_takes_plain_datasets_and_keeps_a_ledger(tiny_model_dir):
+    model, _ = fk.load_model(tiny_model_dir)
+    splits = fk.load_data(fk.DataConfig(**SYNTH)).with_preprocess(model.spec.preprocess)
+    names, test = splits.classes, plain(splits.test, range(6))
+    first = fk.unlearn(model, plain(splits.train, [0]), plain(splits.train, [1, 2, 3, 4, 5]), test, classes=names,
+                       **TINY)
+    assert first.results["before"]["acc_f"] >= 50 and first.results["after"]["acc_f"] <= 5
+    assert first.results["verdict"]["pass"]
+    assert first.ledger[0]["classes"] == [names[0]] and first.ledger[0]["kind"] == "forget"
+    assert first.ledger[0]["fingerprint_after"] == fk.fingerprint(first.model)
+    second = fk.unlearn(first.model, plain(splits.train, [1]), plain(splits.train, [2, 3, 4, 5]), test,
+                        classes=names, ledger=first.ledger, **TINY)
+    assert second.results["index"] == 1 and second.results["old_classes"] == [names[0]]
+    assert second.results["after"]["acc_o"] <= 10  # the first request's class stays forgotten
+    assert [e["classes"] for e in second.ledger] == [[names[0]], [names[1]]]
+    with pytest.raises(fk.ForgetkitError, match="already forgotten by request 1"):
+        fk.unlearn(second.model, plain(splits.train, [0]), plain(splits.train, [3]), test, classes=names,
+                   ledger=second.ledger, **TINY)
+
+
+def test_unlearn_refuses_bad_datasets(tiny_model_dir):
+    model, _ = fk.load_model(tiny_model_dir)
+    x = torch.zeros(4, 1, 16, 16)
+    good = TensorDataset(x, torch.tensor([1, 1, 2, 2]))
+    with pytest.raises(fk.ForgetkitError, match="labels outside 0..5"):
+        fk.unlearn(model, TensorDataset(x, torch.tensor([0, 0, 9, 9])), good, good, classes=list("abcdef"))
+    with pytest.raises(fk.ForgetkitError, match="in both the forget and the retain set"):
+        fk.unlearn(model, good, good, good, classes=list("abcdef"))
+    with pytest.raises(fk.ForgetkitError, match="not data"):
+        fk.unlearn(model, good, good, good, classes=list("abcdef"), data={})
