@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from forgetkit.data import DataConfig
-from forgetkit.pretrain import PretrainConfig, pretrain
+from forgetkit.pretraining import PretrainConfig, pretrain
 
 SYNTH = dict(source="synthetic", num_classes=6, image_size=16, train_per_class=60, test_per_class=20, seed=0)
 

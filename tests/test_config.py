@@ -65,3 +65,13 @@ def test_describe_shows_a_nested_section_s_own_default():
     rows = {key: default for key, default, _ in describe(METHODS.get("gs_lora").config_cls, "method.")}
     assert rows["method.lora.rank"] == "4" and rows["method.lora.lora_alpha"] == "0.5"
     assert rows["method.alpha"] == repr(resolved_method_config({})["alpha"])
+
+
+def test_the_method_section_is_parsed_once_into_its_method_s_typed_config():
+    from forgetkit.methods.regularised import EWCConfig
+
+    cfg = from_dict(RunConfig, {"method": {"name": "ewc", "reg_lambda": 2}})
+    assert type(cfg.method) is EWCConfig and cfg.method.reg_lambda == 2.0 and cfg.method.name == "ewc"
+    assert from_dict(RunConfig, {}).method.name == "gs_lora"
+    with pytest.raises(ForgetkitError, match=r"method\(ewc\).reg_lambda must be a number"):
+        from_dict(RunConfig, {"method": {"name": "ewc", "reg_lambda": "big"}})

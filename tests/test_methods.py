@@ -315,13 +315,17 @@ def test_bench_inherits_shared_method_settings_only():
     def parsed(overrides):
         return [(o.split("=", 1)[0], yaml.safe_load(o.split("=", 1)[1])) for o in overrides]
 
-    base = {"name": "gs_lora", "lora": {"rank": 4}, "bnd": 15.0}
-    assert parsed(method_overrides(base, "gs_lora_pp", {"proto_bound": 3.0})) == [
-        ("method", {"lora": {"rank": 4}, "bnd": 15.0, "proto_bound": 3.0, "name": "gs_lora_pp"})]
+    from forgetkit.methods import MethodConfig
+
+    base = MethodConfig.parse({"name": "gs_lora", "lora": {"rank": 2}, "bnd": 15.0})
+    (key, section), = parsed(method_overrides(base, "gs_lora_pp", {"proto_bound": 3.0}))
+    assert key == "method" and section["name"] == "gs_lora_pp"
+    assert section["lora"]["rank"] == 2 and section["bnd"] == 15.0 and section["proto_bound"] == 3.0
     assert parsed(method_overrides(base, "l2", {"train": {"lr": 0.001}})) == [
         ("method", {"name": "l2"}), ("train.lr", 0.001)]
     # LIRF has an `alpha` too, with another meaning: it must not receive GS-LoRA's group-lasso weight
-    assert parsed(method_overrides({"name": "gs_lora", "alpha": 0.2}, "lirf", {})) == [("method", {"name": "lirf"})]
+    base = MethodConfig.parse({"name": "gs_lora", "alpha": 0.2})
+    assert parsed(method_overrides(base, "lirf", {})) == [("method", {"name": "lirf"})]
 
 
 def cosface_model(seed: int = 0, **overrides):

@@ -146,3 +146,31 @@ def test_ledger_replays_to_the_final_weights_and_chains_across_checkpoints(tiny_
     capsys.readouterr()
     assert main(["forget", "--classes", "class_2", "--out", str(tmp_path / "m4"), *common]) == 2
     assert "'class_2' was already forgotten by request 2" in capsys.readouterr().err
+
+
+def test_bench_resumes_after_kills_between_and_inside_methods(tiny_model_dir, tmp_path):
+    from conftest import tiny_run_overrides
+
+    overrides = [o for o in tiny_run_overrides(tiny_model_dir, tmp_path) if not o.startswith(("method.", "output_dir"))]
+    spec = tmp_path / "bench.yaml"
+    spec.write_text(yaml.safe_dump({"base": "demo", "overrides": overrides + ["train.steps=10", "save_model=false"],
+                                    "methods": {"gs_lora": {"bnd": 5.0}, "lwf": {}, "retrain": {}}}))
+
+    def bench(out, *flags, crash_at=None):
+        env = {k: v for k, v in os.environ.items() if k != "FORGETKIT_CRASH_AT"}
+        if crash_at:
+            env["FORGETKIT_CRASH_AT"] = crash_at
+        return subprocess.run([sys.executable, "-m", "forgetkit.cli", "bench", "-c", str(spec), "--out", str(out),
+                               "-q", *flags], env=env, capture_output=True, text=True, timeout=300)
+
+    assert bench(tmp_path / "ref").returncode == 0
+    out = tmp_path / "run"
+    assert bench(out, crash_at="bench_lwf").returncode == -9            # gs_lora finished, lwf not started
+    finished = (out / "gs_lora" / "results.json").read_text()
+    assert bench(out, "--resume", crash_at="request_1_step_4").returncode == -9   # inside lwf's second request
+    assert (out / "gs_lora" / "results.json").read_text() == finished   # a finished method is kept, not re-run
+    done = bench(out, "--resume")
+    assert done.returncode == 0, done.stderr
+    for name in ("gs_lora", "lwf", "retrain"):
+        got, expected = (json.loads((root / name / "results.json").read_text()) for root in (out, tmp_path / "ref"))
+        assert without_timing(got) == without_timing(expected), name

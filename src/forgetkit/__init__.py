@@ -26,7 +26,7 @@ _EXPORTS = {
     "load_model": "models", "save_model": "models",
     "LoRASettings": "models.lora", "add_lora": "models.lora", "apply_adapter": "models.lora",
     "merge_lora": "models.lora",
-    "PretrainConfig": "pretrain", "pretrain": "pretrain",
+    "PretrainConfig": "pretraining", "pretrain": "pretraining",
     "ProtocolConfig": "protocol", "class_order": "protocol", "make_tasks": "protocol",
     "REQUEST_KINDS": "kinds",
 }

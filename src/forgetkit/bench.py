@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from .api import load_config
-from .config import from_dict, read_yaml
+from .config import from_dict, read_yaml, to_dict
 from .engine import run_forgetting
 from .errors import ForgetkitError
 from .io import atomic_write, write_json, write_text
 from .methods import METHODS
-from .methods.base import DEFAULT_METHOD
+from .methods.base import MethodConfig
 from .report import fmt, results_table, task_label
+from .runstate import crash_point
 
 CSV_COLUMNS = ["method", "task", "h_cumulative", "h_mean", "acc_r", "acc_f", "acc_o", "acc_f_all", "seconds",
                "trainable_ratio"]
@@ -58,15 +59,14 @@ def load_bench_spec(path: str | None, methods: list[str] | None = None, output_d
     return spec
 
 
-def method_overrides(base_method: dict, name: str, fields: dict | None) -> list[str]:
+def method_overrides(base_method: MethodConfig, name: str, fields: dict | None) -> list[str]:
     """Overrides that run method ``name``: the base config's method settings when this method's config extends the
     base method's config (GS-LoRA++ keeps the base GS-LoRA's LoRA shape, β, BND and α; a baseline, whose fields may
     share a name but not a meaning, inherits nothing), then ``fields``."""
     fields = dict(fields or {})
     train = fields.pop("train", {}) or {}
-    base_cls = METHODS.get(base_method.get("name") or DEFAULT_METHOD).config_cls
-    inherit = issubclass(METHODS.get(name).config_cls, base_cls)
-    section = {k: v for k, v in base_method.items() if k != "name"} if inherit else {}
+    inherit = issubclass(METHODS.get(name).config_cls, type(base_method))
+    section = {k: v for k, v in to_dict(base_method).items() if k != "name"} if inherit else {}
     section.update(fields)
     section["name"] = name
     out = [f"method={_flow(section)}"]
@@ -80,8 +80,11 @@ def _flow(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
 
 
-def run_bench(spec: BenchSpec, progress: bool = True) -> list[dict]:
-    """Run every method of ``spec`` and write ``comparison.md``, ``comparison.csv`` and ``comparison.png``."""
+def run_bench(spec: BenchSpec, progress: bool = True, resume: bool = False) -> list[dict]:
+    """Run every method of ``spec`` and write ``comparison.md``, ``comparison.csv`` and ``comparison.png``.
+
+    ``resume``: keep the methods that finished, continue the one that was stopped from its last finished request,
+    and run the rest."""
     out = Path(spec.output_dir)
     all_results = {}
     for name, fields in spec.methods.items():
@@ -94,7 +97,9 @@ def run_bench(spec: BenchSpec, progress: bool = True) -> list[dict]:
         start = time.time()
         if progress:
             print(f"[bench] {name} ...", flush=True)
-        all_results[name] = run_forgetting(cfg, progress=progress, overwrite=True)
+        crash_point(f"bench_{name}")
+        started = (out / name / "results.json").is_file() or (out / name / "state" / "latest.json").is_file()
+        all_results[name] = run_forgetting(cfg, progress=progress, overwrite=True, resume=resume and started)
         if progress:
             print(f"[bench] {name} done in {time.time() - start:.0f} s", flush=True)
     return write_comparison(out, all_results, spec)

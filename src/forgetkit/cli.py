@@ -82,14 +82,14 @@ def cmd_bench(args) -> None:
     if args.report_only:
         report_only(spec)
     else:
-        run_bench(spec, progress=not args.quiet)
+        run_bench(spec, progress=not args.quiet, resume=args.resume)
     print((Path(spec.output_dir) / "comparison.md").read_text())
     print(f"comparison.md, comparison.csv and comparison.png in {spec.output_dir}/")
 
 
 def cmd_pretrain(args) -> None:
     from .api import load_config
-    from .pretrain import PretrainConfig, pretrain
+    from .pretraining import PretrainConfig, pretrain
 
     overrides = list(args.override) + [f"{k}={getattr(args, k)}" for k in ("arch", "epochs", "out")
                                        if getattr(args, k) is not None]
@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="bench spec YAML (default: every method on the demo protocol)")
     p.add_argument("--methods", help="comma-separated subset of methods")
     p.add_argument("--report-only", action="store_true", help="only rebuild the comparison from finished runs")
+    p.add_argument("--resume", action="store_true", help="keep finished methods, continue a stopped one from its "
+                                                         "last finished request, run the rest")
     run_flags(p)
     p.set_defaults(func=cmd_bench)
 

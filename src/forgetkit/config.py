@@ -45,6 +45,8 @@ def _coerce(value: Any, tp, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ForgetkitError(f"{where} must be a mapping of {tp.__name__} fields, got {value!r}")
+        if hasattr(tp, "parse"):  # a union of configs that picks its own class (the method section, by name)
+            return tp.parse(value, where.removeprefix("config."))
         return from_dict(tp, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

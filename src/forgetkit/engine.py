@@ -25,7 +25,8 @@ from .errors import ForgetkitError
 from .io import read_json, save_weights
 from .kinds import REQUEST_KINDS, RequestKind, forgotten_classes
 from .methods import MethodContext, build_method
-from .methods.base import METHODS, Method, NonFiniteLoss, resolved_method_config
+from .methods.base import (METHODS, Method, MethodConfig, NonFiniteLoss, default_method_config,
+                           resolved_method_config)
 from .metrics import PerClass, evaluate_classes
 from .models import fingerprint, load_model, save_model
 from .models.lora import apply_adapter
@@ -78,8 +79,9 @@ class RunConfig:
     data: DataConfig | None = field(default=None, metadata={
         "help": "the images; null = the data the model was trained on, as its manifest records"})
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "gs_lora"}, metadata={
-        "help": "name: a registered method, plus that method's fields"})
+    method: MethodConfig = field(default_factory=default_method_config, metadata={
+        "help": "name: a registered method (default gs_lora, the recommended configuration), plus that method's "
+                "fields (forgetkit config <method>)"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = field(default=0, metadata={"help": "seed of every random choice of the run"})
@@ -288,7 +290,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
             return read_json(out / "results.json")
         if not overwrite:
             raise ForgetkitError(f"{out} already holds results.json; choose another output_dir or pass --overwrite")
-    method_spec = resolved_method_config(cfg.method)  # validates the method section before any work
+    method_spec = resolved_method_config(cfg.method)
     check_budget(cfg.train)
     config = to_dict(cfg) | {"method": method_spec}
     model_dir = Path(cfg.model_dir) if cfg.model_dir else out / "model"
@@ -323,7 +325,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     model = model.to(device)
     ctx = MethodContext(device=device, seed=cfg.seed, num_classes=len(classes), steps=cfg.train.steps,
                         batch_size=cfg.train.batch_size)
-    method = build_method(method_spec, ctx)
+    method = build_method(cfg.method, ctx)
     method.check_model(model, kind.name)
     lr = cfg.train.lr if cfg.train.lr is not None else METHODS.get(method_spec["name"]).default_lr
     editor = Editor(method, kind, classes, protocol.eval_images, cfg.train, cfg.eval, cfg.seed, lr, device,

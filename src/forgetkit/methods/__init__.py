@@ -3,7 +3,7 @@
 ``forgetkit methods`` lists them. A method registers itself with ``@register_method("name")``.
 """
 
-from .base import METHODS, Method, MethodContext, register_method, build_method
+from .base import METHODS, Method, MethodConfig, MethodContext, register_method, build_method
 from . import gs_lora, gs_lora_pp, regularised, lwf, der, fdr, scrub, lirf, retrain  # noqa: F401  (each registers itself)
 
-__all__ = ["METHODS", "Method", "MethodContext", "register_method", "build_method"]
+__all__ = ["METHODS", "Method", "MethodConfig", "MethodContext", "register_method", "build_method"]

@@ -35,6 +35,25 @@ def register_method(name: str):
 
 
 @dataclass
+class MethodConfig:
+    """The method section of a run config: a union of the registered methods' configs, chosen by ``name`` and parsed
+    once into that method's own typed config (every method config derives from this class)."""
+
+    name: str = field(default=DEFAULT_METHOD, metadata={"help": "a registered method (forgetkit methods)"})
+
+    @classmethod
+    def parse(cls, value: dict, where: str = "method") -> "MethodConfig":
+        value = dict(value)
+        value["name"] = value.get("name") or DEFAULT_METHOD
+        config_cls = METHODS.get(value["name"]).config_cls
+        return from_dict(config_cls, value, f"{where}({value['name']})")
+
+
+def default_method_config() -> MethodConfig:
+    return MethodConfig.parse({})
+
+
+@dataclass
 class MethodContext:
     """What a method may know about the run."""
 
@@ -161,19 +180,14 @@ def model_capabilities(model: torch.nn.Module) -> set[str]:
     return found
 
 
-def build_method(spec: dict, ctx: MethodContext) -> Method:
-    """Build a method from ``{"name": ..., **config fields}``."""
-    spec = dict(spec or {})
-    name = spec.pop("name", None) or DEFAULT_METHOD
-    cls = METHODS.get(name)
-    return cls(from_dict(cls.config_cls, spec, f"method({name})"), ctx)
+def build_method(config: MethodConfig | dict, ctx: MethodContext) -> Method:
+    """Build a method from its typed config (or a ``{"name": ..., **fields}`` mapping)."""
+    config = config if isinstance(config, MethodConfig) else MethodConfig.parse(config or {})
+    return METHODS.get(config.name)(config, ctx)
 
 
-def resolved_method_config(spec: dict) -> dict:
-    """The method section with every default filled in (for the saved config)."""
+def resolved_method_config(spec: MethodConfig | dict) -> dict:
+    """The method section with every default filled in, as a plain mapping (for saved configs and the ledger)."""
     from ..config import to_dict
 
-    spec = dict(spec or {})
-    name = spec.pop("name", None) or DEFAULT_METHOD
-    cls = METHODS.get(name)
-    return {"name": name, **to_dict(from_dict(cls.config_cls, spec, f"method({name})"))}
+    return to_dict(spec if isinstance(spec, MethodConfig) else MethodConfig.parse(spec or {}))

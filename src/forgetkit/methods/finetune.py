@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ..runtime import rng
-from .base import Method
+from .base import Method, MethodConfig
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(MethodConfig):
     """Options shared by the full fine-tuning baselines."""
 
     train_head: bool = field(default=False, metadata={"help": "also train the classifier head (papers: frozen)"})

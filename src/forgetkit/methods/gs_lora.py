@@ -29,11 +29,11 @@ from ..errors import ForgetkitError
 from ..losses import bounded_forget_loss, class_mass_loss, group_lasso, group_norms, group_soft_threshold
 from ..models.checkpoint import fingerprint
 from ..models.lora import LoRASettings, add_lora, lora_groups, merge_lora, save_adapter
-from .base import Method, register_method
+from .base import Method, MethodConfig, register_method
 
 
 @dataclass
-class GSLoRAConfig:
+class GSLoRAConfig(MethodConfig):
     """GS-LoRA hyper-parameters. The defaults are forgetkit's recommended configuration, chosen on the validation
     splits of three datasets (docs/benchmarks.md); the papers' values are in the face and ImageNet100 presets."""
 

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from ..errors import ForgetkitError
 from ..models import ForgetModel
 from ..runtime import rng
-from .base import Method, register_method
+from .base import Method, MethodConfig, register_method
 
 
 @dataclass
-class RetrainConfig:
+class RetrainConfig(MethodConfig):
     """Retrain has no hyper-parameters of its own (paper: lr 3e-4)."""
 
 
