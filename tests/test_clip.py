@@ -8,9 +8,8 @@ import math
 import pytest
 import torch
 
-from forgetkit.clip import (ClipForgetConfig, ProjectionLoRA, TextForgetConfig, create_clip, empty_prompt_target,
-                            forget_text_classes, load_clip, read_names, run_clip_forgetting, save_clip,
-                            text_forget_loss)
+from forgetkit.clip import (ProjectionLoRA, TextForgetConfig, ZeroShotClassifier, create_clip, empty_prompt_target,
+                            forget_text_classes, load_clip, read_names, save_clip, text_forget_loss)
 from forgetkit.clip.pretrain import class_aware_clip_loss
 from forgetkit.clip.text_forget import fit_projection_lora
 from forgetkit.clip.zeroshot import projection
@@ -225,86 +224,106 @@ def test_mnist_5k_source():
     assert (counts > 50).all()
 
 
-@pytest.mark.slow
-def test_whole_run_writes_results(tiny_clip, tmp_path, names_file):
-    save_clip(tiny_clip, tmp_path / "ckpt")
+def clip_run(tmp_path, names_file, **sections):
+    """The CLIP demo's config on a tiny CLIP and synthetic data."""
+    from forgetkit.engine import RunConfig
+
     synthetic = {"source": "synthetic", "num_classes": 6, "test_per_class": 10}
-    cfg = from_dict(ClipForgetConfig, {
-        "model": str(tmp_path / "ckpt"), "data": synthetic, "other_data": [{**synthetic, "seed": 1}],
-        "requests": [["class_0"], ["class_1", "class_2"]], "names": str(names_file),
-        "method": {"steps": 60}, "output_dir": str(tmp_path / "run"),
-        "image_forgetting": {"method": {"name": "gs_lora", "lora": {"rank": 2}, "alpha_warmup_steps": 0},
-                             "train": {"steps": 8, "batch_size": 8},
-                             "protocol": {"forget_ratio": 0.2, "retain_ratio": 0.2}}})
-    visual_before = {k: v.clone() for k, v in tiny_clip.model.visual.state_dict().items()}
-    results = run_clip_forgetting(cfg, progress=False)
-    image = results["requests"][1]["image_gs_lora"]
-    assert image["trainable_params"] > 0 and image["forget_images"] == 2 * 12 and image["num_groups"] == 2
-    assert (tmp_path / "run" / "request_1" / "image_gs_lora" / "results.json").is_file()
-    assert all(torch.equal(v, tiny_clip.model.visual.state_dict()[k]) for k, v in visual_before.items())
-    saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert saved["requests"][1]["forget_classes"] == ["class_1", "class_2"]
-    for r in saved["requests"]:
+    cfg = {"model": str(tmp_path / "ckpt"), "data": synthetic,
+           "protocol": {"tasks": [["class_0"], ["class_0", "class_1", "class_2"]], "independent": True,
+                        "forget_ratio": 0.2, "retain_ratio": 0.2},
+           "method": {"name": "clip_text", "steps": 60, "names": str(names_file)},
+           "eval": {"other_data": [{**synthetic, "seed": 1}]}, "save_model": False,
+           "train": {"threads": 1}, "output_dir": str(tmp_path / "run")}
+    for key, value in sections.items():  # a section is updated, the method section replaced
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and key != "method" else value
+    return from_dict(RunConfig, cfg)
+
+
+def test_text_forgetting_runs_through_the_shared_runner(tiny_clip, tmp_path, names_file):
+    from forgetkit.engine import run_forgetting
+
+    save_clip(tiny_clip, tmp_path / "ckpt")
+    results = run_forgetting(clip_run(tmp_path, names_file), progress=False)
+    first, second = results["tasks"]
+    assert results["method"] == "clip_text" and second["forget_classes"] == ["class_0", "class_1", "class_2"]
+    # independent requests: each starts from the original CLIP, so both have the same "before"
+    assert first["before"]["acc_r"] is not None and first["per_class"]["before"] == second["per_class"]["before"]
+    for task in results["tasks"]:
         for when in ("before", "after"):
-            assert set(r[when]) >= {"acc_forget", "acc_retain", "acc_other"}
-    assert (tmp_path / "run" / "report.md").read_text().startswith("# Zero-shot CLIP")
-    assert (tmp_path / "run" / "request_1" / "text_projection.safetensors").is_file()
-    assert results["requests"][0]["retain_names"] == ["second item", "widget", "class_0x"]
-    with pytest.raises(ForgetkitError, match="already holds"):
-        run_clip_forgetting(cfg, progress=False)
-    bad = from_dict(ClipForgetConfig, {**{"model": str(tmp_path / "ckpt"), "data": synthetic, "other_data": [],
-                                          "names": str(names_file), "output_dir": str(tmp_path / "x")},
-                                       "requests": [["class_9"]]})
+            assert set(task[when]) >= {"acc_f", "acc_r", "acc_other", "acc_other_per_dataset"}
+        assert "pass" in task["verdict"]
+    assert first["retain_names"] == ["second item", "widget", "class_0x"]
+    assert first["trainable_params"] == 5 * (tiny_clip.model.text_projection.shape[0]
+                                             + tiny_clip.model.text_projection.shape[1])
+    assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "log.csv").is_file()
+    assert len(results["ledger"]) == 2 and results["ledger"][0]["method"] == "clip_text"
+
+
+def test_a_clip_checkpoint_is_edited_saved_and_replayed(tiny_clip, tmp_path, names_file, tiny_model_dir):
+    """Sequential requests on a CLIP: the edited CLIP is saved with its ledger, whose text-projection edits replay
+    to its weights."""
+    import forgetkit as fk
+    from forgetkit.engine import run_forgetting
+
+    save_clip(tiny_clip, tmp_path / "ckpt")
+    cfg = clip_run(tmp_path, names_file, protocol={"tasks": [["class_0"], ["class_3"]], "independent": False},
+                   save_model=True)
+    results = run_forgetting(cfg, progress=False)
+    assert results["tasks"][1]["old_classes"] == ["class_0"]
+    ledger, manifest = fk.read_ledger(tmp_path / "run" / "model")
+    assert [e["edit"]["type"] for e in ledger] == ["text_projection", "text_projection"]
+    assert fk.fingerprint(fk.replay_ledger(tmp_path / "run" / "model")) == manifest["fingerprint"]
+    with pytest.raises(ForgetkitError, match="no one edited model to save"):
+        run_forgetting(clip_run(tmp_path, names_file, save_model=True), progress=False, overwrite=True)
     with pytest.raises(ForgetkitError, match="unknown class 'class_9'"):
-        run_clip_forgetting(bad, progress=False)
+        run_forgetting(clip_run(tmp_path, names_file, protocol={"tasks": [["class_9"]]}), progress=False,
+                       overwrite=True)
+    with pytest.raises(ForgetkitError, match="clip_text needs a model with text_projection"):  # a ViT classifier
+        run_forgetting(clip_run(tmp_path, names_file, model=str(tiny_model_dir), eval={"other_data": []},
+                                protocol={"tasks": [["class_0"]]}), progress=False, overwrite=True)
 
 
-def test_gs_lora_edits_a_copy_of_the_image_tower(tiny_clip, tmp_path):
-    from forgetkit.clip.image_forget import ClipImageClassifier
-    from forgetkit.engine import RunConfig, run_forgetting
+def test_gs_lora_edits_the_image_tower_of_a_zero_shot_classifier(tiny_clip, tmp_path, names_file):
+    from forgetkit.engine import run_forgetting
     from forgetkit.models import fingerprint
 
-    classifier = ClipImageClassifier(tiny_clip, CLASSES)
-    start, clip_visual = fingerprint(classifier.visual), fingerprint(tiny_clip.model.visual)
-    cfg = from_dict(RunConfig, {
-        "data": {"source": "synthetic", "num_classes": 6}, "protocol": {"tasks": [["class_0"]], "forget_ratio": 0.2,
-                                                                        "retain_ratio": 0.2},
-        "method": {"name": "gs_lora", "lora": {"rank": 2}, "alpha": 0.0}, "train": {"steps": 8},
-        "save_model": True, "output_dir": str(tmp_path / "run")})
-    with pytest.raises(ForgetkitError, match="save_model: false"):
-        run_forgetting(cfg, progress=False, model=classifier)
-    cfg.save_model = False
-    results = run_forgetting(cfg, progress=False, model=classifier)
-    assert results["tasks"][0]["num_groups"] == 2          # one lasso group per image-tower block
-    assert fingerprint(classifier.visual) != start         # the merged update lives in the classifier's tower
-    assert fingerprint(tiny_clip.model.visual) == clip_visual
-    assert not any("lora_" in k for k in classifier.state_dict())
+    save_clip(tiny_clip, tmp_path / "ckpt")
+    cfg = clip_run(tmp_path, names_file, method={"name": "gs_lora", "lora": {"rank": 2}, "alpha": 0.0},
+                   train={"steps": 8, "batch_size": 8}, protocol={"tasks": [["class_0"]]})
+    results = run_forgetting(cfg, progress=False)
+    task = results["tasks"][0]
+    assert task["num_groups"] == 2 and task["forget_images"] == 12  # one lasso group per image-tower block
+    assert task["fingerprint_after"] != task["fingerprint_before"]
+    assert "acc_other" in task["after"]
+    classifier = ZeroShotClassifier(tiny_clip, CLASSES)
+    assert fingerprint(classifier) == task["fingerprint_before"]   # the loaded CLIP was edited, not this one
 
 
-def test_clip_forget_command(tiny_clip, tmp_path, names_file, capsys):
+def test_clip_demo_command_and_alias(tiny_clip, tmp_path, names_file, capsys):
     from forgetkit.cli import main
 
     save_clip(tiny_clip, tmp_path / "ckpt")
     synthetic = "{source: synthetic, num_classes: 6, test_per_class: 5}"
-    args = ["clip-forget", "-c", "clip_demo", "-q", "-o", f"model={tmp_path / 'ckpt'}", "-o", f"data={synthetic}",
-            "-o", "other_data=[]", "-o", f"names={names_file}", "-o", "requests=[[class_2]]", "-o", "method.steps=20",
-            "-o", "image_forgetting=null", "--out", str(tmp_path / "run")]
+    args = ["clip-forget", "-c", "clip_demo", "-q", "--allow-fail", "-o", f"model={tmp_path / 'ckpt'}", "-o",
+            f"data={synthetic}", "-o", "eval.other_data=[]", "-o", f"method.names={names_file}", "-o",
+            "protocol.tasks=[[class_2]]", "-o", "method.steps=20", "--out", str(tmp_path / "run")]
     assert main(args) == 0
-    assert "| class_2 |" in capsys.readouterr().out
+    assert "| clip_text |" in capsys.readouterr().out
     assert main(args) == 2 and "already holds results.json" in capsys.readouterr().err
     assert main(args[:-2] + ["-o", "method.stepz=3"]) == 2
     assert "did you mean 'steps'" in capsys.readouterr().err
-    assert main(["config", "--clip"]) == 0
+    assert main(["config", "clip_text"]) == 0
     assert "method.lambda_f" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
                     reason="needs Debian's dataset-fashion-mnist")
 def test_shipped_clip_is_a_working_zero_shot_classifier():
-    from forgetkit.clip.run import BUILTIN_CLIPS
+    from forgetkit.engine import BUILTIN_MODELS
     from forgetkit.clip.zeroshot import accuracy_over, class_weights, image_features
 
-    bundle = load_clip(BUILTIN_CLIPS["builtin:clip_fmnist"])
+    bundle = load_clip(BUILTIN_MODELS["builtin:clip_fmnist"])
     test = load_data(DataConfig(source="fashion_mnist")).test
     subset = test.subset(torch.arange(0, len(test), 20))          # 500 images, every class
     feats, labels = image_features(bundle, subset)

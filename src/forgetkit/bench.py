@@ -43,20 +43,33 @@ class BenchSpec:
     base: str = field(default="demo", metadata={"help": "run config giving data, protocol, train and seed"})
     output_dir: str = "runs/bench"
     overrides: list[str] = field(default_factory=list)
-    methods: dict[str, Any] = field(default_factory=lambda: {name: {} for name in METHODS.names()})
+    methods: dict[str, Any] | None = field(default=None, metadata={
+        "help": "method name -> its fields; null = every method that can edit the base config's model"})
 
 
 def load_bench_spec(path: str | None, methods: list[str] | None = None, output_dir: str | None = None,
                     overrides: list[str] | None = None) -> BenchSpec:
     spec = from_dict(BenchSpec, read_yaml(path) if path else {}, "bench")
+    spec.overrides = list(spec.overrides) + list(overrides or [])
+    if spec.methods is None:
+        spec.methods = {name: {} for name in methods_for(load_config(spec.base, spec.overrides).model)}
     if methods:
         spec.methods = {m: spec.methods.get(m, {}) for m in methods}
     if output_dir:
         spec.output_dir = output_dir
-    spec.overrides = list(spec.overrides) + list(overrides or [])
     for name in spec.methods:
         METHODS.get(name)  # unknown names fail before anything runs
     return spec
+
+
+def methods_for(model_name: str) -> list[str]:
+    """The registered methods whose required capabilities the model has."""
+    from .engine import load_checkpoint, resolve_model_path
+    from .methods.base import model_capabilities
+
+    model, _ = load_checkpoint(resolve_model_path(model_name))
+    found = model_capabilities(model)
+    return [name for name in METHODS.names() if METHODS.get(name).requires <= found]
 
 
 def method_overrides(base_method: MethodConfig, name: str, fields: dict | None) -> list[str]:

@@ -70,7 +70,7 @@ def cmd_forget(args) -> None:
 def cmd_demo(args) -> None:
     for name in ("model", "classes", "data", "root", "method"):
         setattr(args, name, None)
-    args.config, args.overwrite, args.allow_fail, args.resume = "demo", True, False, False
+    args.config, args.overwrite, args.allow_fail, args.resume = args.demo_config, True, False, False
     cmd_forget(args)
 
 
@@ -100,23 +100,6 @@ def cmd_pretrain(args) -> None:
     cfg = load_config(args.config, overrides, cls=PretrainConfig)
     _, info = pretrain(cfg, progress=not args.quiet)
     print(f"test accuracy {info['test_accuracy']:.2f} % after {info['seconds']:.0f} s; saved to {info['out']}/")
-
-
-def cmd_clip_forget(args) -> None:
-    from .api import load_config
-    from .clip import ClipForgetConfig, run_clip_forgetting
-
-    overrides = list(args.override) + ([f"output_dir={args.out}"] if args.out else [])
-    cfg = load_config(args.config, overrides, cls=ClipForgetConfig)
-    run_clip_forgetting(cfg, progress=not args.quiet, overwrite=args.overwrite)
-    print((Path(cfg.output_dir) / "report.md").read_text())
-    print(f"results.json, report.md and accuracy.png in {cfg.output_dir}/")
-
-
-def cmd_clip_demo(args) -> None:
-    args.config = "clip_demo"
-    args.overwrite = True
-    cmd_clip_forget(args)
 
 
 def cmd_clip_pretrain(args) -> None:
@@ -170,12 +153,7 @@ def cmd_config(args) -> None:
     from .engine import RunConfig
     from .methods import METHODS
 
-    if args.clip:
-        from .clip import ClipForgetConfig
-
-        rows = describe(ClipForgetConfig)
-    else:
-        rows = describe(RunConfig)
+    rows = describe(RunConfig)
     if args.method:
         rows += describe(METHODS.get(args.method).config_cls, "method.")
     for key, default, help_text in rows:
@@ -194,10 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="continual GS-LoRA forgetting on the embedded Fashion-MNIST model")
     run_flags(p)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, demo_config="demo")
 
-    p = sub.add_parser("forget", help="forget classes from a model: requests named on the command line, or a "
-                                      "protocol from a YAML config")
+    p = sub.add_parser("forget", aliases=["clip-forget"],
+                       help="forget classes from a model (a classifier or a CLIP): requests named on the command "
+                            "line, or a protocol from a YAML config")
     p.add_argument("-c", "--config", help="YAML file or packaged config name (demo, ...)")
     p.add_argument("--model", help="forgetkit checkpoint to edit (default: the config's, else builtin:fmnist_vit)")
     p.add_argument("--classes", action="append", metavar="A,B",
@@ -237,15 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="model preset (forgetkit models)")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("clip-demo", help="zero-shot CLIP class forgetting on the embedded Fashion-MNIST CLIP")
+    p = sub.add_parser("clip-demo", help="zero-shot CLIP class forgetting (text space, no images) on the embedded "
+                                         "Fashion-MNIST CLIP: forgetkit forget -c clip_demo")
     run_flags(p)
-    p.set_defaults(func=cmd_clip_demo)
-
-    p = sub.add_parser("clip-forget", help="forget classes from a CLIP by adapting its text projection (no images)")
-    p.add_argument("-c", "--config", required=True, help="YAML file or packaged config name (clip_demo, ...)")
-    p.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
-    run_flags(p)
-    p.set_defaults(func=cmd_clip_forget)
+    p.set_defaults(func=cmd_demo, demo_config="clip_demo")
 
     p = sub.add_parser("clip-pretrain", help="train the small CLIP of the embedded demo on captioned images")
     pretrain_flags(p, "ClipPretrainConfig")
@@ -268,7 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list model presets").set_defaults(func=cmd_models)
     p = sub.add_parser("config", help="list config keys, defaults and help")
     p.add_argument("method", nargs="?", help="also list this method's keys")
-    p.add_argument("--clip", action="store_true", help="the keys of a CLIP forgetting run (clip-forget) instead")
     p.set_defaults(func=cmd_config)
     return parser
 

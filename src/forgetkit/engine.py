@@ -25,16 +25,47 @@ from .errors import ForgetkitError
 from .io import read_json, save_weights
 from .kinds import REQUEST_KINDS, RequestKind, forgotten_classes
 from .methods import MethodContext, build_method
-from .methods.base import (METHODS, Method, MethodConfig, NonFiniteLoss, default_method_config,
+from .methods.base import (METHODS, Method, MethodConfig, NonFiniteLoss, default_method_config, model_capabilities,
                            resolved_method_config)
 from .metrics import PerClass, evaluate_classes
 from .models import fingerprint, load_model, save_model
-from .models.lora import apply_adapter
 from .protocol import Protocol, ProtocolConfig, Task, TaskData
 from .runstate import RunLog, RunState, crash_point
 from .runtime import balanced_batches, rng, seed_everything, seed_request, setup_device, step_scheduler
 
-BUILTIN_MODELS = {"builtin:fmnist_vit": Path(__file__).parent / "assets" / "fmnist_vit"}
+BUILTIN_MODELS = {"builtin:fmnist_vit": Path(__file__).parent / "assets" / "fmnist_vit",
+                  "builtin:clip_fmnist": Path(__file__).parent / "assets" / "clip_fmnist"}
+
+
+def _load_zero_shot_clip(directory: Path) -> tuple[torch.nn.Module, dict]:
+    from .clip import load_clip
+    from .clip.classifier import ZeroShotClassifier
+
+    model = ZeroShotClassifier(load_clip(directory), [])
+    # a CLIP classifies any class names: it takes the data's classes (classes: None)
+    return model, {**model.bundle.manifest, "classes": None, "fingerprint": fingerprint(model)}
+
+
+# manifest format -> loader returning (model, manifest)
+CHECKPOINT_LOADERS = {"forgetkit-model": load_model, "forgetkit-clip": _load_zero_shot_clip}
+
+
+def load_checkpoint(source: str | Path) -> tuple[torch.nn.Module, dict]:
+    """Any forgetkit checkpoint: a classifier (``forgetkit pretrain``), or a CLIP (``forgetkit clip-pretrain``),
+    which becomes a zero-shot classifier over the data's classes."""
+    source = Path(source)
+    manifest = source / "manifest.json"
+    fmt = read_json(manifest).get("format") if manifest.is_file() else None
+    if fmt not in CHECKPOINT_LOADERS:
+        raise ForgetkitError(f"{source} is not a forgetkit checkpoint (no manifest.json of a known format); create "
+                             f"one with `forgetkit pretrain` or `forgetkit import-weights`")
+    return CHECKPOINT_LOADERS[fmt](source)
+
+
+def save_checkpoint(model: torch.nn.Module, directory: Path, classes: list[str], **extra) -> Path:
+    """Save ``model`` as the kind of checkpoint it was loaded from (a model may define ``save_checkpoint``)."""
+    own = getattr(model, "save_checkpoint", None)
+    return own(directory, classes, **extra) if own else save_model(model, directory, classes, **extra)
 
 
 @dataclass
@@ -68,6 +99,9 @@ class EvalConfig:
         "help": "a request passes only if its forgotten classes' held-out accuracy is at most this (percent)"})
     max_retain_drop: float = field(default=5.0, metadata={
         "help": "... and its retained classes' accuracy is at most this many points below the model before it"})
+    other_data: list[DataConfig] = field(default_factory=list, metadata={
+        "help": "zero-shot models (CLIP): further datasets whose accuracy, over their own class names, is measured "
+                "before and after every request (collateral damage)"})
 
 
 @dataclass
@@ -136,73 +170,52 @@ class Editor:
     lr: float
     device: torch.device
     progress: bool = False
+    other_images: dict = field(default_factory=dict)
 
     def evaluate(self, model) -> PerClass:
         return evaluate_classes(model, self.eval_images, device=self.device, batch_size=self.eval.batch_size,
                                 margin=self.eval.margin_accuracy, progress=self.progress)
 
+    def evaluate_other(self, model) -> dict[str, float]:
+        """Accuracy on each of ``eval.other_data`` over its own classes (zero-shot models): collateral damage."""
+        return {name: 100.0 * (model.predict(images, images.classes) == images.targets).float().mean().item()
+                for name, images in self.other_images.items()}
+
     def run(self, model: torch.nn.Module, task: Task, data: TaskData, before: PerClass, pretrained: PerClass,
             log: RunLog | None = None, edit_dir: Path | None = None, last_good: Path | None = None):
-        """One request: train for the step budget, evaluate, judge. Returns (model, record, per-class after)."""
+        """One request: let the method fit it (by default, the step loop below), evaluate, judge.
+
+        Returns (model, record, loss rows, per-class accuracy after)."""
         start = time.time()
         seed_request(self.seed, task.index)
-        method, cfg = self.method, self.train
+        method = self.method
         fingerprint_before = fingerprint(model)
+        other_before = self.evaluate_other(model)
         original = copy.deepcopy(model) if edit_dir is not None else None
-        method.setup_task(model, task, data)
+        loss_rows: list[dict] = []
+        method.fit(model, task, data, lambda: self._train_steps(task, data, log, last_good, loss_rows))
         trainable = method.trainable_count()
-        optimizer = method.make_optimizer(self.lr, cfg.weight_decay)
-        scheduler = step_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr)
-        streams = {"forget": balanced_batches(data.forget, cfg.batch_size,
-                                              rng(self.seed, "forget_batches", task.index), self.device),
-                   "retain": balanced_batches(data.retain, cfg.batch_size,
-                                              rng(self.seed, "replay_batches", task.index), self.device)}
-        if streams["forget"] is None:
-            raise ForgetkitError(f"request {task.index + 1} has no forget images; check the protocol ratios/shots")
-        streams = {k: v or itertools.repeat(None) for k, v in streams.items()}
-        sums: dict[str, float] = {}
-        loss_rows = []
-        for step in tqdm(range(cfg.steps), desc=f"request {task.index + 1}", disable=not self.progress,
-                         leave=False):
-            scheduler.step_update(step)
-            crash_point(f"request_{task.index}_step_{step}")
-            try:
-                losses = method.step(next(streams["forget"]), next(streams["retain"]), step, optimizer)
-            except NonFiniteLoss as err:
-                if last_good is not None:
-                    save_model(method.finish_task().cpu(), last_good, self.classes, ledger=[], interrupted={
-                        "request": task.index, "reason": "non-finite loss", "step": step})
-                where = f"; the last good model (before this step) is saved in {last_good}" if last_good else ""
-                raise ForgetkitError(f"loss became {err.value} at request {task.index + 1}, step {step}{where}. "
-                                     f"Lower train.lr or the method's loss weights") from None
-            method.end_step(step)
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                count = (step % cfg.log_every) + 1
-                row = {"task": task.index, "step": step + 1, **{k: v / count for k, v in sums.items()}}
-                loss_rows.append(row)
-                if log is not None:
-                    log.log(task.index, step + 1, {k: v for k, v in row.items() if k not in ("task", "step")},
-                            task.index * cfg.steps + step + 1)
-                sums = {}
         stats = method.task_stats()
         staging = edit_dir.with_name(f".{edit_dir.name}.tmp") if edit_dir is not None else None
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-        saved_adapter = method.save_task(staging) if staging is not None else False
+        saved_edit = method.save_task(staging) if staging is not None else False
         model = method.finish_task()
         model.eval()
         edit = None
         if staging is not None:  # written aside, then renamed into place: never half an edit
-            edit = _record_edit(original, model, staging, saved_adapter)
+            edit = _record_edit(method, original, model, staging, saved_edit)
             shutil.rmtree(edit_dir, ignore_errors=True)
             os.replace(staging, edit_dir)
             edit["path"] = f"edits/{edit_dir.name}"
         seconds = time.time() - start
         after = self.evaluate(model)
         metrics = self.kind.measure(task, before, after, pretrained)
+        if self.other_images:
+            for side, values in (("before", other_before), ("after", self.evaluate_other(model))):
+                metrics[side]["acc_other"] = sum(values.values()) / len(values)
+                metrics[side]["acc_other_per_dataset"] = values
         names = self.classes
         record = {
             "index": task.index,
@@ -219,7 +232,7 @@ class Editor:
             "total_params": sum(p.numel() for p in model.parameters()),
             "forget_images": len(data.forget),
             "retain_images": len(data.retain),
-            "steps": cfg.steps,
+            "steps": self.train.steps,
             "fingerprint_before": fingerprint_before,
             "fingerprint_after": fingerprint(model),
             "edit": edit,
@@ -227,17 +240,58 @@ class Editor:
         }
         if log is not None:
             a = metrics["after"]
-            log.log(task.index, cfg.steps, {"acc_f": a["acc_f"], "acc_r": a["acc_r"], "acc_o": a["acc_o"],
+            log.log(task.index, self.train.steps, {"acc_f": a["acc_f"], "acc_r": a["acc_r"], "acc_o": a["acc_o"],
                                             "h_mean": metrics["h_mean"], "h_cumulative": metrics["h_cumulative"]},
-                    (task.index + 1) * cfg.steps)
+                    (task.index + 1) * self.train.steps)
         return model, record, loss_rows, after
 
+    def _train_steps(self, task: Task, data: TaskData, log: RunLog | None, last_good: Path | None,
+                     loss_rows: list[dict]) -> None:
+        """The runner's step loop: ``train.steps`` optimisation steps on class-balanced forget and replay batches,
+        the learning rate on the shared schedule, losses logged as they go."""
+        method, cfg = self.method, self.train
+        optimizer = method.make_optimizer(self.lr, cfg.weight_decay)
+        scheduler = step_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr)
+        streams = {"forget": balanced_batches(data.forget, cfg.batch_size,
+                                              rng(self.seed, "forget_batches", task.index), self.device),
+                   "retain": balanced_batches(data.retain, cfg.batch_size,
+                                              rng(self.seed, "replay_batches", task.index), self.device)}
+        if streams["forget"] is None:
+            raise ForgetkitError(f"request {task.index + 1} has no forget images; check the protocol ratios/shots")
+        streams = {k: v or itertools.repeat(None) for k, v in streams.items()}
+        sums: dict[str, float] = {}
+        for step in tqdm(range(cfg.steps), desc=f"request {task.index + 1}", disable=not self.progress,
+                         leave=False):
+            scheduler.step_update(step)
+            crash_point(f"request_{task.index}_step_{step}")
+            try:
+                losses = method.step(next(streams["forget"]), next(streams["retain"]), step, optimizer)
+            except NonFiniteLoss as err:
+                if last_good is not None:
+                    save_checkpoint(method.finish_task().cpu(), last_good, self.classes, ledger=[], interrupted={
+                        "request": task.index, "reason": "non-finite loss", "step": step})
+                where = f"; the last good model (before this step) is saved in {last_good}" if last_good else ""
+                raise ForgetkitError(f"loss became {err.value} at request {task.index + 1}, step {step}{where}. "
+                                     f"Lower train.lr or the method's loss weights") from None
+            method.end_step(step)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                count = (step % cfg.log_every) + 1
+                row = {"task": task.index, "step": step + 1, **{k: v / count for k, v in sums.items()}}
+                loss_rows.append(row)
+                if log is not None:
+                    log.log(task.index, step + 1, {k: v for k, v in row.items() if k not in ("task", "step")},
+                            task.index * cfg.steps + step + 1)
+                sums = {}
 
-def _record_edit(original, model, edit_dir: Path, saved_adapter: bool) -> dict:
-    """The request's edit as the ledger keeps it: its LoRA adapter when applying it to the model before the request
-    gives the model after it bit for bit (checked here), else the weights after the request."""
-    if saved_adapter and fingerprint(apply_adapter(original, edit_dir)) == fingerprint(model):
-        return {"type": "lora"}
+
+def _record_edit(method: Method, original, model, edit_dir: Path, saved_edit: bool) -> dict:
+    """The request's edit as the ledger keeps it: the method's own (a LoRA adapter, a text projection) when applying
+    it to the model before the request gives the model after it bit for bit (checked here), else the weights after
+    the request."""
+    if saved_edit and fingerprint(method.apply_edit(original, edit_dir)) == fingerprint(model):
+        return {"type": method.edit_type}
     save_weights(edit_dir / "model.safetensors", model.state_dict())
     return {"type": "weights"}
 
@@ -299,7 +353,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
 
     if model is None:
         source = resolve_model_path(cfg.model)
-        model, manifest = load_model(source)
+        model, manifest = load_checkpoint(source)
         data_cfg = cfg.data or model_data_config(manifest, cfg.model)
         splits = load_data(data_cfg)
     else:
@@ -311,7 +365,9 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         data_cfg = cfg.data
         splits = load_data(data_cfg)
         source, manifest = None, {"classes": list(splits.classes), "fingerprint": fingerprint(model), "ledger": []}
-    if list(manifest["classes"]) != list(splits.classes):
+    if manifest["classes"] is None:  # a zero-shot model classifies the data's classes by name
+        model.use_classes(list(splits.classes), dataset=splits.name)
+    elif list(manifest["classes"]) != list(splits.classes):
         raise ForgetkitError(f"the model was trained on classes {manifest['classes'][:5]}..., the data has "
                              f"{splits.classes[:5]}...; use the dataset the model was trained on")
     classes = list(splits.classes)
@@ -328,14 +384,26 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     method = build_method(cfg.method, ctx)
     method.check_model(model, kind.name)
     lr = cfg.train.lr if cfg.train.lr is not None else METHODS.get(method_spec["name"]).default_lr
+    if cfg.eval.other_data and "zero_shot" not in model_capabilities(model):
+        raise ForgetkitError("eval.other_data needs a zero-shot model (a CLIP) that can classify other datasets' "
+                             "classes; remove it for this model")
+    other_images = {}
+    for other_cfg in cfg.eval.other_data:
+        other = load_data(other_cfg)
+        other_images[other.name] = other.test.with_preprocess(model.spec.preprocess)
+    if cfg.protocol.independent and cfg.save_model:
+        raise ForgetkitError("protocol.independent requests are alternatives, each from the start model: there is no "
+                             "one edited model to save; set save_model: false")
     editor = Editor(method, kind, classes, protocol.eval_images, cfg.train, cfg.eval, cfg.seed, lr, device,
-                    progress)
+                    progress, other_images)
+    start_model = copy.deepcopy(model) if cfg.protocol.independent else None
 
     check_writable(out)  # every input checked: now the run may create its folder
     state = RunState(out)
     if resume:
         saved, weights, method_state = state.load(config)
-        model.load_state_dict(weights)
+        if start_model is None:  # independent requests start from the loaded model, not from the last one
+            model.load_state_dict(weights)
         method.load_state_dict(method_state)
         records, loss_log, ledger = saved["tasks"], saved["loss_log"], saved["ledger"]
         pretrained, current = (_per_class_from_json(saved[k]) for k in ("pretrained_counts", "current_counts"))
@@ -349,6 +417,8 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         log = RunLog(out)
     try:
         for task in protocol.tasks[len(records):]:
+            if start_model is not None:
+                model, current = copy.deepcopy(start_model), pretrained
             model, record, rows, current = editor.run(
                 model, task, protocol.task_data(task), current, pretrained, log,
                 edit_dir=model_dir / "edits" / f"request_{task.index:03d}" if cfg.save_model else None,
@@ -380,7 +450,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     }
     if cfg.save_model:
         base = manifest.get("base") or {"path": cfg.model, "fingerprint": manifest["fingerprint"]}
-        save_model(model.cpu(), model_dir, classes, ledger=ledger, base=base, data=to_dict(data_cfg))
+        save_checkpoint(model.cpu(), model_dir, classes, ledger=ledger, base=base, data=to_dict(data_cfg))
     write_outputs(out, results, config)  # results.json last: the marker of a finished run
     shutil.rmtree(state.root, ignore_errors=True)  # the finished run needs no state (it can be a model's size)
     return results

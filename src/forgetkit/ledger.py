@@ -15,14 +15,16 @@ import torch
 
 from .errors import ForgetkitError
 from .io import load_weights
-from .models import fingerprint, load_model
+from .models import fingerprint
 from .models.checkpoint import load_state_strict
-from .models.lora import apply_adapter
+from .methods import METHODS
 
 
 def read_ledger(model_dir: str | Path) -> tuple[list[dict], dict]:
     """The ledger and manifest of a forgetkit checkpoint."""
-    _, manifest = load_model(model_dir)
+    from .engine import load_checkpoint
+
+    _, manifest = load_checkpoint(model_dir)
     return list(manifest.get("ledger", [])), manifest
 
 
@@ -32,15 +34,15 @@ def replay_ledger(model_dir: str | Path, base: torch.nn.Module | None = None) ->
     ``base`` defaults to the checkpoint named in the manifest. Raises :class:`ForgetkitError` at the first entry whose
     fingerprint before or after does not match, naming the entry.
     """
+    from .engine import load_checkpoint, resolve_model_path
+
     model_dir = Path(model_dir)
-    final, manifest = load_model(model_dir)
+    final, manifest = load_checkpoint(model_dir)
     ledger = manifest.get("ledger", [])
     if base is None:
         if not manifest.get("base"):
             raise ForgetkitError(f"{model_dir} names no base checkpoint; pass the base model to replay its ledger")
-        from .engine import resolve_model_path
-
-        base, _ = load_model(resolve_model_path(manifest["base"]["path"]))
+        base, _ = load_checkpoint(resolve_model_path(manifest["base"]["path"]))
     model = base
     for entry in ledger:
         n = entry["index"] + 1
@@ -51,10 +53,10 @@ def replay_ledger(model_dir: str | Path, base: torch.nn.Module | None = None) ->
         if not edit:
             raise ForgetkitError(f"request {n} of {model_dir}'s ledger kept no edit (save_model was off)")
         path = model_dir / edit["path"]
-        if edit["type"] == "lora":
-            model = apply_adapter(model, path)
-        else:
+        if edit["type"] == "weights":
             load_state_strict(model, load_weights(path / "model.safetensors"), str(path))
+        else:  # the method's own edit (a LoRA adapter, a text projection), applied as the method applies it
+            model = METHODS.get(entry["method"]).apply_edit(model, path)
         if fingerprint(model) != entry["fingerprint_after"]:
             raise ForgetkitError(f"replaying request {n} of {model_dir}'s ledger did not give the weights it "
                                  f"recorded; the edit in {path} was changed or belongs to another model")

@@ -49,6 +49,9 @@ def evaluate_classes(model, dataset, device="cpu", batch_size: int = 256, margin
                      progress: bool = False) -> PerClass:
     """Run ``model`` over ``dataset`` once and count correct predictions per class."""
     num_classes = len(dataset.classes)
+    if callable(getattr(model, "predict", None)) and not margin:  # a model that caches what it can (CLIP's features)
+        pred, y = model.predict(dataset), dataset.targets
+        return PerClass(torch.bincount(y[pred == y], minlength=num_classes), torch.bincount(y, minlength=num_classes))
     correct = torch.zeros(num_classes, dtype=torch.long)
     total = torch.zeros(num_classes, dtype=torch.long)
     was_training = model.training

@@ -52,6 +52,10 @@ class ProtocolConfig:
         "help": "M: the first M classes of the order are retained but have no replay data at all (missing classes)"})
     missing_classes: list[str] | None = field(default=None, metadata={
         "help": "with tasks: retained classes, by name, that have no replay data"})
+    independent: bool = field(default=False, metadata={
+        "help": "every request starts from the model the run started with, instead of from the previous request's "
+                "result: requests are alternatives to compare (the CLIP paper's single- and multi-class "
+                "evaluations), not a sequence, so no edited model is saved"})
     val_per_class: int = field(default=0, metadata={
         "help": "training images per class held out as a validation split (never trained on)"})
     eval_split: str = field(default="test", metadata={"help": "test, or val (the held-out training images; for "
@@ -111,6 +115,8 @@ def make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int] | N
         raise ForgetkitError(f"the model has already forgotten {', '.join(repr(classes[c]) for c in forgotten)}; "
                              f"name the classes of further requests (--classes or protocol.tasks) instead of a "
                              f"numbered protocol")
+    if cfg.independent and cfg.tasks is None:
+        raise ForgetkitError("protocol.independent compares named requests; list them in protocol.tasks")
     tasks = _make_tasks(cfg, classes, forgotten)
     for task in tasks:
         task.index += first_index
@@ -124,6 +130,9 @@ def _make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int]) -
             raise ForgetkitError("protocol.tasks is empty; give at least one list of classes to forget")
         forget_sets = [_resolve_names(list(names), classes, f"protocol.tasks[{i}]") for i, names in
                        enumerate(cfg.tasks)]
+        if cfg.independent:  # alternatives, each from the start model: any class may appear in several
+            return [Task(t, fs, [c for c in range(num_classes) if c not in fs and c not in forgotten],
+                         list(forgotten)) for t, fs in enumerate(forget_sets)]
         seen: set[int] = set()
         for i, fs in enumerate(forget_sets):
             again = seen & set(fs)

@@ -118,7 +118,7 @@ def save_clip(bundle: ClipBundle, directory: str | Path, weights_dtype: str = "f
     dtype = WEIGHT_DTYPES[weights_dtype]
     save_weights(directory / "model.safetensors", {k: v.to(dtype) if v.is_floating_point() else v
                                                    for k, v in bundle.model.state_dict().items()})
-    manifest = {**bundle.manifest, **extra, "weights_dtype": weights_dtype, "fingerprint": fingerprint(bundle.model)}
+    manifest = {**bundle.manifest, "weights_dtype": weights_dtype, "fingerprint": fingerprint(bundle.model), **extra}
     write_json(directory / "manifest.json", manifest)
     return directory
 

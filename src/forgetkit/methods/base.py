@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -82,6 +82,8 @@ class Method:
     """request kinds (forgetkit.kinds) this method can carry out"""
     requires: ClassVar[frozenset[str]] = frozenset()
     """model capabilities it needs (see :func:`model_capabilities`), checked before any work"""
+    edit_type: ClassVar[str] = "lora"
+    """what :meth:`save_task` saves and :meth:`apply_edit` applies (the ledger's edit type)"""
 
     def __init__(self, cfg, ctx: MethodContext):
         self.cfg, self.ctx = cfg, ctx
@@ -105,6 +107,13 @@ class Method:
         if state:
             raise ForgetkitError(f"method {self.name} keeps no state across requests, but the saved state has "
                                  f"{len(state)} tensors; resume with the method that made the run")
+
+    def fit(self, model: torch.nn.Module, task: Task, data: TaskData, train_steps: Callable[[], None]) -> None:
+        """Carry out one request up to :meth:`finish_task`. The default sets the task up and runs the runner's step
+        loop (``train_steps``: optimiser, schedule, balanced batches, logging, calling :meth:`step`); a method that
+        fits without a minibatch loop (CLIP's text projection) overrides this hook, not the runner."""
+        self.setup_task(model, task, data)
+        train_steps()
 
     def setup_task(self, model: torch.nn.Module, task: Task, data: TaskData) -> torch.nn.Module:
         raise NotImplementedError
@@ -163,11 +172,21 @@ class Method:
     def finish_task(self) -> torch.nn.Module:
         raise NotImplementedError
 
+    @staticmethod
+    def apply_edit(model: torch.nn.Module, directory: Path) -> torch.nn.Module:
+        """Apply an edit :meth:`save_task` saved to the model it was made from (ledger replay): a LoRA adapter."""
+        from ..models.lora import apply_adapter
+
+        return apply_adapter(model, directory)
+
 
 # What a model can offer a method, and how the runner recognises it.
 CAPABILITIES = {
     "lora_targets": "layers LoRA can adapt: model.spec.lora_targets",
     "split_backbone": "a backbone split into lower and upper halves: model.lower / model.upper_embed",
+    "rebuildable": "an architecture rebuilt from its spec (forgetkit ViTs): model.spec.arch",
+    "zero_shot": "classification over any class names (a CLIP): model.predict(images, classes)",
+    "text_projection": "a text projection to adapt (a CLIP): model.set_text_projection",
 }
 
 
@@ -177,6 +196,12 @@ def model_capabilities(model: torch.nn.Module) -> set[str]:
         found.add("lora_targets")
     if callable(getattr(model, "lower", None)) and callable(getattr(model, "upper_embed", None)):
         found.add("split_backbone")
+    if getattr(getattr(model, "spec", None), "arch", None):
+        found.add("rebuildable")
+    if callable(getattr(model, "predict", None)) and callable(getattr(model, "use_classes", None)):
+        found.add("zero_shot")
+    if callable(getattr(model, "set_text_projection", None)):
+        found.add("text_projection")
     return found
 
 

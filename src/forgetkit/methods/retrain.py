@@ -29,6 +29,7 @@ class Retrain(Method):
 
     config_cls = RetrainConfig
     default_lr = 3e-4
+    requires = frozenset({"rebuildable"})
 
     def setup_task(self, model, task, data):
         if len(data.retain) == 0:
