@@ -284,6 +284,18 @@ def test_a_clip_checkpoint_is_edited_saved_and_replayed(tiny_clip, tmp_path, nam
                                 protocol={"tasks": [["class_0"]]}), progress=False, overwrite=True)
 
 
+def test_a_local_clip_weights_file_runs_through_the_runner(tiny_clip, tmp_path, names_file):
+    from forgetkit.engine import run_forgetting
+
+    torch.save(tiny_clip.model.state_dict(), tmp_path / "clip.pth")
+    cfg = clip_run(tmp_path, names_file, model=str(tmp_path / "clip.pth"), model_arch="clip_test",
+                   protocol={"tasks": [["class_1"]]})
+    assert run_forgetting(cfg, progress=False)["tasks"][0]["forget_classes"] == ["class_1"]
+    cfg.save_model, cfg.protocol.independent = True, False
+    with pytest.raises(ForgetkitError, match="weights file.*save_model: false"):
+        run_forgetting(cfg, progress=False, overwrite=True)
+
+
 def test_gs_lora_edits_the_image_tower_of_a_zero_shot_classifier(tiny_clip, tmp_path, names_file):
     from forgetkit.engine import run_forgetting
     from forgetkit.models import fingerprint

@@ -131,6 +131,10 @@ def test_ledger_replays_to_the_final_weights_and_chains_across_checkpoints(tiny_
     assert manifest["base"]["fingerprint"] == fk.load_model(tiny_model_dir)[1]["fingerprint"]
     replayed = fk.replay_ledger(tmp_path / "m3")
     assert fk.fingerprint(replayed) == manifest["fingerprint"]
+    capsys.readouterr()
+    assert main(["ledger", str(tmp_path / "m3"), "--verify"]) == 0
+    shown = capsys.readouterr().out
+    assert "| 3 | forget | class_3 | l2 |" in shown and "verified: the 3 edits replay" in shown
     results = json.loads((tmp_path / "m3" / "results.json").read_text())
     assert results["tasks"][0]["old_classes"] == ["class_0", "class_1", "class_2"]  # from the ledger
     assert "class_0" not in results["tasks"][0]["retain_classes"]  # never replayed once forgotten
@@ -142,6 +146,8 @@ def test_ledger_replays_to_the_final_weights_and_chains_across_checkpoints(tiny_
     save_weights(edit, state)
     with pytest.raises(fk.ForgetkitError, match="request 3"):
         fk.replay_ledger(tmp_path / "m3")
+    assert main(["ledger", str(tmp_path / "m3"), "--verify"]) == 2
+    assert "replaying request 3" in capsys.readouterr().err
     # forgetting a class again is refused, naming the request that forgot it
     capsys.readouterr()
     assert main(["forget", "--classes", "class_2", "--out", str(tmp_path / "m4"), *common]) == 2

@@ -133,6 +133,20 @@ def cmd_import_weights(args) -> None:
     print(f"saved {args.arch} with {len(classes)} classes to {args.out}/")
 
 
+def cmd_ledger(args) -> None:
+    from .ledger import read_ledger, replay_ledger
+    from .models import fingerprint
+    from .report import ledger_table
+
+    ledger, manifest = read_ledger(args.model)
+    print(ledger_table(ledger, manifest))
+    if args.verify:
+        model = replay_ledger(args.model)
+        base = manifest.get("base", {}).get("fingerprint", "")
+        print(f"\nverified: the {len(ledger)} edits replay from the base {base[:12]} to these weights "
+              f"{fingerprint(model)[:12]}, every fingerprint on the way as recorded")
+
+
 def cmd_methods(args) -> None:
     from .methods import METHODS
 
@@ -237,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
                                               "ImageNet100: imagenet_folder_names.txt)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_import_weights)
+
+    p = sub.add_parser("ledger", help="show a checkpoint's ledger of edits; --verify replays it from the base")
+    p.add_argument("model", help="forgetkit checkpoint folder")
+    p.add_argument("--verify", action="store_true", help="rebuild the weights from the base checkpoint and the "
+                                                         "saved edits, checking every fingerprint")
+    p.set_defaults(func=cmd_ledger)
 
     sub.add_parser("methods", help="list forgetting methods").set_defaults(func=cmd_methods)
     sub.add_parser("models", help="list model presets").set_defaults(func=cmd_models)

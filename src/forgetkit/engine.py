@@ -37,11 +37,11 @@ BUILTIN_MODELS = {"builtin:fmnist_vit": Path(__file__).parent / "assets" / "fmni
                   "builtin:clip_fmnist": Path(__file__).parent / "assets" / "clip_fmnist"}
 
 
-def _load_zero_shot_clip(directory: Path) -> tuple[torch.nn.Module, dict]:
+def _load_zero_shot_clip(source: Path, arch: str | None = None) -> tuple[torch.nn.Module, dict]:
     from .clip import load_clip
     from .clip.classifier import ZeroShotClassifier
 
-    model = ZeroShotClassifier(load_clip(directory), [])
+    model = ZeroShotClassifier(load_clip(source, arch), [])
     # a CLIP classifies any class names: it takes the data's classes (classes: None)
     return model, {**model.bundle.manifest, "classes": None, "fingerprint": fingerprint(model)}
 
@@ -50,10 +50,13 @@ def _load_zero_shot_clip(directory: Path) -> tuple[torch.nn.Module, dict]:
 CHECKPOINT_LOADERS = {"forgetkit-model": load_model, "forgetkit-clip": _load_zero_shot_clip}
 
 
-def load_checkpoint(source: str | Path) -> tuple[torch.nn.Module, dict]:
+def load_checkpoint(source: str | Path, arch: str | None = None) -> tuple[torch.nn.Module, dict]:
     """Any forgetkit checkpoint: a classifier (``forgetkit pretrain``), or a CLIP (``forgetkit clip-pretrain``),
-    which becomes a zero-shot classifier over the data's classes."""
+    which becomes a zero-shot classifier over the data's classes. A file (not a folder) is a local open_clip or
+    OpenAI-format CLIP state dict; ``arch`` names its open_clip architecture (None: OpenAI format)."""
     source = Path(source)
+    if source.is_file():
+        return _load_zero_shot_clip(source, arch)
     manifest = source / "manifest.json"
     fmt = read_json(manifest).get("format") if manifest.is_file() else None
     if fmt not in CHECKPOINT_LOADERS:
@@ -109,7 +112,11 @@ class RunConfig:
     """A whole forgetting run; saved as ``config.yaml`` next to its results."""
 
     model: str = field(default="builtin:fmnist_vit", metadata={
-        "help": "forgetkit checkpoint folder, or builtin:fmnist_vit (the shipped Fashion-MNIST ViT)"})
+        "help": "forgetkit checkpoint folder; builtin:fmnist_vit (the shipped Fashion-MNIST ViT) or "
+                "builtin:clip_fmnist (the shipped CLIP); or a local open_clip / OpenAI CLIP state-dict file"})
+    model_arch: str | None = field(default=None, metadata={
+        "help": "open_clip architecture of a CLIP state-dict file given as model (e.g. ViT-B-16); null = "
+                "OpenAI format, read from the tensor shapes"})
     data: DataConfig | None = field(default=None, metadata={
         "help": "the images; null = the data the model was trained on, as its manifest records"})
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
@@ -353,7 +360,10 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
 
     if model is None:
         source = resolve_model_path(cfg.model)
-        model, manifest = load_checkpoint(source)
+        model, manifest = load_checkpoint(source, cfg.model_arch)
+        if cfg.save_model and manifest.get("format") == "external":
+            raise ForgetkitError(f"{cfg.model} is a weights file, not a forgetkit checkpoint, so no edited "
+                                 f"checkpoint can be written from it; set save_model: false")
         data_cfg = cfg.data or model_data_config(manifest, cfg.model)
         splits = load_data(data_cfg)
     else:

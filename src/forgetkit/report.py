@@ -81,6 +81,23 @@ def markdown_report(results: dict) -> str:
     return "\n".join(out)
 
 
+def ledger_table(ledger: list[dict], manifest: dict) -> str:
+    """A checkpoint's ledger as a markdown table, oldest request first."""
+    base = manifest.get("base") or {}
+    base_print = (base.get("fingerprint") or manifest.get("fingerprint", ""))[:12]
+    lines = [f"base: {base.get('path', '(this checkpoint)')} ({base_print})",
+             "", "| # | kind | classes | method | verdict | Acc_f | Acc_r | weights before → after | edit | time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in ledger:
+        after = e.get("metrics", {}).get("after", {})
+        verdict = "PASS" if e["verdict"]["pass"] else "FAIL: " + "; ".join(e["verdict"]["failed"])
+        edit = e["edit"]["type"] if e.get("edit") else "–"
+        lines.append(f"| {e['index'] + 1} | {e['kind']} | {', '.join(e['classes'])} | {e['method']} | {verdict} | "
+                     f"{fmt(after.get('acc_f'))} | {fmt(after.get('acc_r'))} | {e['fingerprint_before'][:12]} → "
+                     f"{e['fingerprint_after'][:12]} | {edit} | {e.get('time', '')} |")
+    return "\n".join(lines)
+
+
 def per_class_table(results: dict) -> list[str]:
     """Accuracy of every class after every request (f: forgotten by then), so a user sees which classes paid."""
     tasks = results["tasks"]
