@@ -138,6 +138,10 @@ def test_ledger_replays_to_the_final_weights_and_chains_across_checkpoints(tiny_
     results = json.loads((tmp_path / "m3" / "results.json").read_text())
     assert results["tasks"][0]["old_classes"] == ["class_0", "class_1", "class_2"]  # from the ledger
     assert "class_0" not in results["tasks"][0]["retain_classes"]  # never replayed once forgotten
+    # cumulative H keeps the base model as its reference: class_0's drop counts in full two commands later
+    first = json.loads((tmp_path / "m2" / "results.json").read_text())
+    assert results["pretrained"]["per_class"] == first["pretrained"]["per_class"]
+    assert results["tasks"][0]["pretrained"]["acc_f_all"] > 50
     # a tampered edit is caught by the replay
     edit = tmp_path / "m3" / ledger[2]["edit"]["path"] / "model.safetensors"
     state = load_weights(edit)

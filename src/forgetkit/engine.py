@@ -1,7 +1,8 @@
-"""The forgetting loop: for each task, draw its data, let the method train for a step budget, merge, evaluate.
+"""The runner: every request on every model goes through :class:`Editor` (fit, evaluate, judge, keep the edit), and
+:func:`run_forgetting` runs a sequence of them, saving the run's state after each (docs/ledger.md).
 
-Data flows one way: data -> protocol -> model -> method -> engine -> metrics -> report. The engine knows nothing
-about any particular method.
+Data flows one way: data -> protocol -> model -> method -> runner -> metrics -> report. The runner knows no method
+and no request kind by name: methods declare what they support and require, kinds what they measure and judge.
 """
 
 from __future__ import annotations
@@ -141,9 +142,6 @@ def resolve_model_path(name: str) -> Path:
     return Path(name)
 
 
-
-
-
 def model_data_config(manifest: dict, name: str) -> DataConfig:
     """The data a checkpoint was trained on, as its manifest records it (``forgetkit pretrain`` and every edited
     model write it)."""
@@ -247,9 +245,9 @@ class Editor:
         }
         if log is not None:
             a = metrics["after"]
-            log.log(task.index, self.train.steps, {"acc_f": a["acc_f"], "acc_r": a["acc_r"], "acc_o": a["acc_o"],
-                                            "h_mean": metrics["h_mean"], "h_cumulative": metrics["h_cumulative"]},
-                    (task.index + 1) * self.train.steps)
+            log.log(task.index, self.train.steps,
+                    {"acc_f": a["acc_f"], "acc_r": a["acc_r"], "acc_o": a["acc_o"], "h_mean": metrics["h_mean"],
+                     "h_cumulative": metrics["h_cumulative"]}, (task.index + 1) * self.train.steps)
         return model, record, loss_rows, after
 
     def _train_steps(self, task: Task, data: TaskData, log: RunLog | None, last_good: Path | None,
@@ -423,7 +421,8 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         if cfg.save_model and source is not None and model_dir.resolve() != source.resolve():
             _copy_edits(source, model_dir, prior_ledger)
         records, loss_log, ledger = [], [], list(prior_ledger)
-        pretrained = current = editor.evaluate(model)
+        current = editor.evaluate(model)
+        pretrained = _base_accuracy(manifest, current, cfg.protocol.eval_split)
         log = RunLog(out)
     try:
         for task in protocol.tasks[len(records):]:
@@ -459,11 +458,24 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         "ledger": ledger,
     }
     if cfg.save_model:
-        base = manifest.get("base") or {"path": cfg.model, "fingerprint": manifest["fingerprint"]}
+        base = manifest.get("base") or {"path": cfg.model, "fingerprint": manifest["fingerprint"],
+                                        "accuracy": {"eval_split": cfg.protocol.eval_split,
+                                                     **_per_class_to_json(pretrained)}}
         save_checkpoint(model.cpu(), model_dir, classes, ledger=ledger, base=base, data=to_dict(data_cfg))
     write_outputs(out, results, config)  # results.json last: the marker of a finished run
     shutil.rmtree(state.root, ignore_errors=True)  # the finished run needs no state (it can be a model's size)
     return results
+
+
+def _base_accuracy(manifest: dict, start: PerClass, eval_split: str) -> PerClass:
+    """The reference of H and cumulative H: the base checkpoint's per-class accuracy, as the first run on it
+    measured and its edited checkpoints carry it, when measured on the same images; else the model at the start of
+    this run (for the base itself, the same thing). So a class forgotten by an earlier command still counts its full
+    drop in cumulative H."""
+    recorded = (manifest.get("base") or {}).get("accuracy")
+    if recorded and recorded["eval_split"] == eval_split and recorded["total"] == start.total.tolist():
+        return _per_class_from_json(recorded)
+    return start
 
 
 def _copy_edits(source: Path, model_dir: Path, ledger: list[dict]) -> None:
