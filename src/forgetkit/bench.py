@@ -141,6 +141,8 @@ def comparison_rows(all_results: dict[str, dict]) -> list[dict]:
                    "trainable_ratio": 100.0 * t["trainable_params"] / t["total_params"]}
             if "acc_m" in a:  # missing-class protocols: Acc_m, and Acc_r of the classes with replay data
                 row.update(acc_m=a["acc_m"], acc_r_data=a["acc_r_data"])
+            if "acc_other" in a:  # zero-shot models: accuracy on the other datasets (eval.other_data)
+                row.update(acc_other=a["acc_other"])
             rows.append(row)
     return rows
 
@@ -149,7 +151,8 @@ def write_comparison(out: Path, all_results: dict[str, dict], spec: BenchSpec) -
     """Write the comparison files, best method first by average cumulative H; returns the CSV rows."""
     all_results = dict(sorted(all_results.items(), key=lambda kv: -(kv[1]["summary"]["h_cumulative_avg"] or 0.0)))
     rows = comparison_rows(all_results)
-    columns = CSV_COLUMNS + (["acc_m", "acc_r_data"] if any("acc_m" in r for r in rows) else [])
+    columns = CSV_COLUMNS + (["acc_m", "acc_r_data"] if any("acc_m" in r for r in rows) else []) + (
+        ["acc_other"] if any("acc_other" in r for r in rows) else [])
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
@@ -166,14 +169,17 @@ def write_comparison(out: Path, all_results: dict[str, dict], spec: BenchSpec) -
              f"average cumulative H: the H of every class forgotten so far (Acc_f_all) against Acc_r, which a "
              f"class forgotten earlier that comes back lowers.", "",
              results_table([(n, r["tasks"]) for n, r in all_results.items()]), "",
-             "| method | avg cumulative H | avg H | avg Acc_r | avg Acc_f | avg Acc_o | trainable | seconds / task |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | avg cumulative H | avg H | avg Acc_r | avg Acc_f | avg Acc_o | "
+             + ("avg other data | " if "acc_other" in columns else "") + "trainable | seconds / task |",
+             "|---|---|---|---|---|---|---|---|" + ("---|" if "acc_other" in columns else "")]
     for name, r in all_results.items():
         s, tasks = r["summary"], r["tasks"]
         ratio = 100.0 * tasks[0]["trainable_params"] / tasks[0]["total_params"]
+        other = [t["after"]["acc_other"] for t in tasks if "acc_other" in t["after"]]
         lines.append(f"| {name} | {fmt(s['h_cumulative_avg'])} | {fmt(s['h_mean_avg'])} | {fmt(s['acc_r_avg'])} | "
-                     f"{fmt(s['acc_f_avg'])} | {fmt(s['acc_o_avg'])} | {ratio:.2f} % | "
-                     f"{s['seconds_total'] / len(tasks):.1f} |")
+                     f"{fmt(s['acc_f_avg'])} | {fmt(s['acc_o_avg'])} | "
+                     + (f"{fmt(sum(other) / len(other) if other else None)} | " if "acc_other" in columns else "")
+                     + f"{ratio:.2f} % | {s['seconds_total'] / len(tasks):.1f} |")
     write_text(out / "comparison.md", "\n".join(lines) + "\n")
     write_json(out / "comparison.json", {"spec": {"base": spec.base, "overrides": spec.overrides,
                                                   "methods": spec.methods}, "rows": rows})
