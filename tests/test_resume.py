@@ -184,3 +184,20 @@ def test_bench_resumes_after_kills_between_and_inside_methods(tiny_model_dir, tm
     for name in ("gs_lora", "lwf", "retrain"):
         got, expected = (json.loads((root / name / "results.json").read_text()) for root in (out, tmp_path / "ref"))
         assert without_timing(got) == without_timing(expected), name
+
+
+def test_requests_one_command_at_a_time_equal_the_same_requests_in_one_protocol(tiny_model_dir, tmp_path):
+    from forgetkit.cli import main
+
+    common = ["-q", "--allow-fail", "-o", "train.steps=12", "-o", "train.threads=1", "-o", "protocol.retain_ratio=0.5"]
+    assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_4", "--classes", "class_1",
+                 "--out", str(tmp_path / "together"), *common]) == 0
+    assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_4", "--out", str(tmp_path / "one"),
+                 *common]) == 0
+    assert main(["forget", "--model", str(tmp_path / "one"), "--classes", "class_1", "--out", str(tmp_path / "two"),
+                 *common]) == 0
+    together = json.loads((tmp_path / "together" / "results.json").read_text())["tasks"][1]
+    apart = json.loads((tmp_path / "two" / "results.json").read_text())["tasks"][0]
+    for key in ("index", "old_classes", "retain_classes", "after", "h_mean", "h_cumulative", "fingerprint_before",
+                "fingerprint_after", "loss_start" if "loss_start" in apart else "group_norms"):
+        assert apart[key] == together[key], key

@@ -235,7 +235,9 @@ class Protocol:
     def _draw(self, classes: list[int], ratio: float, task: int, purpose: str) -> torch.Tensor:
         gen = rng(self.seed, purpose, task)
         chosen = []
-        for c in classes:
+        # classes in index order: the same request draws the same images however its classes were listed (one
+        # request at a time on a checkpoint, or inside a protocol whose retained classes are in shuffled order)
+        for c in sorted(classes):
             pool = self._pool[c]
             n = self.cfg.shots if self.cfg.shots else max(1, round(ratio * len(pool)))
             if n > len(pool):
