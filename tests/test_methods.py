@@ -20,14 +20,14 @@ FULL_FINETUNE = ["l2", "ewc", "mas", "lwf", "der", "der_pp", "fdr", "scrub", "sc
 
 
 # methods that edit a forgetkit ViT classifier (clip_text edits a CLIP's text projection: tests/test_clip.py)
-VIT_METHODS = [n for n in METHODS.names() if METHODS.get(n).requires <= {"lora_targets", "split_backbone",
-                                                                            "rebuildable"}]
+VIT_METHODS = [n for n in METHODS.names() if "forget" in METHODS.get(n).supports
+               and METHODS.get(n).requires <= {"lora_targets", "split_backbone", "rebuildable"}]
 
 
 def test_registry_has_gs_lora_pp_and_the_eleven_baselines():
     assert set(METHODS.names()) == {"gs_lora", "gs_lora_pp", "retrain", "l2", "ewc", "mas", "lwf", "der", "der_pp",
-                                    "fdr", "scrub", "scrub_s", "lirf", "clip_text"}
-    assert set(VIT_METHODS) == set(METHODS.names()) - {"clip_text"}
+                                    "fdr", "scrub", "scrub_s", "lirf", "clip_text", "undo"}
+    assert set(VIT_METHODS) == set(METHODS.names()) - {"clip_text", "undo"}
 
 
 # GS-LoRA as the papers define it (forgetkit's defaults add a per-sample bound, a proximal lasso and γ)

@@ -63,13 +63,14 @@ def load_bench_spec(path: str | None, methods: list[str] | None = None, output_d
 
 
 def methods_for(model_name: str) -> list[str]:
-    """The registered methods whose required capabilities the model has."""
+    """The registered forgetting methods whose required capabilities the model has."""
     from .engine import load_checkpoint, resolve_model_path
     from .methods.base import model_capabilities
 
     model, _ = load_checkpoint(resolve_model_path(model_name))
     found = model_capabilities(model)
-    return [name for name in METHODS.names() if METHODS.get(name).requires <= found]
+    return [name for name in METHODS.names()
+            if "forget" in METHODS.get(name).supports and METHODS.get(name).requires <= found]
 
 
 def method_overrides(base_method: MethodConfig, name: str, fields: dict | None) -> list[str]:

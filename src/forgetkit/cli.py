@@ -16,8 +16,12 @@ class RequestFailed(Exception):
 
 
 def _print_table(results: dict) -> None:
+    from .kinds import REQUEST_KINDS
     from .report import results_table
 
+    if results["kind"] != "forget":  # other kinds print their report's first table
+        print(REQUEST_KINDS.get(results["kind"])().report(results).split("\n\n## ")[0])
+        return
     print(results_table([(results["method"], results["tasks"])]))
     s = results["summary"]
     print(f"\naverage cumulative H {s['h_cumulative_avg']:.2f}  H {s['h_mean_avg']:.2f}  Acc_f {s['acc_f_avg']:.2f}  "
@@ -30,9 +34,10 @@ def cmd_forget(args) -> None:
     from .kinds import REQUEST_KINDS
 
     if not args.config and not args.classes:
-        raise ForgetkitError("name what to forget: --classes A,B (one request; repeat --classes for more) or a "
-                             "protocol config with -c")
-    overrides = []
+        raise ForgetkitError(f"name what to {args.kind}: --classes A,B (one request; repeat --classes for more) or "
+                             f"a protocol config with -c")
+    default_method = REQUEST_KINDS.get(args.kind).default_method
+    overrides = [f"kind={args.kind}"] + ([f"method={{name: {default_method}}}"] if default_method else [])
     if args.model:
         overrides.append(f"model={args.model}")
     if args.data:
@@ -59,7 +64,7 @@ def cmd_forget(args) -> None:
     failed = [t for t in results["tasks"] if not t["verdict"]["pass"]]
     for t in results["tasks"]:
         print(f"{'PASS' if t['verdict']['pass'] else 'FAIL'} request {t['index'] + 1} "
-              f"({', '.join(t['forget_classes'])})" + (f": {'; '.join(t['verdict']['failed'])}"
+              f"({t['kind']} {', '.join(t['classes'])})" + (f": {'; '.join(t['verdict']['failed'])}"
                                                        if not t["verdict"]["pass"] else ""),
               file=sys.stderr if not t["verdict"]["pass"] else sys.stdout)
     if failed and not args.allow_fail:
@@ -71,6 +76,7 @@ def cmd_demo(args) -> None:
     for name in ("model", "classes", "data", "root", "method"):
         setattr(args, name, None)
     args.config, args.overwrite, args.allow_fail, args.resume = args.demo_config, True, False, False
+    args.kind = "forget"
     cmd_forget(args)
 
 
@@ -205,7 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-fail", action="store_true", help="exit 0 even if a request misses its goal "
                                                              "(eval.forget_threshold, eval.max_retain_drop)")
     run_flags(p)
-    p.set_defaults(func=cmd_forget)
+    p.set_defaults(func=cmd_forget, kind="forget")
+
+    p = sub.add_parser("restore", help="give back classes forgotten earlier (a withdrawn request): the undo method "
+                                       "removes the request that forgot them, exactly for the latest one")
+    p.add_argument("--model", required=True, help="forgetkit checkpoint whose ledger forgot the classes")
+    p.add_argument("--classes", action="append", required=True, metavar="A,B", help="classes to give back")
+    p.add_argument("--out", required=True, help="the restored checkpoint to write")
+    p.add_argument("--method", help="restore method (default undo)")
+    p.add_argument("--data", help="data source (default: the data the model was trained on)")
+    p.add_argument("--root", help="data root folder")
+    p.add_argument("--allow-fail", action="store_true", help="exit 0 even if a restore misses its goal")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_forget, kind="restore", config=None, resume=False, overwrite=False)
 
     p = sub.add_parser("bench", help="run several methods on one protocol and compare them")
     p.add_argument("-c", "--config", help="bench spec YAML (default: every method on the demo protocol)")

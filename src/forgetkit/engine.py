@@ -103,6 +103,9 @@ class EvalConfig:
         "help": "a request passes only if its forgotten classes' held-out accuracy is at most this (percent)"})
     max_retain_drop: float = field(default=5.0, metadata={
         "help": "... and its retained classes' accuracy is at most this many points below the model before it"})
+    max_restore_gap: float = field(default=2.0, metadata={
+        "help": "a restore request passes only if the restored classes come within this many points of the base "
+                "model's accuracy on them"})
     other_data: list[DataConfig] = field(default_factory=list, metadata={
         "help": "zero-shot models (CLIP): further datasets whose accuracy, over their own class names, is measured "
                 "before and after every request (collateral damage)"})
@@ -126,6 +129,9 @@ class RunConfig:
                 "fields (forgetkit config <method>)"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    kind: str = field(default="forget", metadata={
+        "help": "what every request of the run does: forget, or restore (give back classes forgotten earlier; "
+                "method undo)"})
     seed: int = field(default=0, metadata={"help": "seed of every random choice of the run"})
     output_dir: str = field(default="runs/forget", metadata={"help": "where results, report, logs and state go"})
     model_dir: str | None = field(default=None, metadata={
@@ -225,10 +231,7 @@ class Editor:
         record = {
             "index": task.index,
             "kind": self.kind.name,
-            "forget_classes": [names[c] for c in task.forget],
-            "retain_classes": [names[c] for c in task.retain],
-            "old_classes": [names[c] for c in task.old],
-            "missing_classes": [names[c] for c in task.missing],
+            **self.kind.describe(task, names),
             **metrics,
             "per_class": {"before": before.by_name(names), "after": after.by_name(names)},
             "verdict": self.kind.verdict(metrics, self.eval),
@@ -243,11 +246,10 @@ class Editor:
             "edit": edit,
             **stats,
         }
-        if log is not None:
-            a = metrics["after"]
-            log.log(task.index, self.train.steps,
-                    {"acc_f": a["acc_f"], "acc_r": a["acc_r"], "acc_o": a["acc_o"], "h_mean": metrics["h_mean"],
-                     "h_cumulative": metrics["h_cumulative"]}, (task.index + 1) * self.train.steps)
+        if log is not None:  # the request's numbers: its accuracies after, and the kind's summary values
+            numbers = {**metrics["after"], **{k: v for k, v in metrics.items() if not isinstance(v, dict)}}
+            log.log(task.index, self.train.steps, {k: v for k, v in numbers.items() if isinstance(v, (int, float))},
+                    (task.index + 1) * self.train.steps)
         return model, record, loss_rows, after
 
     def _train_steps(self, task: Task, data: TaskData, log: RunLog | None, last_good: Path | None,
@@ -303,10 +305,11 @@ def _record_edit(method: Method, original, model, edit_dir: Path, saved_edit: bo
 
 def ledger_entry(record: dict, method_spec: dict, train: TrainConfig) -> dict:
     """The ledger's view of one finished request."""
-    return {"index": record["index"], "kind": record["kind"], "classes": record["forget_classes"],
+    return {"index": record["index"], "kind": record["kind"], "classes": record["classes"],
             "method": method_spec["name"], "config": {"method": method_spec, "train": to_dict(train)},
             "verdict": record["verdict"],
-            "metrics": {k: record[k] for k in ("after", "h_mean", "h_cumulative")},
+            "metrics": {k: v for k, v in record.items() if k in ("after", "h_mean", "h_cumulative", "regained",
+                                                                  "gap_to_base")},
             "fingerprint_before": record["fingerprint_before"], "fingerprint_after": record["fingerprint_after"],
             "edit": record["edit"], "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
@@ -382,13 +385,14 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     prior_ledger = list(manifest.get("ledger", []))
     splits.with_preprocess(model.spec.preprocess)
     forgotten = [classes.index(name) for name in forgotten_classes(prior_ledger)]
-    protocol = Protocol(cfg.protocol, splits, cfg.seed, forgotten=forgotten, first_index=len(prior_ledger))
-    kind = REQUEST_KINDS.get("forget")()
+    kind = REQUEST_KINDS.get(cfg.kind)()
+    protocol = Protocol(cfg.protocol, splits, cfg.seed, forgotten=forgotten, first_index=len(prior_ledger),
+                        kind=kind)
     for task in protocol.tasks:  # every request checked against the model's ledger before any work
         kind.check(task, prior_ledger, classes)
     model = model.to(device)
     ctx = MethodContext(device=device, seed=cfg.seed, num_classes=len(classes), steps=cfg.train.steps,
-                        batch_size=cfg.train.batch_size)
+                        batch_size=cfg.train.batch_size, classes=classes, ledger=prior_ledger, source=source)
     method = build_method(cfg.method, ctx)
     method.check_model(model, kind.name)
     lr = cfg.train.lr if cfg.train.lr is not None else METHODS.get(method_spec["name"]).default_lr
@@ -453,6 +457,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         "pretrained": {"acc": pretrained.accuracy(range(len(classes))),
                        "per_class": pretrained.by_name(classes), "fingerprint": manifest.get("fingerprint")},
         "tasks": records,
+        "kind": kind.name,
         "summary": _summary(records),
         "loss_log": loss_log,
         "ledger": ledger,
@@ -462,7 +467,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
                                         "accuracy": {"eval_split": cfg.protocol.eval_split,
                                                      **_per_class_to_json(pretrained)}}
         save_checkpoint(model.cpu(), model_dir, classes, ledger=ledger, base=base, data=to_dict(data_cfg))
-    write_outputs(out, results, config)  # results.json last: the marker of a finished run
+    write_outputs(out, results, config, kind)  # results.json last: the marker of a finished run
     shutil.rmtree(state.root, ignore_errors=True)  # the finished run needs no state (it can be a model's size)
     return results
 
@@ -488,15 +493,15 @@ def _copy_edits(source: Path, model_dir: Path, ledger: list[dict]) -> None:
 
 
 def _summary(tasks: list[dict]) -> dict:
+    """Averages over the requests of every number the requests report."""
     def avg(values):
         values = [v for v in values if v is not None]
         return sum(values) / len(values) if values else None
 
-    return {
-        "h_mean_avg": avg(t["h_mean"] for t in tasks),
-        "h_cumulative_avg": avg(t["h_cumulative"] for t in tasks),
-        "acc_f_avg": avg(t["after"]["acc_f"] for t in tasks),
-        "acc_r_avg": avg(t["after"]["acc_r"] for t in tasks),
-        "acc_o_avg": avg(t["after"]["acc_o"] for t in tasks),
-        "seconds_total": round(sum(t["seconds"] for t in tasks), 2),
-    }
+    summary = {f"{key}_avg": avg(t.get(key) for t in tasks) for key in ("h_mean", "h_cumulative", "regained",
+                                                                         "gap_to_base") if key in tasks[0]}
+    for key in tasks[0]["after"]:
+        if not isinstance(tasks[0]["after"][key], dict):
+            summary[f"{key}_avg"] = avg(t["after"][key] for t in tasks)
+    summary["seconds_total"] = round(sum(t["seconds"] for t in tasks), 2)
+    return summary

@@ -36,9 +36,26 @@ class RequestKind:
     name: ClassVar[str] = ""
     streams: ClassVar[tuple[str, ...]] = ()
     fix_hint: ClassVar[str] = ""
+    default_method: ClassVar[str | None] = None
+    """the method a request of this kind uses when none is named (None: the config's)"""
+
+    def make_tasks(self, cfg, classes: list[str], forgotten: list[int], first_index: int) -> list:
+        """The requests of a protocol config (``cfg``: a ProtocolConfig), given the classes forgotten so far."""
+        raise NotImplementedError
+
+    def describe(self, task, names: list[str]) -> dict:
+        """The request's classes by name, for results.json (``classes``: the classes the request is about)."""
+        raise NotImplementedError
 
     def check(self, task, ledger: list[dict], classes: list[str]) -> None:
         """Refuse a request the ledger makes impossible, before any work."""
+
+    def report(self, results: dict) -> str:
+        """The run's report.md."""
+        raise NotImplementedError
+
+    def plot(self, results: dict, out) -> None:
+        """The run's plots."""
 
     def measure(self, task, before: PerClass, after: PerClass, pretrained: PerClass) -> dict:
         raise NotImplementedError
@@ -78,6 +95,29 @@ class Forget(RequestKind):
     fix_hint = ("try a larger budget (-o train.steps=600) or, if retained classes fell, more replay images or "
                 "-o method.alpha=0 (docs/gs-lora.md); --allow-fail accepts the result")
 
+    def make_tasks(self, cfg, classes, forgotten, first_index):
+        from .protocol import make_tasks
+
+        return make_tasks(cfg, classes, forgotten, first_index)
+
+    def describe(self, task, names):
+        return {"classes": [names[c] for c in task.forget],
+                "forget_classes": [names[c] for c in task.forget],
+                "retain_classes": [names[c] for c in task.retain],
+                "old_classes": [names[c] for c in task.old],
+                "missing_classes": [names[c] for c in task.missing]}
+
+    def report(self, results):
+        from .report import markdown_report
+
+        return markdown_report(results)
+
+    def plot(self, results, out):
+        from .report import plot_accuracy, plot_group_norms
+
+        plot_accuracy(results, out / "accuracy.png")
+        plot_group_norms(results, out / "group_norms.png")
+
     def check(self, task, ledger, classes):
         done = forgotten_classes(ledger)
         for c in task.forget:
@@ -112,3 +152,79 @@ class Forget(RequestKind):
             failed.append(f"retained classes fell from {before['acc_r']:.1f} to {after['acc_r']:.1f} % (allowed "
                           f"drop {thresholds.max_retain_drop:g} points)")
         return {"pass": not failed, "failed": failed}
+
+
+@register_kind("restore")
+class Restore(RequestKind):
+    """Give back classes forgotten earlier (a withdrawn request): their accuracy returns to the base model's, the
+    other classes keep theirs, and the classes still forgotten stay forgotten."""
+
+    streams = ()
+    default_method = "undo"
+    fix_hint = ("undo is exact only for the latest request; restoring an older one by subtracting its LoRA update "
+                "is approximate (docs/ledger.md); --allow-fail accepts the result")
+
+    def make_tasks(self, cfg, classes, forgotten, first_index):
+        from .protocol import Task, resolve_class_names
+
+        if cfg.tasks is None:
+            raise ForgetkitError("a restore request names its classes (--classes or protocol.tasks)")
+        tasks, still = [], list(forgotten)
+        for i, names in enumerate(cfg.tasks):
+            restore = resolve_class_names(list(names), classes, f"protocol.tasks[{i}]")
+            still = [c for c in still if c not in restore]
+            tasks.append(Task(first_index + i, restore, [c for c in range(len(classes)) if c not in forgotten],
+                              list(still)))
+        return tasks
+
+    def describe(self, task, names):
+        return {"classes": [names[c] for c in task.forget],
+                "restore_classes": [names[c] for c in task.forget],
+                "retain_classes": [names[c] for c in task.retain],
+                "old_classes": [names[c] for c in task.old]}
+
+    def check(self, task, ledger, classes):
+        done = forgotten_classes(ledger)
+        for c in task.forget:
+            if classes[c] not in done:
+                restored = [e for e in ledger if e.get("kind") == "restore" and classes[c] in e.get("classes", [])]
+                when = f" (request {restored[-1]['index'] + 1} restored it)" if restored else ""
+                raise ForgetkitError(f"class {classes[c]!r} is not forgotten in this model's ledger{when}; only a "
+                                     f"forgotten class can be restored")
+
+    def measure(self, task, before, after, pretrained):
+        def accs(pc):
+            return {"acc_restored": pc.accuracy(task.forget), "acc_r": pc.accuracy(task.retain),
+                    "acc_o": pc.accuracy(task.old) if task.old else None}
+
+        acc_after, acc_before, acc_base = accs(after), accs(before), accs(pretrained)
+        return {"before": acc_before, "after": acc_after, "pretrained": acc_base,
+                "regained": acc_after["acc_restored"] - acc_before["acc_restored"],
+                "gap_to_base": acc_base["acc_restored"] - acc_after["acc_restored"]}
+
+    def verdict(self, metrics, thresholds):
+        """Restored classes within ``max_restore_gap`` points of the base model, retained classes within
+        ``max_retain_drop`` of the base model, classes still forgotten at most ``forget_threshold``.
+
+        The retained classes are judged against the base, not the model before the restore: forgetting a class often
+        raises the others (one competitor fewer), and an exact undo rightly gives that back too."""
+        after, base = metrics["after"], metrics["pretrained"]
+        failed = []
+        if metrics["gap_to_base"] > thresholds.max_restore_gap:
+            failed.append(f"restored classes at {after['acc_restored']:.1f} %, {metrics['gap_to_base']:.1f} points "
+                          f"below the base model (allowed {thresholds.max_restore_gap:g})")
+        if after["acc_r"] is not None and base["acc_r"] is not None and \
+                after["acc_r"] < base["acc_r"] - thresholds.max_retain_drop:
+            failed.append(f"retained classes at {after['acc_r']:.1f} %, below the base model's {base['acc_r']:.1f} "
+                          f"(allowed drop {thresholds.max_retain_drop:g} points)")
+        if after["acc_o"] is not None and after["acc_o"] > thresholds.forget_threshold:
+            failed.append(f"classes still forgotten came back to {after['acc_o']:.1f} %")
+        return {"pass": not failed, "failed": failed}
+
+    def report(self, results):
+        from .report import restore_report
+
+        return restore_report(results)
+
+    def plot(self, results, out):
+        pass

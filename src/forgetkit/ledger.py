@@ -28,11 +28,13 @@ def read_ledger(model_dir: str | Path) -> tuple[list[dict], dict]:
     return list(manifest.get("ledger", [])), manifest
 
 
-def replay_ledger(model_dir: str | Path, base: torch.nn.Module | None = None) -> torch.nn.Module:
+def replay_ledger(model_dir: str | Path, base: torch.nn.Module | None = None,
+                  upto: int | None = None) -> torch.nn.Module:
     """The checkpoint's weights rebuilt from its base model and its ledger's edits, in order.
 
-    ``base`` defaults to the checkpoint named in the manifest. Raises :class:`ForgetkitError` at the first entry whose
-    fingerprint before or after does not match, naming the entry.
+    ``base`` defaults to the checkpoint named in the manifest. ``upto``: apply only the entries before this index
+    (the weights before that request). Raises :class:`ForgetkitError` at the first entry whose fingerprint before or
+    after does not match, naming the entry.
     """
     from .engine import load_checkpoint, resolve_model_path
 
@@ -44,7 +46,7 @@ def replay_ledger(model_dir: str | Path, base: torch.nn.Module | None = None) ->
             raise ForgetkitError(f"{model_dir} names no base checkpoint; pass the base model to replay its ledger")
         base, _ = load_checkpoint(resolve_model_path(manifest["base"]["path"]))
     model = base
-    for entry in ledger:
+    for entry in ledger[:upto]:
         n = entry["index"] + 1
         if fingerprint(model) != entry["fingerprint_before"]:
             raise ForgetkitError(f"request {n} of {model_dir}'s ledger was applied to other weights than these "
@@ -60,6 +62,6 @@ def replay_ledger(model_dir: str | Path, base: torch.nn.Module | None = None) ->
         if fingerprint(model) != entry["fingerprint_after"]:
             raise ForgetkitError(f"replaying request {n} of {model_dir}'s ledger did not give the weights it "
                                  f"recorded; the edit in {path} was changed or belongs to another model")
-    if fingerprint(model) != fingerprint(final):
+    if upto is None and fingerprint(model) != fingerprint(final):
         raise ForgetkitError(f"the ledger of {model_dir} does not lead to its saved weights")
     return model.eval()

@@ -86,7 +86,7 @@ def class_order(num_classes: int, seed: int | None) -> list[int]:
     return order
 
 
-def _resolve_names(names: list[str], classes: list[str], what: str) -> list[int]:
+def resolve_class_names(names: list[str], classes: list[str], what: str) -> list[int]:
     if not names:
         raise ForgetkitError(f"{what} is empty; name at least one class to forget")
     out = []
@@ -128,7 +128,7 @@ def _make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int]) -
     if cfg.tasks is not None:
         if not cfg.tasks:
             raise ForgetkitError("protocol.tasks is empty; give at least one list of classes to forget")
-        forget_sets = [_resolve_names(list(names), classes, f"protocol.tasks[{i}]") for i, names in
+        forget_sets = [resolve_class_names(list(names), classes, f"protocol.tasks[{i}]") for i, names in
                        enumerate(cfg.tasks)]
         if cfg.independent:  # alternatives, each from the start model: any class may appear in several
             return [Task(t, fs, [c for c in range(num_classes) if c not in fs and c not in forgotten],
@@ -141,7 +141,7 @@ def _make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int]) -
                                      f"forgotten once")
             seen |= set(fs)
         if cfg.retain_classes is not None:
-            keep = _resolve_names(list(cfg.retain_classes), classes, "protocol.retain_classes")
+            keep = resolve_class_names(list(cfg.retain_classes), classes, "protocol.retain_classes")
             overlap = set(keep) & (seen | set(forgotten))
             if overlap:
                 raise ForgetkitError(f"class {classes[min(overlap)]!r} is both forgotten and retained; remove it from "
@@ -152,7 +152,7 @@ def _make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int]) -
             raise ForgetkitError("no class would be retained; forgetting every class leaves nothing to keep")
         missing = []
         if cfg.missing_classes:
-            missing = _resolve_names(list(cfg.missing_classes), classes, "protocol.missing_classes")
+            missing = resolve_class_names(list(cfg.missing_classes), classes, "protocol.missing_classes")
             if set(missing) - set(keep):
                 raise ForgetkitError(f"missing class {classes[min(set(missing) - set(keep))]!r} is not retained; "
                                      f"missing classes must be among the retained ones")
@@ -197,7 +197,7 @@ class Protocol:
     """A protocol bound to a dataset: tasks, held-out validation images, and per-task subsamples."""
 
     def __init__(self, cfg: ProtocolConfig, splits: DataSplits, seed: int, forgotten: list[int] | None = None,
-                 first_index: int = 0):
+                 first_index: int = 0, kind=None):
         if cfg.eval_split not in ("test", "val"):
             raise ForgetkitError(f"protocol.eval_split must be test or val, not {cfg.eval_split!r}")
         if cfg.eval_split == "val" and cfg.val_per_class < 1:
@@ -209,7 +209,8 @@ class Protocol:
         if cfg.shots is not None and cfg.shots < 1:
             raise ForgetkitError("protocol.shots must be at least 1 (or null for ratio sampling)")
         self.cfg, self.splits, self.seed = cfg, splits, seed
-        self.tasks = make_tasks(cfg, splits.classes, forgotten, first_index)
+        self.tasks = (kind.make_tasks(cfg, splits.classes, list(forgotten or []), first_index) if kind is not None
+                      else make_tasks(cfg, splits.classes, forgotten, first_index))
         self._pool, val = self._split_validation()
         self.eval_images = splits.test if cfg.eval_split == "test" else splits.train.subset(val)
 

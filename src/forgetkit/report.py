@@ -107,7 +107,7 @@ def per_class_table(results: dict) -> list[str]:
     for name, pre in results["pretrained"]["per_class"].items():
         cells = []
         for t in tasks:
-            mark = " f" if name in t["forget_classes"] or name in t["old_classes"] else ""
+            mark = " f" if name in t.get("forget_classes", []) or name in t["old_classes"] else ""
             cells.append(f"{fmt(t['per_class']['after'][name], 1)}{mark}")
         lines.append(f"| {name} | {fmt(pre, 1)} | " + " | ".join(cells) + " |")
     return lines
@@ -168,11 +168,28 @@ def plot_group_norms(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(out: Path, results: dict, config: dict) -> None:
-    """Write config, report and plots first and ``results.json`` last: its presence means a complete run."""
+def write_outputs(out: Path, results: dict, config: dict, kind) -> None:
+    """Write config, the request kind's report and plots first and ``results.json`` last: its presence means a
+    complete run."""
     out.mkdir(parents=True, exist_ok=True)
     write_yaml(out / "config.yaml", config)
-    write_text(out / "report.md", markdown_report(results))
-    plot_accuracy(results, out / "accuracy.png")
-    plot_group_norms(results, out / "group_norms.png")
+    write_text(out / "report.md", kind.report(results))
+    kind.plot(results, out)
     write_json(out / "results.json", results)
+
+
+def restore_report(results: dict) -> str:
+    """report.md of a run of restore requests."""
+    out = [f"# forgetkit run: restore with {results['method']} on {results['dataset']}", "",
+           f"Seed {results['seed']}; evaluated on the {results['eval_split']} split. Accuracy in percent; the base "
+           f"model is the checkpoint before any request of the ledger.", "",
+           "| request | restored | verdict | restored: before → after (base) | retained: before → after | "
+           "still forgotten after | seconds |", "|---|---|---|---|---|---|---|"]
+    for t in results["tasks"]:
+        b, a, p = t["before"], t["after"], t["pretrained"]
+        out.append(f"| {t['index'] + 1} | {', '.join(t['classes'])} | "
+                   f"{'PASS' if t['verdict']['pass'] else 'FAIL: ' + '; '.join(t['verdict']['failed'])} | "
+                   f"{fmt(b['acc_restored'])} → {fmt(a['acc_restored'])} ({fmt(p['acc_restored'])}) | "
+                   f"{fmt(b['acc_r'])} → {fmt(a['acc_r'])} | {fmt(a['acc_o'])} | {t['seconds']:.1f} |")
+    out += per_class_table(results)
+    return "\n".join(out) + "\n"

@@ -62,6 +62,9 @@ class MethodContext:
     num_classes: int
     steps: int = field(default=300, metadata={"help": "optimisation steps of each request"})
     batch_size: int = field(default=32, metadata={"help": "images per stream per step"})
+    classes: list = field(default_factory=list, metadata={"help": "the class names of the model's outputs"})
+    ledger: list = field(default_factory=list, metadata={"help": "the model's ledger before this run"})
+    source: Any = field(default=None, metadata={"help": "the checkpoint folder the model was loaded from"})
 
 
 class NonFiniteLoss(Exception):

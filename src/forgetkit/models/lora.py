@@ -89,6 +89,11 @@ def save_adapter(peft_model: PeftModel, directory: str | Path, base_fingerprint:
 def apply_adapter(model: torch.nn.Module, directory: str | Path) -> torch.nn.Module:
     """Load a saved adapter onto the exact weights it was trained on and merge it; refuse any other weights."""
     directory = Path(directory)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        # checked here: peft reads a folder that lacks them as a Hugging Face Hub id and tries to download it
+        if not (directory / name).is_file():
+            raise ForgetkitError(f"adapter {directory} lacks {name}; restore the file from the checkpoint it came "
+                                 f"with")
     info = read_json(directory / "forgetkit_adapter.json")
     if fingerprint(model) != info["base_fingerprint"]:
         raise ForgetkitError(
@@ -96,4 +101,8 @@ def apply_adapter(model: torch.nn.Module, directory: str | Path) -> torch.nn.Mod
             f"applying it here would add an update twice or to the wrong model. Apply it to the model it was "
             f"trained on (the start of its task)"
         )
-    return PeftModel.from_pretrained(model, str(directory)).merge_and_unload()
+    try:
+        return PeftModel.from_pretrained(model, str(directory)).merge_and_unload()
+    except Exception as err:  # a damaged file: safetensors and peft raise their own error types
+        raise ForgetkitError(f"adapter {directory} cannot be read ({type(err).__name__}: {err}); restore it from the "
+                             f"checkpoint it came with") from None

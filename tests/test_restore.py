@@ -1,0 +1,70 @@
+"""Restore requests: undo gives forgotten classes back from the ledger's edits, exactly for the latest request."""
+
+import json
+
+import pytest
+
+import forgetkit as fk
+from forgetkit.cli import main
+
+COMMON = ["-q", "--allow-fail", "-o", "train.steps=24", "-o", "train.threads=1", "-o", "protocol.retain_ratio=0.5",
+          "-o", "method.bnd=5", "-o", "method.alpha=0.01", "-o", "method.alpha_warmup_steps=4"]
+
+
+@pytest.fixture
+def two_requests(tiny_model_dir, tmp_path):
+    """class_0 then class_1 forgotten (two GS-LoRA requests) from the tiny model."""
+    assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_0", "--out", str(tmp_path / "m1"),
+                 *COMMON]) == 0
+    assert main(["forget", "--model", str(tmp_path / "m1"), "--classes", "class_1", "--out", str(tmp_path / "m2"),
+                 *COMMON]) == 0
+    return tmp_path
+
+
+def test_undoing_the_latest_request_gives_the_model_before_it_bit_for_bit(two_requests, capsys):
+    root = two_requests
+    assert main(["restore", "--model", str(root / "m2"), "--classes", "class_1", "--out", str(root / "r"), "-q"]) == 0
+    ledger, manifest = fk.read_ledger(root / "r")
+    assert manifest["fingerprint"] == fk.read_ledger(root / "m1")[1]["fingerprint"]
+    assert [(e["kind"], e["classes"]) for e in ledger] == [("forget", ["class_0"]), ("forget", ["class_1"]),
+                                                           ("restore", ["class_1"])]
+    task = json.loads((root / "r" / "results.json").read_text())["tasks"][0]
+    assert task["exact_undo_of_requests"] == [2] and task["verdict"]["pass"]
+    assert task["after"]["acc_restored"] > task["before"]["acc_restored"] + 30
+    assert task["after"]["acc_o"] <= 5                       # class_0 stays forgotten
+    assert fk.fingerprint(fk.replay_ledger(root / "r")) == manifest["fingerprint"]  # the restore replays too
+    # forget -> restore -> forget again
+    assert main(["forget", "--model", str(root / "r"), "--classes", "class_1", "--out", str(root / "again"),
+                 *COMMON]) == 0
+    assert [e["kind"] for e in fk.read_ledger(root / "again")[0]] == ["forget", "forget", "restore", "forget"]
+
+
+def test_undoing_an_earlier_lora_request_subtracts_its_update(two_requests):
+    root = two_requests
+    assert main(["restore", "--model", str(root / "m2"), "--classes", "class_0", "--out", str(root / "r"), "-q",
+                 "--allow-fail"]) == 0
+    task = json.loads((root / "r" / "results.json").read_text())["tasks"][0]
+    assert task["exact_undo_of_requests"] == []              # approximate: request 2 was trained on top of it
+    assert task["after"]["acc_restored"] > task["before"]["acc_restored"] + 30
+    assert task["old_classes"] == ["class_1"]
+    assert "gap_to_base" in task and "pass" in task["verdict"]
+
+
+def test_restore_refusals_are_one_line_and_write_nothing(two_requests, capsys):
+    root = two_requests
+    for classes, message in (("class_3", "'class_3' is not forgotten in this model's ledger"),
+                             ("class_9", "unknown class 'class_9'")):
+        assert main(["restore", "--model", str(root / "m2"), "--classes", classes, "--out", str(root / "x"),
+                     "-q"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+        assert not (root / "x").exists()
+    # a missing edit file (the replay up to request 2 needs request 1's adapter) is named, and nothing is written
+    (root / "m2" / "edits" / "request_000" / "adapter_model.safetensors").unlink()
+    assert main(["restore", "--model", str(root / "m2"), "--classes", "class_1", "--out", str(root / "x"), "-q"]) == 2
+    assert "adapter_model.safetensors" in capsys.readouterr().err
+    assert not (root / "x" / "results.json").exists()
+    (root / "m2" / "edits" / "request_000" / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    assert main(["restore", "--model", str(root / "m2"), "--classes", "class_1", "--out", str(root / "y"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and err.count("\n") == 1
