@@ -254,25 +254,30 @@ class Editor:
 
     def _train_steps(self, task: Task, data: TaskData, log: RunLog | None, last_good: Path | None,
                      loss_rows: list[dict]) -> None:
-        """The runner's step loop: ``train.steps`` optimisation steps on class-balanced forget and replay batches,
-        the learning rate on the shared schedule, losses logged as they go."""
+        """The runner's step loop: ``train.steps`` optimisation steps, each on one class-balanced batch of every
+        stream the request kind declares (forget: forget and retain), the learning rate on the shared schedule,
+        losses logged as they go."""
         method, cfg = self.method, self.train
         optimizer = method.make_optimizer(self.lr, cfg.weight_decay)
         scheduler = step_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr)
-        streams = {"forget": balanced_batches(data.forget, cfg.batch_size,
-                                              rng(self.seed, "forget_batches", task.index), self.device),
-                   "retain": balanced_batches(data.retain, cfg.batch_size,
-                                              rng(self.seed, "replay_batches", task.index), self.device)}
-        if streams["forget"] is None:
-            raise ForgetkitError(f"request {task.index + 1} has no forget images; check the protocol ratios/shots")
-        streams = {k: v or itertools.repeat(None) for k, v in streams.items()}
+        if not self.kind.streams:
+            raise ForgetkitError(f"{self.kind.name} requests hand no data to a step loop; method {method.name} "
+                                 f"must fit them itself (forgetkit methods lists which do)")
+        # the request kind's data streams, in its order (forget: forget, retain), each class-balanced and endless
+        streams = [balanced_batches(getattr(data, name), cfg.batch_size, rng(self.seed, f"{name}_batches",
+                                                                             task.index), self.device)
+                   for name in self.kind.streams]
+        if streams[0] is None:
+            raise ForgetkitError(f"request {task.index + 1} has no {self.kind.streams[0]} images; check the "
+                                 f"protocol ratios/shots")
+        streams = [stream or itertools.repeat(None) for stream in streams]
         sums: dict[str, float] = {}
         for step in tqdm(range(cfg.steps), desc=f"request {task.index + 1}", disable=not self.progress,
                          leave=False):
             scheduler.step_update(step)
             crash_point(f"request_{task.index}_step_{step}")
             try:
-                losses = method.step(next(streams["forget"]), next(streams["retain"]), step, optimizer)
+                losses = method.step(*[next(stream) for stream in streams], step, optimizer)
             except NonFiniteLoss as err:
                 if last_good is not None:
                     save_checkpoint(method.finish_task().cpu(), last_good, self.classes, ledger=[], interrupted={
@@ -421,7 +426,8 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         pretrained, current = (_per_class_from_json(saved[k]) for k in ("pretrained_counts", "current_counts"))
         log = RunLog(out, keep_rows=saved["log_rows"], purge_step=len(records) * cfg.train.steps)
     else:
-        shutil.rmtree(state.root, ignore_errors=True)
+        for stale in (state.root, out / "tensorboard"):  # a run started again (--overwrite) starts clean
+            shutil.rmtree(stale, ignore_errors=True)
         if cfg.save_model and source is not None and model_dir.resolve() != source.resolve():
             _copy_edits(source, model_dir, prior_ledger)
         records, loss_log, ledger = [], [], list(prior_ledger)

@@ -29,7 +29,7 @@ STREAMS = {
     "forget_subset": 1,        # which training images of the forget classes a request may use
     "replay_subset": 2,        # which training images of the retained classes are replay data
     "forget_batches": 11,      # order of the forget stream's class-balanced batches
-    "replay_batches": 12,      # order of the replay stream's class-balanced batches
+    "retain_batches": 12,      # order of the replay (retain) stream's class-balanced batches
     "wrong_labels": 31,        # the baselines' random wrong labels
     "second_replay": 41,       # DER++'s second replay stream
     "retrain_init": 51,        # Retrain's fresh initialisation
