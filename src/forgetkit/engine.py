@@ -309,12 +309,11 @@ def _record_edit(method: Method, original, model, edit_dir: Path, saved_edit: bo
 
 
 def ledger_entry(record: dict, method_spec: dict, train: TrainConfig) -> dict:
-    """The ledger's view of one finished request."""
+    """The ledger's view of one finished request (its kind says which of its results the ledger keeps)."""
     return {"index": record["index"], "kind": record["kind"], "classes": record["classes"],
             "method": method_spec["name"], "config": {"method": method_spec, "train": to_dict(train)},
             "verdict": record["verdict"],
-            "metrics": {k: v for k, v in record.items() if k in ("after", "h_mean", "h_cumulative", "regained",
-                                                                  "gap_to_base")},
+            "metrics": {k: record[k] for k in REQUEST_KINDS.get(record["kind"]).ledger_metrics},
             "fingerprint_before": record["fingerprint_before"], "fingerprint_after": record["fingerprint_after"],
             "edit": record["edit"], "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 

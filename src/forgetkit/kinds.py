@@ -54,6 +54,9 @@ class RequestKind:
         """The run's report.md."""
         raise NotImplementedError
 
+    ledger_metrics: ClassVar[tuple[str, ...]] = ("after",)
+    """the request's results the ledger keeps (besides kind, classes, method, config, verdict, fingerprints, edit)"""
+
     def plot(self, results: dict, out) -> None:
         """The run's plots."""
 
@@ -92,6 +95,7 @@ class Forget(RequestKind):
     """Forget classes: their held-out accuracy falls to a threshold, the other classes keep theirs."""
 
     streams = ("forget", "retain")
+    ledger_metrics = ("after", "h_mean", "h_cumulative")
     fix_hint = ("try a larger budget (-o train.steps=600) or, if retained classes fell, more replay images or "
                 "-o method.alpha=0 (docs/gs-lora.md); --allow-fail accepts the result")
 
@@ -160,6 +164,7 @@ class Restore(RequestKind):
     other classes keep theirs, and the classes still forgotten stay forgotten."""
 
     streams = ()
+    ledger_metrics = ("after", "regained", "gap_to_base")
     default_method = "undo"
     fix_hint = ("undo is exact only for the latest request; restoring an older one by subtracting its LoRA update "
                 "is approximate (docs/ledger.md); --allow-fail accepts the result")
