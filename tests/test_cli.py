@@ -83,6 +83,7 @@ def test_import_weights_from_torchvision_pth(tmp_path, capsys):
                  "--out", str(tmp_path / "m")]) == 0
     model, manifest = fk.load_model(tmp_path / "m")
     assert manifest["classes"] == ["a", "b"] and manifest["spec"]["in_chans"] == 3
+    assert manifest["data"]["source"] == "image_folder"  # a later `forget --model` needs no --data
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(model(x), tv(x)[:, [1, 3]], atol=1e-5)

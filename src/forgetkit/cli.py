@@ -135,7 +135,8 @@ def cmd_import_weights(args) -> None:
         indices = [names.index(c) for c in classes]
     model = load_external_weights(args.weights, args.arch, len(classes), class_indices=indices,
                                   **apply_overrides({}, args.override))
-    save_model(model, args.out, classes, imported_from=str(args.weights), ledger=[])
+    save_model(model, args.out, classes, imported_from=str(args.weights), ledger=[],
+               data={"source": "image_folder", "root": str(args.data_root)})  # forget --model needs no --data
     print(f"saved {args.arch} with {len(classes)} classes to {args.out}/")
 
 
