@@ -422,7 +422,8 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
             model.load_state_dict(weights)
         method.load_state_dict(method_state)
         records, loss_log, ledger = saved["tasks"], saved["loss_log"], saved["ledger"]
-        pretrained, current = (_per_class_from_json(saved[k]) for k in ("pretrained_counts", "current_counts"))
+        pretrained, current, at_start = (_per_class_from_json(saved[k]) for k in (
+            "pretrained_counts", "current_counts", "start_counts"))
         log = RunLog(out, keep_rows=saved["log_rows"], purge_step=len(records) * cfg.train.steps)
     else:
         for stale in (state.root, out / "tensorboard"):  # a run started again (--overwrite) starts clean
@@ -430,13 +431,13 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         if cfg.save_model and source is not None and model_dir.resolve() != source.resolve():
             _copy_edits(source, model_dir, prior_ledger)
         records, loss_log, ledger = [], [], list(prior_ledger)
-        current = editor.evaluate(model)
+        current = at_start = editor.evaluate(model)
         pretrained = _base_accuracy(manifest, current, cfg.protocol.eval_split)
         log = RunLog(out)
     try:
         for task in protocol.tasks[len(records):]:
             if start_model is not None:
-                model, current = copy.deepcopy(start_model), pretrained
+                model, current = copy.deepcopy(start_model), at_start
             model, record, rows, current = editor.run(
                 model, task, protocol.task_data(task), current, pretrained, log,
                 edit_dir=model_dir / "edits" / f"request_{task.index:03d}" if cfg.save_model else None,
@@ -448,6 +449,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
             state.save(len(records), model, method.state_dict(), {
                 "config": config, "tasks": records, "loss_log": loss_log, "ledger": ledger,
                 "pretrained_counts": _per_class_to_json(pretrained), "current_counts": _per_class_to_json(current),
+                "start_counts": _per_class_to_json(at_start),
                 "log_rows": log.count})
     finally:
         log.close()
