@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..io import save_weights
+from ..errors import ForgetkitError
+from ..io import load_weights, read_json, save_weights, write_json
+from ..models import fingerprint
 from .base import register_method
 from .finetune import FinetuneConfig, FullFinetune
 
@@ -108,11 +110,91 @@ class LIRF(FullFinetune):
         return losses
 
     def save_task(self, directory: Path):
-        lower = self.module.lower_parameter_names(self.split_at)
-        state = {n: p for n, p in self.deposit.state_dict().items() if n in lower}
-        save_weights(directory / "deposit.safetensors", state,
-                     metadata={"task": str(self.task.index), "split": str(self.split_at)})
+        """The deposit module T_r as its own artefact: its lower half (safetensors) and ``deposit.json`` (the
+        deposited classes, the split point and the fingerprint of the target network it belongs to)."""
+        save_deposit(directory, self.deposit, self.module, self.split_at, self.task.forget, self.name)
+        return False
 
     def finish_task(self):
         self.deposit = None
         return super().finish_task()
+
+
+def save_deposit(directory: Path, deposit, target, split: int, classes: list[int], method: str) -> None:
+    lower = target.lower_parameter_names(split)
+    save_weights(directory / "deposit.safetensors", {n: p for n, p in deposit.state_dict().items() if n in lower})
+    write_json(directory / "deposit.json", {"classes": list(classes), "split": split, "method": method,
+                                            "target_fingerprint": fingerprint(target)})
+
+
+def load_deposit(directory: Path, target) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A saved deposit (its manifest and lower-half tensors), refused unless ``target`` is the target network it was
+    deposited from (the same fingerprint): a deposit combined with other weights gives no meaningful recover net."""
+    directory = Path(directory)
+    for name in ("deposit.json", "deposit.safetensors"):
+        if not (directory / name).is_file():
+            raise ForgetkitError(f"deposit {directory} lacks {name}; restore it from the checkpoint it came with")
+    info = read_json(directory / "deposit.json")
+    if fingerprint(target) != info["target_fingerprint"]:
+        raise ForgetkitError(f"deposit {directory} belongs to the target network {info['target_fingerprint'][:12]}, "
+                             f"not to these weights ({fingerprint(target)[:12]}): a later request changed them, or "
+                             f"it is another model's deposit")
+    return info, load_weights(directory / "deposit.safetensors")
+
+
+@dataclass
+class LIRFECCVConfig(FinetuneConfig):
+    """LIRF as its ECCV 2022 paper and released code train it. α and T are not given anywhere (the code reads them
+    from a params.json it does not ship); the defaults are the KD values of the code base it builds on
+    (Nasty-Teacher: α 0.9, T 4)."""
+
+    alpha: float = field(default=0.9, metadata={"help": "α: weight of the distillation terms (1 − α: the CEs)"})
+    temperature: float = field(default=4.0, metadata={"help": "T: distillation temperature"})
+    at_weight: float = field(default=0.0, metadata={
+        "help": "λ_at: weight of the attention-map push −L_at (in the paper; 0 in the released code)"})
+    split: int | None = field(default=None, metadata={"help": "blocks in the lower half (null = depth // 2)"})
+
+
+@register_method("lirf_eccv")
+class LIRFECCV(LIRF):
+    """LIRF (ECCV form): deposit images only, random labels, KD on the preserved logits, and the recovery CE on the
+    recover net's logits, which couples the target and the deposit."""
+
+    config_cls = LIRFECCVConfig
+
+    def training_step(self, forget, retain, step):
+        """On deposit images only (the replay stream is ignored)::
+
+            loss1 = α·T²·KL(z_0[P]/T ‖ z_T[P]/T) + (1−α)·CE(z_T, ỹ)          ỹ uniform over all classes
+            loss2 = α·T²·KL(z_0[D]/T ‖ z_R[D]/T) + (1−α)·CE(z_R, y)          z_R = z_D on D, z_T on P
+            loss  = loss1 + loss2 − λ_at·AT(target_low, T0_low)
+
+        P are the preserved classes, D the deposited ones; the CE on z_R sends gradient to the target's P columns.
+        """
+        cfg, a = self.cfg, self.cfg.alpha
+        xf, yf = forget
+        random_labels = torch.randint(0, self.ctx.num_classes, yf.shape, generator=self.generator).to(yf.device)
+        s_mid = self.module.lower(xf, self.split_at)
+        z_t = self.module.upper(s_mid, self.split_at, random_labels)
+        with torch.no_grad():
+            t_mid = self.teacher.lower(xf, self.split_at)
+            z_0 = self.teacher.upper(t_mid, self.split_at)
+        z_d = self.deposit.upper(self.deposit.lower(xf, self.split_at), self.split_at)
+        z_r = recover_logits(z_t, z_d, self.task.forget)
+        preserved = [c for c in range(self.ctx.num_classes) if c not in self.task.forget]
+        losses = {"kd_preserved": sliced_kd(z_0, z_t, preserved, cfg.temperature),
+                  "forget": F.cross_entropy(z_t, random_labels),
+                  "kd_deposit": sliced_kd(z_0, z_r, self.task.forget, cfg.temperature),
+                  "recover": F.cross_entropy(z_r, yf),
+                  "at": F.mse_loss(attention_map(s_mid), attention_map(t_mid))}
+        losses["loss"] = (a * losses["kd_preserved"] + (1 - a) * losses["forget"] + a * losses["kd_deposit"]
+                          + (1 - a) * losses["recover"] - cfg.at_weight * losses["at"])
+        return losses
+
+
+def recover_logits(target: torch.Tensor, deposit: torch.Tensor, deposited: list[int]) -> torch.Tensor:
+    """The recover net's logits: the deposited classes' from the deposit path, every other class's from the target
+    (LIRF's g(T(x)) ⊕ ḡ(T_r ∘ T_up(x)); the same rule on every image)."""
+    mask = torch.zeros(target.shape[1], dtype=torch.bool, device=target.device)
+    mask[deposited] = True
+    return torch.where(mask, deposit, target)
