@@ -68,3 +68,31 @@ def test_restore_refusals_are_one_line_and_write_nothing(two_requests, capsys):
     assert main(["restore", "--model", str(root / "m2"), "--classes", "class_1", "--out", str(root / "y"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "cannot be read" in err and err.count("\n") == 1
+
+
+def test_lirf_withdrawal_builds_the_recover_net_from_the_stored_deposit(tiny_model_dir, tmp_path, capsys):
+    lirf = ["--method", "lirf_eccv", "-q", "--allow-fail", "-o", "train.steps=12", "-o", "train.threads=1"]
+    assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_2", "--out", str(tmp_path / "t"),
+                 *lirf]) == 0
+    assert (tmp_path / "t" / "edits" / "request_000" / "deposit.json").is_file()
+    assert main(["restore", "--model", str(tmp_path / "t"), "--classes", "class_2", "--method", "withdraw",
+                 "--out", str(tmp_path / "r"), "-q", "--allow-fail"]) == 0
+    ledger, manifest = fk.read_ledger(tmp_path / "r")
+    assert manifest["format"] == "forgetkit-recovered" and manifest["deposits"][0]["classes"] == [2]
+    assert [(e["kind"], e["method"], e["edit"]["type"]) for e in ledger] == [
+        ("forget", "lirf_eccv", "weights"), ("restore", "withdraw", "withdrawal")]
+    assert fk.fingerprint(fk.replay_ledger(tmp_path / "r")) == manifest["fingerprint"]
+    task = json.loads((tmp_path / "r" / "results.json").read_text())["tasks"][0]
+    assert task["trainable_params"] == 0 and "pass" in task["verdict"]
+    # no deposit, or a deposit whose target later requests changed: refused with one line, nothing written
+    common = ["-q", "-o", "train.steps=4", "-o", "train.threads=1"]
+    assert main(["forget", "--model", str(tmp_path / "t"), "--classes", "class_3", "--out", str(tmp_path / "t2"),
+                 "--allow-fail", *common]) == 0
+    capsys.readouterr()
+    assert main(["restore", "--model", str(tmp_path / "t2"), "--classes", "class_3", "--method", "withdraw",
+                 "--out", str(tmp_path / "x"), "-q"]) == 2
+    assert "left no deposit to withdraw" in capsys.readouterr().err
+    assert main(["restore", "--model", str(tmp_path / "t2"), "--classes", "class_2", "--method", "withdraw",
+                 "--out", str(tmp_path / "y"), "-q"]) == 2
+    assert "belongs to the target network" in capsys.readouterr().err
+    assert not (tmp_path / "y" / "results.json").exists()

@@ -48,7 +48,14 @@ def _load_zero_shot_clip(source: Path, arch: str | None = None) -> tuple[torch.n
 
 
 # manifest format -> loader returning (model, manifest)
-CHECKPOINT_LOADERS = {"forgetkit-model": load_model, "forgetkit-clip": _load_zero_shot_clip}
+def _load_recovered(directory: Path) -> tuple[torch.nn.Module, dict]:
+    from .methods.withdraw import load_recovered
+
+    return load_recovered(directory)
+
+
+CHECKPOINT_LOADERS = {"forgetkit-model": load_model, "forgetkit-clip": _load_zero_shot_clip,
+                      "forgetkit-recovered": _load_recovered}
 
 
 def load_checkpoint(source: str | Path, arch: str | None = None) -> tuple[torch.nn.Module, dict]:

@@ -166,8 +166,8 @@ class Restore(RequestKind):
     streams = ()
     ledger_metrics = ("after", "regained", "gap_to_base")
     default_method = "undo"
-    fix_hint = ("undo is exact only for the latest request; restoring an older one by subtracting its LoRA update "
-                "is approximate (docs/ledger.md); --allow-fail accepts the result")
+    fix_hint = ("only an undo of the latest request is exact; undoing an older one and LIRF's withdrawal are "
+                "approximate (docs/ledger.md); --allow-fail accepts the result")
 
     def make_tasks(self, cfg, classes, forgotten, first_index):
         from .protocol import Task, resolve_class_names
