@@ -83,7 +83,9 @@ def _accuracies(pc: PerClass, task) -> dict[str, float | None]:
     accs = {"acc_f": pc.accuracy(task.forget), "acc_r": pc.accuracy(task.retain),
             "acc_o": pc.accuracy(task.old) if task.old else None,
             # every class forgotten so far (this request's and the earlier ones'): what relapse shows up in
-            "acc_f_all": pc.accuracy(task.forget + task.old)}
+            "acc_f_all": pc.accuracy(task.forget + task.old),
+            # the whole test set, sample-weighted (LIRF's Avg Acc)
+            "acc_all": pc.accuracy(task.forget + task.retain + task.old)}
     if task.missing:  # Acc_r counts the missing classes (as T-PAMI Table 5); Acc_m and Acc_r with data apart
         accs["acc_m"] = pc.accuracy(task.missing)
         accs["acc_r_data"] = pc.accuracy(task.replay)
@@ -200,7 +202,8 @@ class Restore(RequestKind):
     def measure(self, task, before, after, pretrained):
         def accs(pc):
             return {"acc_restored": pc.accuracy(task.forget), "acc_r": pc.accuracy(task.retain),
-                    "acc_o": pc.accuracy(task.old) if task.old else None}
+                    "acc_o": pc.accuracy(task.old) if task.old else None,
+                    "acc_all": pc.accuracy(task.forget + task.retain + task.old)}
 
         acc_after, acc_before, acc_base = accs(after), accs(before), accs(pretrained)
         return {"before": acc_before, "after": acc_after, "pretrained": acc_base,
