@@ -158,8 +158,9 @@ def cmd_methods(args) -> None:
     from .methods import METHODS
 
     for name in METHODS:
-        doc = (METHODS.get(name).__doc__ or "").strip()
-        print(f"{name:10s} {doc.splitlines()[0] if doc else ''}")
+        cls = METHODS.get(name)
+        doc = (cls.__doc__ or "").strip()
+        print(f"{name:10s} {','.join(sorted(cls.supports)):8s} {doc.splitlines()[0] if doc else ''}")
 
 
 def cmd_models(args) -> None:
