@@ -79,6 +79,15 @@ def forgotten_classes(ledger: list[dict]) -> dict[str, int]:
     return forgotten
 
 
+def retained_drop(after: dict, reference: dict, limit: float, reference_name: str) -> list[str]:
+    """The verdict's retained-classes check: a failure line when Acc_r fell more than ``limit`` points below the
+    reference's."""
+    if after["acc_r"] is None or reference["acc_r"] is None or after["acc_r"] >= reference["acc_r"] - limit:
+        return []
+    return [f"retained classes fell from {reference['acc_r']:.1f} % ({reference_name}) to {after['acc_r']:.1f} % "
+            f"(allowed drop {limit:g} points)"]
+
+
 def _accuracies(pc: PerClass, task) -> dict[str, float | None]:
     accs = {"acc_f": pc.accuracy(task.forget), "acc_r": pc.accuracy(task.retain),
             "acc_o": pc.accuracy(task.old) if task.old else None,
@@ -153,10 +162,7 @@ class Forget(RequestKind):
         if after["acc_f"] is not None and after["acc_f"] > thresholds.forget_threshold:
             failed.append(f"forgotten classes still at {after['acc_f']:.1f} % (goal ≤ "
                           f"{thresholds.forget_threshold:g} %)")
-        if after["acc_r"] is not None and before["acc_r"] is not None and \
-                after["acc_r"] < before["acc_r"] - thresholds.max_retain_drop:
-            failed.append(f"retained classes fell from {before['acc_r']:.1f} to {after['acc_r']:.1f} % (allowed "
-                          f"drop {thresholds.max_retain_drop:g} points)")
+        failed += retained_drop(after, before, thresholds.max_retain_drop, "the model before the request")
         return {"pass": not failed, "failed": failed}
 
 
@@ -221,10 +227,7 @@ class Restore(RequestKind):
         if metrics["gap_to_base"] > thresholds.max_restore_gap:
             failed.append(f"restored classes at {after['acc_restored']:.1f} %, {metrics['gap_to_base']:.1f} points "
                           f"below the base model (allowed {thresholds.max_restore_gap:g})")
-        if after["acc_r"] is not None and base["acc_r"] is not None and \
-                after["acc_r"] < base["acc_r"] - thresholds.max_retain_drop:
-            failed.append(f"retained classes at {after['acc_r']:.1f} %, below the base model's {base['acc_r']:.1f} "
-                          f"(allowed drop {thresholds.max_retain_drop:g} points)")
+        failed += retained_drop(after, base, thresholds.max_retain_drop, "the base model")
         if after["acc_o"] is not None and after["acc_o"] > thresholds.forget_threshold:
             failed.append(f"classes still forgotten came back to {after['acc_o']:.1f} %")
         return {"pass": not failed, "failed": failed}
