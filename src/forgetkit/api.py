@@ -77,8 +77,7 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
     from .data import as_labeled
     from .engine import Editor, EvalConfig, TrainConfig, check_budget, ledger_entry
     from .kinds import REQUEST_KINDS, forgotten_classes
-    from .methods import MethodContext, build_method
-    from .methods.base import METHODS, resolved_method_config
+    from .methods.base import MethodConfig, resolved_method_config
     from .protocol import Task, TaskData
     from .runtime import setup_device
 
@@ -105,12 +104,8 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
     kind.check(task, ledger, classes)
     device = setup_device(train.device, train.threads)
     model = model.to(device)
-    ctx = MethodContext(device=device, seed=seed, num_classes=len(classes), steps=train.steps,
-                        batch_size=train.batch_size)
-    edit_method = build_method(method_spec, ctx)
-    edit_method.check_model(model, kind.name)
-    lr = train.lr if train.lr is not None else METHODS.get(method_spec["name"]).default_lr
-    editor = Editor(edit_method, kind, classes, eval_images, train, thresholds, seed, lr, device, progress)
+    editor = Editor.create(MethodConfig.parse(method_spec), kind, model, classes, eval_images, train, thresholds,
+                           seed, device, progress, ledger=ledger)
     before = editor.evaluate(model)
     model, record, _, _ = editor.run(model, task, TaskData(forget_images, retain_images), before, before)
     entry = ledger_entry(record, method_spec, train)

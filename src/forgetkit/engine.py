@@ -190,6 +190,20 @@ class Editor:
     progress: bool = False
     other_images: dict = field(default_factory=dict)
 
+    @classmethod
+    def create(cls, method_config: MethodConfig, kind: RequestKind, model, classes: list[str], eval_images,
+               train: TrainConfig, thresholds: EvalConfig, seed: int, device, progress: bool = False,
+               other_images: dict | None = None, ledger: list[dict] | None = None, source: Path | None = None):
+        """Build the method for ``model`` (checked before any work) and the editor around it: what a file-writing
+        run and an in-memory :func:`forgetkit.unlearn` share."""
+        ctx = MethodContext(device=device, seed=seed, num_classes=len(classes), steps=train.steps,
+                            batch_size=train.batch_size, classes=classes, ledger=list(ledger or []), source=source)
+        method = build_method(method_config, ctx)
+        method.check_model(model, kind.name)
+        lr = train.lr if train.lr is not None else METHODS.get(method_config.name).default_lr
+        return cls(method, kind, classes, eval_images, train, thresholds, seed, lr, device, progress,
+                   other_images or {})
+
     def evaluate(self, model) -> PerClass:
         return evaluate_classes(model, self.eval_images, device=self.device, batch_size=self.eval.batch_size,
                                 margin=self.eval.margin_accuracy, progress=self.progress)
@@ -402,11 +416,6 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     for task in protocol.tasks:  # every request checked against the model's ledger before any work
         kind.check(task, prior_ledger, classes)
     model = model.to(device)
-    ctx = MethodContext(device=device, seed=cfg.seed, num_classes=len(classes), steps=cfg.train.steps,
-                        batch_size=cfg.train.batch_size, classes=classes, ledger=prior_ledger, source=source)
-    method = build_method(cfg.method, ctx)
-    method.check_model(model, kind.name)
-    lr = cfg.train.lr if cfg.train.lr is not None else METHODS.get(method_spec["name"]).default_lr
     if cfg.eval.other_data and "zero_shot" not in model_capabilities(model):
         raise ForgetkitError("eval.other_data needs a zero-shot model (a CLIP) that can classify other datasets' "
                              "classes; remove it for this model")
@@ -417,8 +426,9 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     if cfg.protocol.independent and cfg.save_model:
         raise ForgetkitError("protocol.independent requests are alternatives, each from the start model: there is no "
                              "one edited model to save; set save_model: false")
-    editor = Editor(method, kind, classes, protocol.eval_images, cfg.train, cfg.eval, cfg.seed, lr, device,
-                    progress, other_images)
+    editor = Editor.create(cfg.method, kind, model, classes, protocol.eval_images, cfg.train, cfg.eval, cfg.seed,
+                           device, progress, other_images, ledger=prior_ledger, source=source)
+    method = editor.method
     start_model = copy.deepcopy(model) if cfg.protocol.independent else None
 
     check_writable(out)  # every input checked: now the run may create its folder

@@ -118,12 +118,7 @@ class Withdraw(Method):
                     for net, d in zip(model.deposits, model.deposit_info)] if isinstance(model, RecoveredModel) else []
         device = next(target.parameters()).device
         state = {k: v.to(device) for k, v in state.items()}
-        recovered = RecoveredModel(target, [])
-        for net_state, split, classes in deposits + [(state, info["split"], info["classes"])]:
-            recovered.deposit_info.append({"split": split, "classes": list(classes)})
-            net = copy.deepcopy(target)
-            net.load_state_dict({**net.state_dict(), **net_state})
-            recovered.deposits.append(net)
+        recovered = RecoveredModel(target, deposits + [(state, info["split"], info["classes"])])
         return recovered.eval()
 
     def save_task(self, directory: Path) -> bool:
