@@ -118,3 +118,8 @@ def test_per_class_accuracy_and_evaluation():
 
     pc = evaluate_classes(Fixed(), DS(), batch_size=3)
     assert pc.correct.tolist() == [1, 1, 1] and pc.total.tolist() == [1, 1, 2]
+    # LIRF's per-batch mean: the images of the classes asked about, in order, in batches of 3 -> mean of batch means
+    pc = evaluate_classes(Fixed(), DS(), batch_size=3, batch_mean=3)
+    assert pc.accuracy([0, 1, 2]) == pytest.approx(100 * (2 / 3 + 1) / 2)  # hits [1, 1, 0 | 1]; by image: 75
+    assert pc.accuracy([1, 2]) == pytest.approx(100 * 2 / 3)               # hits [1, 0, 1]: one batch
+    assert pc.correct.tolist() == [1, 1, 1]                                # counts as before

@@ -423,12 +423,15 @@ def test_lirf_eccv_trains_target_and_deposit_on_deposit_images_only(tiny_model_d
     # the same losses whatever the replay batch: the ECCV form never looks at it
     again = method.training_step(forget, None, step=0)
     assert torch.allclose(again["kd_preserved"], losses["kd_preserved"])
-    # the deposit goes to disk with its target's fingerprint, and comes back only onto that target
+    # the deposit goes to disk with its target's fingerprints, and comes back only onto weights with its upper half
     assert method.save_task(tmp_path) is False
     info, state = load_deposit(tmp_path, module)
-    assert info["classes"] == task.forget and info["split"] == method.split_at and state
-    with torch.no_grad():                          # other weights (here: the target changed by one number)
-        next(original.parameters()).view(-1)[0] += 1.0
+    assert info["classes"] == task.forget and info["split"] == method.split_at and set(state) == lower
+    # T0 differs from the target in the lower half only (as a later LIRF request's target does): accepted
+    assert load_deposit(tmp_path, original)[0] == info
+    upper = next(p for n, p in original.named_parameters() if n not in lower)
+    with torch.no_grad():                          # one number of the shared upper half changed: refused
+        upper.view(-1)[0] += 1.0
     with pytest.raises(fk.ForgetkitError, match="belongs to the target network"):
         load_deposit(tmp_path, original)
     (tmp_path / "deposit.safetensors").unlink()

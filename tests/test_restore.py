@@ -96,3 +96,27 @@ def test_lirf_withdrawal_builds_the_recover_net_from_the_stored_deposit(tiny_mod
                  "--out", str(tmp_path / "y"), "-q"]) == 2
     assert "belongs to the target network" in capsys.readouterr().err
     assert not (tmp_path / "y" / "results.json").exists()
+
+
+def test_successive_lirf_deposits_are_each_withdrawable_on_their_own(tiny_model_dir, tmp_path):
+    """Two LIRF requests: the second changes only the target's lower half, so the first deposit still withdraws,
+    and then the second; each withdrawal gives back its own classes only."""
+    lirf = ["--method", "lirf_eccv", "-q", "--allow-fail", "-o", "train.steps=12", "-o", "train.threads=1"]
+    withdraw = ["--method", "withdraw", "-q", "--allow-fail"]
+    assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_2", "--out", str(tmp_path / "t1"),
+                 *lirf]) == 0
+    assert main(["forget", "--model", str(tmp_path / "t1"), "--classes", "class_3", "--out", str(tmp_path / "t2"),
+                 *lirf]) == 0
+    assert main(["restore", "--model", str(tmp_path / "t2"), "--classes", "class_2", "--out", str(tmp_path / "r1"),
+                 *withdraw]) == 0
+    first = json.loads((tmp_path / "r1" / "results.json").read_text())["tasks"][0]
+    assert first["restore_classes"] == ["class_2"] and first["old_classes"] == ["class_3"]
+    assert main(["restore", "--model", str(tmp_path / "r1"), "--classes", "class_3", "--out", str(tmp_path / "r2"),
+                 *withdraw]) == 0
+    ledger, manifest = fk.read_ledger(tmp_path / "r2")
+    assert [d["classes"] for d in manifest["deposits"]] == [[2], [3]]
+    assert [(e["kind"], e["classes"]) for e in ledger] == [
+        ("forget", ["class_2"]), ("forget", ["class_3"]), ("restore", ["class_2"]), ("restore", ["class_3"])]
+    assert fk.fingerprint(fk.replay_ledger(tmp_path / "r2")) == manifest["fingerprint"]
+    # the first withdrawal took class_2's logits from its own deposit only; class_3's stayed the target's
+    assert [d["classes"] for d in fk.read_ledger(tmp_path / "r1")[1]["deposits"]] == [[2]]

@@ -106,6 +106,9 @@ class EvalConfig:
     margin_accuracy: bool = field(default=False, metadata={
         "help": "CosFace only: the original code's margin-penalised accuracy (uses the label); default plain argmax"})
     batch_size: int = 256
+    batch_mean: int = field(default=0, metadata={
+        "help": "LIRF's original reporting: accuracy as the mean over batches of this many images of the classes "
+                "asked about (dataset order); 0 = weighted by image (forgetkit's default)"})
     forget_threshold: float = field(default=5.0, metadata={
         "help": "a request passes only if its forgotten classes' held-out accuracy is at most this (percent)"})
     max_retain_drop: float = field(default=5.0, metadata={
@@ -206,7 +209,8 @@ class Editor:
 
     def evaluate(self, model) -> PerClass:
         return evaluate_classes(model, self.eval_images, device=self.device, batch_size=self.eval.batch_size,
-                                margin=self.eval.margin_accuracy, progress=self.progress)
+                                margin=self.eval.margin_accuracy, progress=self.progress,
+                                batch_mean=self.eval.batch_mean)
 
     def evaluate_other(self, model) -> dict[str, float]:
         """Accuracy on each of ``eval.other_data`` over its own classes (zero-shot models): collateral damage."""
@@ -340,10 +344,16 @@ def ledger_entry(record: dict, method_spec: dict, train: TrainConfig) -> dict:
 
 
 def _per_class_to_json(pc: PerClass) -> dict:
-    return {"correct": pc.correct.tolist(), "total": pc.total.tolist()}
+    data = {"correct": pc.correct.tolist(), "total": pc.total.tolist()}
+    if pc.batch_mean:
+        data.update(batch_mean=pc.batch_mean, hits=pc.hits.tolist(), labels=pc.labels.tolist())
+    return data
 
 
 def _per_class_from_json(data: dict) -> PerClass:
+    if data.get("batch_mean"):
+        return PerClass(torch.tensor(data["correct"]), torch.tensor(data["total"]), data["batch_mean"],
+                        torch.tensor(data["hits"]), torch.tensor(data["labels"]))
     return PerClass(torch.tensor(data["correct"]), torch.tensor(data["total"]))
 
 
@@ -502,7 +512,8 @@ def _base_accuracy(manifest: dict, start: PerClass, eval_split: str) -> PerClass
     this run (for the base itself, the same thing). So a class forgotten by an earlier command still counts its full
     drop in cumulative H."""
     recorded = (manifest.get("base") or {}).get("accuracy")
-    if recorded and recorded["eval_split"] == eval_split and recorded["total"] == start.total.tolist():
+    if (recorded and recorded["eval_split"] == eval_split and recorded["total"] == start.total.tolist()
+            and recorded.get("batch_mean", 0) == start.batch_mean):
         return _per_class_from_json(recorded)
     return start
 

@@ -11,8 +11,10 @@ Definitions (gs-lora.md §4):
 * cumulative ``H`` (forgetkit's headline number): the same with the drop of ``Acc_f_all``, so a class forgotten
   earlier that comes back lowers it, where the papers' per-task H does not see it.
 
-Accuracy is plain argmax over all outputs (forgotten classes still compete). ``margin=True`` gives the original
-code's CosFace "margin-penalised" accuracy, which subtracts the margin from the true class and so needs the label.
+Accuracy is plain argmax over all outputs (forgotten classes still compete), weighted by image. ``margin=True`` gives
+the original code's CosFace "margin-penalised" accuracy, which subtracts the margin from the true class and so needs
+the label. ``batch_mean=B`` gives LIRF's original reporting: the images of the classes asked about, in dataset order,
+cut into batches of B, and the mean of the batches' accuracies (the last, smaller batch weighs as much as a full one).
 """
 
 from __future__ import annotations
@@ -26,16 +28,24 @@ from tqdm.auto import tqdm
 
 @dataclass
 class PerClass:
-    """Correct predictions and image counts per class."""
+    """Correct predictions and image counts per class; with ``batch_mean``, also each image's hit, in dataset order."""
 
     correct: torch.Tensor
     total: torch.Tensor
+    batch_mean: int = 0
+    hits: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
     def accuracy(self, classes: Sequence[int]) -> float | None:
         """Accuracy in percent over the images of ``classes`` (None when there are none)."""
         idx = torch.as_tensor(list(classes), dtype=torch.long)
         if len(idx) == 0:
             return None
+        if self.batch_mean:
+            chosen = self.hits[torch.isin(self.labels, idx)].float()
+            if len(chosen) == 0:
+                return None
+            return 100.0 * torch.stack([b.mean() for b in chosen.split(self.batch_mean)]).mean().item()
         total = self.total[idx].sum().item()
         return None if total == 0 else 100.0 * self.correct[idx].sum().item() / total
 
@@ -46,24 +56,28 @@ class PerClass:
 
 @torch.no_grad()
 def evaluate_classes(model, dataset, device="cpu", batch_size: int = 256, margin: bool = False,
-                     progress: bool = False) -> PerClass:
+                     progress: bool = False, batch_mean: int = 0) -> PerClass:
     """Run ``model`` over ``dataset`` once and count correct predictions per class."""
-    num_classes = len(dataset.classes)
     if callable(getattr(model, "predict", None)) and not margin:  # a model that caches what it can (CLIP's features)
-        pred, y = model.predict(dataset), dataset.targets
-        return PerClass(torch.bincount(y[pred == y], minlength=num_classes), torch.bincount(y, minlength=num_classes))
-    correct = torch.zeros(num_classes, dtype=torch.long)
-    total = torch.zeros(num_classes, dtype=torch.long)
+        return per_class(model.predict(dataset), dataset.targets, len(dataset.classes), batch_mean)
     was_training = model.training
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    preds, labels = [], []
     for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-        logits = model(x.to(device), y.to(device) if margin else None)
-        pred = logits.argmax(1).cpu()
-        total += torch.bincount(y, minlength=num_classes)
-        correct += torch.bincount(y[pred == y], minlength=num_classes)
+        preds.append(model(x.to(device), y.to(device) if margin else None).argmax(1).cpu())
+        labels.append(y)
     model.train(was_training)
-    return PerClass(correct, total)
+    return per_class(torch.cat(preds), torch.cat(labels), len(dataset.classes), batch_mean)
+
+
+def per_class(pred: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_mean: int = 0) -> PerClass:
+    """Counts of correct predictions per class (and, for ``batch_mean``, the hits in order)."""
+    hits = pred == labels
+    counts = PerClass(torch.bincount(labels[hits], minlength=num_classes), torch.bincount(labels, minlength=num_classes))
+    if batch_mean:
+        counts.batch_mean, counts.hits, counts.labels = batch_mean, hits, labels
+    return counts
 
 
 def h_mean(acc_f_reference: float, acc_f_after: float, acc_r_after: float) -> float:

@@ -124,22 +124,31 @@ def save_deposit(directory: Path, deposit, target, split: int, classes: list[int
     lower = target.lower_parameter_names(split)
     save_weights(directory / "deposit.safetensors", {n: p for n, p in deposit.state_dict().items() if n in lower})
     write_json(directory / "deposit.json", {"classes": list(classes), "split": split, "method": method,
-                                            "target_fingerprint": fingerprint(target)})
+                                            "target_fingerprint": fingerprint(target),
+                                            "upper_fingerprint": fingerprint(target, skip=lower)})
 
 
 def load_deposit(directory: Path, target) -> tuple[dict, dict[str, torch.Tensor]]:
     """A saved deposit (its manifest and lower-half tensors), refused unless ``target`` is the target network it was
-    deposited from (the same fingerprint): a deposit combined with other weights gives no meaningful recover net."""
+    deposited from, or one that differs from it in the lower half only (a later LIRF request's target: the deposit's
+    path T_r ∘ T_up reads nothing of the target's lower half, so it gives the same logits). Any other weights, such
+    as a later GS-LoRA request's, which moves the shared upper half, are refused: the deposit would meet an upper
+    half it was not trained with."""
     directory = Path(directory)
     for name in ("deposit.json", "deposit.safetensors"):
         if not (directory / name).is_file():
             raise ForgetkitError(f"deposit {directory} lacks {name}; restore it from the checkpoint it came with")
-    info = read_json(directory / "deposit.json")
-    if fingerprint(target) != info["target_fingerprint"]:
+    info, state = read_json(directory / "deposit.json"), load_weights(directory / "deposit.safetensors")
+    lower = target.lower_parameter_names(info["split"])
+    if fingerprint(target) != info["target_fingerprint"] and (
+            fingerprint(target, skip=lower) != info.get("upper_fingerprint")):
         raise ForgetkitError(f"deposit {directory} belongs to the target network {info['target_fingerprint'][:12]}, "
-                             f"not to these weights ({fingerprint(target)[:12]}): a later request changed them, or "
-                             f"it is another model's deposit")
-    return info, load_weights(directory / "deposit.safetensors")
+                             f"whose upper half these weights ({fingerprint(target)[:12]}) do not share: a later "
+                             f"non-LIRF request changed them (undo it first), or it is another model's deposit")
+    if set(state) != lower:
+        raise ForgetkitError(f"deposit {directory} does not hold this model's lower half (blocks below "
+                             f"{info['split']}); restore it from the checkpoint it came with")
+    return info, state
 
 
 @dataclass

@@ -23,10 +23,13 @@ FORMAT = "forgetkit-model"
 FORMAT_VERSION = 1
 
 
-def fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of the model's tensors (names, shapes and bytes): identifies exactly one set of weights."""
+def fingerprint(model: torch.nn.Module, skip: frozenset[str] | set[str] = frozenset()) -> str:
+    """SHA-256 of the model's tensors (names, shapes and bytes): identifies exactly one set of weights (those not in
+    ``skip``)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        if name in skip:
+            continue
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
