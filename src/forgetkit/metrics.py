@@ -74,10 +74,8 @@ def evaluate_classes(model, dataset, device="cpu", batch_size: int = 256, margin
 def per_class(pred: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_mean: int = 0) -> PerClass:
     """Counts of correct predictions per class (and, for ``batch_mean``, the hits in order)."""
     hits = pred == labels
-    counts = PerClass(torch.bincount(labels[hits], minlength=num_classes), torch.bincount(labels, minlength=num_classes))
-    if batch_mean:
-        counts.batch_mean, counts.hits, counts.labels = batch_mean, hits, labels
-    return counts
+    correct, total = torch.bincount(labels[hits], minlength=num_classes), torch.bincount(labels, minlength=num_classes)
+    return PerClass(correct, total, batch_mean, hits, labels) if batch_mean else PerClass(correct, total)
 
 
 def h_mean(acc_f_reference: float, acc_f_after: float, acc_r_after: float) -> float:
