@@ -8,8 +8,10 @@ A bench spec (YAML)::
     methods:                   # name -> that method's fields; an optional `train:` mapping overrides train.*
       gs_lora: {}              # {} takes the base config's method section when it is the same method
       l2: {train: {lr: 0.001}}
+      no_drs: {method: lora_sub_drs, drs: false}   # a variant: its own row, the registered method it runs
 
-Each method's own outputs (results.json, report, plots, model) go to ``output_dir/<method>/``.
+Each method's own outputs (results.json, report, plots, model) go to ``output_dir/<method>/``. The comparison is
+the one of the base config's request kind: forgetting methods by cumulative H, learning methods by last accuracy.
 """
 
 from __future__ import annotations
@@ -52,25 +54,31 @@ def load_bench_spec(path: str | None, methods: list[str] | None = None, output_d
     spec = from_dict(BenchSpec, read_yaml(path) if path else {}, "bench")
     spec.overrides = list(spec.overrides) + list(overrides or [])
     if spec.methods is None:
-        spec.methods = {name: {} for name in methods_for(load_config(spec.base, spec.overrides).model)}
+        base = load_config(spec.base, spec.overrides)
+        spec.methods = {name: {} for name in methods_for(base.model, base.kind)}
     if methods:
         spec.methods = {m: spec.methods.get(m, {}) for m in methods}
     if output_dir:
         spec.output_dir = output_dir
-    for name in spec.methods:
-        METHODS.get(name)  # unknown names fail before anything runs
+    for name, fields in spec.methods.items():
+        METHODS.get(registered(name, fields))  # unknown names fail before anything runs
     return spec
 
 
-def methods_for(model_name: str) -> list[str]:
-    """The registered forgetting methods whose required capabilities the model has."""
+def registered(name: str, fields: dict | None) -> str:
+    """The registered method a bench row runs: its ``method`` field for a variant, else its name."""
+    return (fields or {}).get("method", name)
+
+
+def methods_for(model_name: str, kind: str = "forget") -> list[str]:
+    """The registered methods of a request kind whose required capabilities the model has."""
     from .engine import load_checkpoint, resolve_model_path
     from .methods.base import model_capabilities
 
     model, _ = load_checkpoint(resolve_model_path(model_name))
     found = model_capabilities(model)
     return [name for name in METHODS.names()
-            if "forget" in METHODS.get(name).supports and METHODS.get(name).requires <= found]
+            if kind in METHODS.get(name).supports and METHODS.get(name).requires <= found]
 
 
 def method_overrides(base_method: MethodConfig, name: str, fields: dict | None) -> list[str]:
@@ -79,6 +87,7 @@ def method_overrides(base_method: MethodConfig, name: str, fields: dict | None) 
     share a name but not a meaning, inherits nothing), then ``fields``."""
     fields = dict(fields or {})
     train = fields.pop("train", {}) or {}
+    name = fields.pop("method", name)
     inherit = issubclass(METHODS.get(name).config_cls, type(base_method))
     section = {k: v for k, v in to_dict(base_method).items() if k != "name"} if inherit else {}
     section.update(fields)
@@ -116,7 +125,7 @@ def run_bench(spec: BenchSpec, progress: bool = True, resume: bool = False) -> l
         all_results[name] = run_forgetting(cfg, progress=progress, overwrite=True, resume=resume and started)
         if progress:
             print(f"[bench] {name} done in {time.time() - start:.0f} s", flush=True)
-    return write_comparison(out, all_results, spec)
+    return compare(out, all_results, spec)
 
 
 def report_only(spec: BenchSpec) -> list[dict]:
@@ -128,7 +137,16 @@ def report_only(spec: BenchSpec) -> list[dict]:
         if not path.is_file():
             raise ForgetkitError(f"{path} not found; run `forgetkit bench` for {name} first")
         all_results[name] = json.loads(path.read_text())
-    return write_comparison(out, all_results, spec)
+    return compare(out, all_results, spec)
+
+
+def compare(out: Path, all_results: dict[str, dict], spec: BenchSpec) -> list[dict]:
+    """The comparison of the runs' request kind (every run of a bench has the base config's kind)."""
+    kind = next(iter(all_results.values())).get("kind", "forget")
+    if kind not in COMPARISONS:
+        raise ForgetkitError(f"bench compares forget and learn runs, not {kind} runs; run restore requests with "
+                             f"forgetkit restore")
+    return COMPARISONS[kind](out, all_results, spec)
 
 
 def comparison_rows(all_results: dict[str, dict]) -> list[dict]:
@@ -227,3 +245,66 @@ def plot_comparison(all_results: dict[str, dict], path: Path) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
+
+
+def write_learn_comparison(out: Path, all_results: dict[str, dict], spec: BenchSpec) -> list[dict]:
+    """Class-incremental comparison: best last accuracy first; per request, the accuracy on all classes seen."""
+    all_results = dict(sorted(all_results.items(), key=lambda kv: -(kv[1]["summary"]["last_accuracy"] or 0.0)))
+    rows = [{"method": name, "request": t["index"] + 1, "acc_seen": t["after"]["acc_seen"],
+             "acc_new": t["after"]["acc_new"], "acc_old": t["after"]["acc_old"],
+             "prototype_drift": t.get("prototype_drift"), "seconds": t["seconds"]}
+            for name, results in all_results.items() for t in results["tasks"]]
+    columns = list(rows[0])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r[k] is None else (round(r[k], 4) if isinstance(r[k], float) else r[k]))
+                         for k in columns})
+    write_text(out / "comparison.csv", buffer.getvalue())
+    first = next(iter(all_results.values()))
+    lines = [f"# Class-incremental comparison on {first['dataset']}, {len(first['tasks'])} requests, seed "
+             f"{first['seed']}", "",
+             "Accuracy in percent on every class learnt so far (nearest class mean), after each request. Methods are "
+             "sorted by last accuracy; forgetting is the mean drop of each request's classes from their best.", "",
+             "| method | last accuracy | average incremental accuracy | forgetting | " + " | ".join(
+                 f"after {i + 1}" for i in range(len(first["tasks"]))) + " | mean prototype drift | seconds / "
+             "request |", "|---|---|---|---|" + "---|" * len(first["tasks"]) + "---|---|"]
+    for name, r in all_results.items():
+        s, tasks = r["summary"], r["tasks"]
+        drift = [t["prototype_drift"] for t in tasks if t.get("prototype_drift") is not None]
+        lines.append(f"| {name} | {fmt(s['last_accuracy'])} | {fmt(s['average_incremental_accuracy'])} | "
+                     f"{fmt(s['forgetting'])} | " + " | ".join(fmt(t["after"]["acc_seen"]) for t in tasks)
+                     + f" | {fmt(sum(drift) / len(drift) if drift else None, 3)} | "
+                     f"{s['seconds_total'] / len(tasks):.1f} |")
+    write_text(out / "comparison.md", "\n".join(lines) + "\n")
+    write_json(out / "comparison.json", {"spec": {"base": spec.base, "overrides": spec.overrides,
+                                                  "methods": spec.methods}, "rows": rows})
+    plot_learn_comparison(all_results, out / "comparison.png")
+    return rows
+
+
+def plot_learn_comparison(all_results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    markers = "os^vD<>phX*P"
+    for i, (name, results) in enumerate(all_results.items()):
+        tasks = results["tasks"]
+        ax.plot(range(1, len(tasks) + 1), [t["after"]["acc_seen"] for t in tasks], marker=markers[i % len(markers)],
+                linewidth=2.6 if name == "lora_sub_drs" else 1.2, label=name)
+    ax.set_xlabel("request (classes learnt so far grow)")
+    ax.set_ylabel("accuracy on all seen classes (%)")
+    ax.set_ylim(0, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("class-incremental learning (higher is better)")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+COMPARISONS = {"forget": write_comparison, "learn": write_learn_comparison}

@@ -228,6 +228,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_forget, kind="restore", config=None, resume=False, overwrite=False)
 
+    p = sub.add_parser("learn", help="teach a model new classes without the old classes' images (LoRA-Sub-DRS by "
+                                     "default): requests named on the command line, or a class-incremental "
+                                     "protocol from a YAML config (-c cil)")
+    p.add_argument("-c", "--config", help="YAML file or packaged config name (cil, ...)")
+    p.add_argument("--model", help="forgetkit checkpoint to teach (a classifier, or a backbone pre-trained on other "
+                                   "classes)")
+    p.add_argument("--classes", action="append", metavar="A,B",
+                   help="classes to learn in one request (repeat for several requests, in order); --out is then "
+                        "the grown checkpoint")
+    p.add_argument("--data", help="data source holding the new classes (default: the data the model was trained on)")
+    p.add_argument("--root", help="data root folder")
+    p.add_argument("--method", help="learning method (default lora_sub_drs; forgetkit methods)")
+    p.add_argument("--resume", action="store_true", help="continue a run that was stopped, from its last finished "
+                                                         "request (same config and --out)")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
+    p.add_argument("--allow-fail", action="store_true", help="exit 0 even if a request misses its goal "
+                                                             "(eval.min_learn_accuracy, eval.max_retain_drop)")
+    run_flags(p)
+    p.set_defaults(func=cmd_forget, kind="learn")
+
     p = sub.add_parser("bench", help="run several methods on one protocol and compare them")
     p.add_argument("-c", "--config", help="bench spec YAML (default: every method on the demo protocol)")
     p.add_argument("--methods", help="comma-separated subset of methods")

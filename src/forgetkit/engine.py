@@ -113,6 +113,8 @@ class EvalConfig:
         "help": "a request passes only if its forgotten classes' held-out accuracy is at most this (percent)"})
     max_retain_drop: float = field(default=5.0, metadata={
         "help": "... and its retained classes' accuracy is at most this many points below the model before it"})
+    min_learn_accuracy: float = field(default=50.0, metadata={
+        "help": "a learn request passes only if its new classes' held-out accuracy is at least this (percent)"})
     max_restore_gap: float = field(default=2.0, metadata={
         "help": "a restore request passes only if the restored classes come within this many points of the base "
                 "model's accuracy on them"})
@@ -248,6 +250,7 @@ class Editor:
         seconds = time.time() - start
         after = self.evaluate(model)
         metrics = self.kind.measure(task, before, after, pretrained)
+        metrics.update(self.kind.model_metrics(task, model, self.eval_images, self.device))
         if self.other_images:
             for side, values in (("before", other_before), ("after", self.evaluate_other(model))):
                 metrics[side]["acc_other"] = sum(values.values()) / len(values)
@@ -258,7 +261,9 @@ class Editor:
             "kind": self.kind.name,
             **self.kind.describe(task, names),
             **metrics,
-            "per_class": {"before": before.by_name(names), "after": after.by_name(names)},
+            # the classes the request is about (for learning: only the classes the model knows)
+            "per_class": {side: {names[c]: pc.accuracy([c]) for c in sorted(task.forget + task.retain + task.old)}
+                          for side, pc in (("before", before), ("after", after))},
             "verdict": self.kind.verdict(metrics, self.eval),
             "seconds": round(seconds, 2),
             "trainable_params": trainable,
@@ -411,18 +416,19 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         data_cfg = cfg.data
         splits = load_data(data_cfg)
         source, manifest = None, {"classes": list(splits.classes), "fingerprint": fingerprint(model), "ledger": []}
+    kind = REQUEST_KINDS.get(cfg.kind)()
     if manifest["classes"] is None:  # a zero-shot model classifies the data's classes by name
         model.use_classes(list(splits.classes), dataset=splits.name)
-    elif list(manifest["classes"]) != list(splits.classes):
-        raise ForgetkitError(f"the model was trained on classes {manifest['classes'][:5]}..., the data has "
-                             f"{splits.classes[:5]}...; use the dataset the model was trained on")
+        known = len(splits.classes)
+    else:  # the kind orders the classes (labels index them) and says how many the model knows
+        run_classes, known = kind.run_classes(list(manifest["classes"]), list(splits.classes), model, cfg.protocol)
+        splits = splits.select(run_classes)
     classes = list(splits.classes)
     prior_ledger = list(manifest.get("ledger", []))
     splits.with_preprocess(model.spec.preprocess)
     forgotten = [classes.index(name) for name in forgotten_classes(prior_ledger)]
-    kind = REQUEST_KINDS.get(cfg.kind)()
     protocol = Protocol(cfg.protocol, splits, cfg.seed, forgotten=forgotten, first_index=len(prior_ledger),
-                        kind=kind)
+                        kind=kind, known=known)
     for task in protocol.tasks:  # every request checked against the model's ledger before any work
         kind.check(task, prior_ledger, classes)
     model = model.to(device)
@@ -488,11 +494,11 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         "seed": cfg.seed,
         "eval_split": cfg.protocol.eval_split,
         "accuracy": "margin" if cfg.eval.margin_accuracy else "argmax",
-        "pretrained": {"acc": pretrained.accuracy(range(len(classes))),
-                       "per_class": pretrained.by_name(classes), "fingerprint": manifest.get("fingerprint")},
+        "pretrained": {"acc": pretrained.accuracy(range(known)),  # over the classes the model knew at the start
+                       "per_class": pretrained.by_name(classes[:known]), "fingerprint": manifest.get("fingerprint")},
         "tasks": records,
         "kind": kind.name,
-        "summary": _summary(records),
+        "summary": {**_summary(records), **kind.summary(records)},
         "loss_log": loss_log,
         "ledger": ledger,
     }
@@ -500,7 +506,9 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         base = manifest.get("base") or {"path": cfg.model, "fingerprint": manifest["fingerprint"],
                                         "accuracy": {"eval_split": cfg.protocol.eval_split,
                                                      **_per_class_to_json(pretrained)}}
-        save_checkpoint(model.cpu(), model_dir, classes, ledger=ledger, base=base, data=to_dict(data_cfg))
+        known_after = known + (sum(len(t.forget) for t in protocol.tasks) if kind.adds_classes else 0)
+        save_checkpoint(model.cpu(), model_dir, classes[:known_after], ledger=ledger, base=base,
+                        data=to_dict(data_cfg))
     write_outputs(out, results, config, kind)  # results.json last: the marker of a finished run
     shutil.rmtree(state.root, ignore_errors=True)  # the finished run needs no state (it can be a model's size)
     return results

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
+
 from .errors import ForgetkitError
 from .metrics import PerClass, h_mean
 from .registry import Registry
@@ -38,10 +40,32 @@ class RequestKind:
     fix_hint: ClassVar[str] = ""
     default_method: ClassVar[str | None] = None
     """the method a request of this kind uses when none is named (None: the config's)"""
+    adds_classes: ClassVar[bool] = False
+    """each request adds its classes to those the model knows (learn)"""
 
-    def make_tasks(self, cfg, classes: list[str], forgotten: list[int], first_index: int) -> list:
-        """The requests of a protocol config (``cfg``: a ProtocolConfig), given the classes forgotten so far."""
+    def make_tasks(self, cfg, classes: list[str], forgotten: list[int], first_index: int,
+                   known: int | None = None) -> list:
+        """The requests of a protocol config (``cfg``: a ProtocolConfig), given the classes forgotten so far and the
+        classes the model knows (``classes[:known]``; None: all of them)."""
         raise NotImplementedError
+
+    def run_classes(self, model_classes: list[str], data_classes: list[str], model, cfg) -> tuple[list[str], int]:
+        """The run's classes, in the order labels will index them, and how many of them the model knows (a prefix).
+        Default: the model's classes, which the data must all have (its other classes are left out)."""
+        missing = [name for name in model_classes if name not in data_classes]
+        if missing:
+            raise ForgetkitError(f"the model was trained on classes {model_classes[:5]}..., the data has "
+                                 f"{data_classes[:5]}... (without {', '.join(repr(n) for n in missing[:3])}); use "
+                                 f"the dataset the model was trained on")
+        return list(model_classes), len(model_classes)
+
+    def model_metrics(self, task, model, images, device) -> dict:
+        """Numbers of the model after the request that per-class accuracy cannot give (learn: prototype drift)."""
+        return {}
+
+    def summary(self, records: list[dict]) -> dict:
+        """Run-level numbers over all requests, besides the averages every kind gets."""
+        return {}
 
     def describe(self, task, names: list[str]) -> dict:
         """The request's classes by name, for results.json (``classes``: the classes the request is about)."""
@@ -110,7 +134,7 @@ class Forget(RequestKind):
     fix_hint = ("try a larger budget (-o train.steps=600) or, if retained classes fell, more replay images or "
                 "-o method.alpha=0 (docs/gs-lora.md); --allow-fail accepts the result")
 
-    def make_tasks(self, cfg, classes, forgotten, first_index):
+    def make_tasks(self, cfg, classes, forgotten, first_index, known=None):
         from .protocol import make_tasks
 
         return make_tasks(cfg, classes, forgotten, first_index)
@@ -177,7 +201,7 @@ class Restore(RequestKind):
     fix_hint = ("only an undo of the latest request is exact; undoing an older one and LIRF's withdrawal are "
                 "approximate (docs/ledger.md); --allow-fail accepts the result")
 
-    def make_tasks(self, cfg, classes, forgotten, first_index):
+    def make_tasks(self, cfg, classes, forgotten, first_index, known=None):
         from .protocol import Task, resolve_class_names
 
         if cfg.tasks is None:
@@ -239,3 +263,136 @@ class Restore(RequestKind):
 
     def plot(self, results, out):
         pass
+
+
+@register_kind("learn")
+class Learn(RequestKind):
+    """Learn new classes: the model recognises them afterwards, the classes it knew keep their accuracy as far as
+    they can, and the classes it forgot stay forgotten.
+
+    The run's classes are the model's known classes first, then the classes to learn in the order they are learnt
+    (so the model always knows a prefix of them), then any other class of the data. A classifier whose classes the
+    data does not have is a pre-trained backbone: it starts knowing none (its head is replaced by the prototypes of
+    what it learns)."""
+
+    streams = ("forget", "retain")  # the new classes' images; the known classes' (only the joint upper bound reads)
+    ledger_metrics = ("after",)
+    default_method = "lora_sub_drs"
+    adds_classes = True
+    fix_hint = ("learn longer (-o train.steps=...), or check that the new classes' images are labelled right; "
+                "--allow-fail accepts the result")
+
+    def run_classes(self, model_classes, data_classes, model, cfg):
+        from .protocol import class_order, resolve_class_names
+
+        present = [name for name in model_classes if name in data_classes]
+        if getattr(model.spec, "head", None) == "prototype" or present:
+            known = super().run_classes(model_classes, data_classes, model, cfg)[0]
+        else:  # a backbone: none of its classes is in the data
+            known = []
+        rest = [name for name in data_classes if name not in known]
+        if cfg.tasks is not None:
+            wanted = [name for names in cfg.tasks for name in names]
+            resolve_class_names(wanted, data_classes, "the classes to learn")
+            already = [name for name in wanted if name in known]
+            if already:
+                raise ForgetkitError(f"the model already knows {', '.join(repr(n) for n in already)}; learn only "
+                                     f"new classes (a forgotten class comes back with forgetkit restore)")
+        else:
+            order = class_order(len(rest), cfg.order_seed)
+            wanted = [rest[i] for i in order]
+        return known + wanted + [name for name in rest if name not in wanted], len(known)
+
+    def make_tasks(self, cfg, classes, forgotten, first_index, known=None):
+        from .protocol import Task
+
+        known = len(classes) if known is None else known
+        if cfg.tasks is not None:
+            sizes = [len(names) for names in cfg.tasks]
+        else:
+            first = cfg.initial_classes or cfg.forget_per_task
+            sizes = [first] + [cfg.forget_per_task] * (cfg.num_tasks - 1)
+        if min(sizes) < 1:
+            raise ForgetkitError("every learn request needs at least one class (protocol.initial_classes, "
+                                 "protocol.forget_per_task)")
+        if known + sum(sizes) > len(classes):
+            raise ForgetkitError(f"the protocol learns {sum(sizes)} classes but the data has only "
+                                 f"{len(classes) - known} the model does not know; lower protocol.num_tasks or "
+                                 f"protocol.forget_per_task")
+        tasks, start = [], known
+        for i, size in enumerate(sizes):
+            new = list(range(start, start + size))
+            tasks.append(Task(first_index + i, new, [c for c in range(start) if c not in forgotten], list(forgotten)))
+            start += size
+        return tasks
+
+    def describe(self, task, names):
+        return {"classes": [names[c] for c in task.forget], "learn_classes": [names[c] for c in task.forget],
+                "known_classes": [names[c] for c in task.retain], "old_classes": [names[c] for c in task.old]}
+
+    def check(self, task, ledger, classes):
+        done = forgotten_classes(ledger)
+        for c in task.forget:
+            if classes[c] in done:  # run_classes never lets this through; a guard for hand-built protocols
+                raise ForgetkitError(f"class {classes[c]!r} was forgotten by request {done[classes[c]] + 1}; restore "
+                                     f"it instead of learning it again")
+
+    def measure(self, task, before, after, pretrained):
+        def accs(pc):
+            return {"acc_new": pc.accuracy(task.forget), "acc_old": pc.accuracy(task.retain) if task.retain else None,
+                    "acc_seen": pc.accuracy(task.forget + task.retain),
+                    "acc_o": pc.accuracy(task.old) if task.old else None}
+
+        acc_after, acc_before = accs(after), accs(before)
+        old_drop = (acc_before["acc_old"] - acc_after["acc_old"]) if task.retain else None
+        return {"before": acc_before, "after": acc_after, "old_drop": old_drop}
+
+    def verdict(self, metrics, thresholds):
+        """New classes at least ``min_learn_accuracy`` %, known classes within ``max_retain_drop`` points of the model
+        before the request, forgotten classes at most ``forget_threshold`` %."""
+        after, failed = metrics["after"], []
+        if after["acc_new"] is not None and after["acc_new"] < thresholds.min_learn_accuracy:
+            failed.append(f"new classes at {after['acc_new']:.1f} % (goal ≥ {thresholds.min_learn_accuracy:g} %)")
+        if metrics["old_drop"] is not None and metrics["old_drop"] > thresholds.max_retain_drop:
+            failed.append(f"known classes fell {metrics['old_drop']:.1f} points (allowed "
+                          f"{thresholds.max_retain_drop:g})")
+        if after["acc_o"] is not None and after["acc_o"] > thresholds.forget_threshold:
+            failed.append(f"forgotten classes came back to {after['acc_o']:.1f} %")
+        return {"pass": not failed, "failed": failed}
+
+    @torch.no_grad()
+    def model_metrics(self, task, model, images, device):
+        """Prototype drift of the known classes: ``1 − cos`` between each stored prototype and the mean embedding
+        of the class's evaluation images under the model after the request, averaged (0: no drift)."""
+        if not task.retain or getattr(model.spec, "head", None) != "prototype":
+            return {}
+        from .methods.incremental import class_means
+
+        stored = model.head.prototypes[task.retain]
+        now = class_means(model, images.subset(images.indices_of(task.retain)), task.retain, device)
+        return {"prototype_drift": (1 - torch.nn.functional.cosine_similarity(stored, now)).mean().item()}
+
+    def summary(self, records):
+        """Class-incremental numbers over the requests: the accuracy matrix (row i: after request i; column j: the
+        classes of request j), last accuracy, average incremental accuracy, and forgetting (each request's classes:
+        best accuracy on them after it was learnt minus the last)."""
+        def acc(record, names):
+            values = [record["per_class"]["after"][n] for n in names if record["per_class"]["after"].get(n) is not None]
+            return sum(values) / len(values) if values else None
+
+        matrix = [[acc(r, c["learn_classes"]) if j <= i else None for j, c in enumerate(records)]
+                  for i, r in enumerate(records)]
+        forgetting = [max(row[j] for row in matrix[j:]) - matrix[-1][j] for j in range(len(records) - 1)]
+        return {"accuracy_matrix": matrix, "last_accuracy": records[-1]["after"]["acc_seen"],
+                "average_incremental_accuracy": sum(r["after"]["acc_seen"] for r in records) / len(records),
+                "forgetting": sum(forgetting) / len(forgetting) if forgetting else None}
+
+    def report(self, results):
+        from .report import learn_report
+
+        return learn_report(results)
+
+    def plot(self, results, out):
+        from .report import plot_learning
+
+        plot_learning(results, out / "learning.png")

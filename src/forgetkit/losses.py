@@ -64,3 +64,24 @@ def group_norms(groups: dict[str, list[torch.Tensor]]) -> dict[str, float]:
     """The norm of each group, as the lasso sees it."""
     with torch.no_grad():
         return {k: float(torch.sqrt(sum((p ** 2).sum() for p in g))) for k, g in groups.items()}
+
+
+def augmented_triplet_loss(features: torch.Tensor, labels: torch.Tensor, margin: float,
+                           old_prototypes: torch.Tensor | None = None) -> torch.Tensor:
+    """LoRA-Sub-DRS's augmented triplet loss (clip-lirf-drs.md c.5), vectorised: on L2-normalised features,
+
+    ``mean_i ReLU(e_ap(i) − e_an(i) + m)``, ``e_ap(i) = max_{j: y_j = y_i} d_ij`` (the self pair included) and
+    ``e_an(i) = min(min_{j: y_j ≠ y_i} d_ij, min_c ‖f_i − p̂_c‖)`` over the old classes' normalised prototypes p̂_c.
+    A sample with no in-batch negative takes ``e_ap(i) + m`` as its in-batch term (as the original), so only the
+    old prototypes can make it count. Distances are clamped at 1e-6 as the original's.
+    """
+    f = F.normalize(features, dim=1)
+    dist = torch.cdist(f, f).clamp_min(1e-6)
+    same = labels[:, None] == labels[None, :]
+    hardest_positive = dist.masked_fill(~same, float("-inf")).amax(dim=1)
+    hardest_negative = dist.masked_fill(same, float("inf")).amin(dim=1)
+    hardest_negative = torch.where(torch.isinf(hardest_negative), hardest_positive + margin, hardest_negative)
+    if old_prototypes is not None and len(old_prototypes):
+        to_old = torch.cdist(f, F.normalize(old_prototypes, dim=1)).clamp_min(1e-6)
+        hardest_negative = torch.minimum(hardest_negative, to_old.amin(dim=1))
+    return F.relu(hardest_positive - hardest_negative + margin).mean()

@@ -65,7 +65,9 @@ def evaluate_classes(model, dataset, device="cpu", batch_size: int = 256, margin
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     preds, labels = [], []
     for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-        preds.append(model(x.to(device), y.to(device) if margin else None).argmax(1).cpu())
+        logits = model(x.to(device), y.to(device) if margin else None)
+        # a class-incremental model that has learnt no class yet has no outputs: it predicts none (-1)
+        preds.append(logits.argmax(1).cpu() if logits.shape[1] else torch.full((len(y),), -1))
         labels.append(y)
     model.train(was_training)
     return per_class(torch.cat(preds), torch.cat(labels), len(dataset.classes), batch_mean)

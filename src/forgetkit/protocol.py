@@ -29,8 +29,12 @@ from .runtime import rng
 class ProtocolConfig:
     """Which classes are forgotten when, and how much training data each task may use."""
 
-    forget_per_task: int = field(default=2, metadata={"help": "K: classes forgotten per task"})
-    num_tasks: int = field(default=4, metadata={"help": "T: number of forgetting tasks (1 = single-step)"})
+    forget_per_task: int = field(default=2, metadata={"help": "K: classes forgotten per task (learn: C, classes "
+                                                                  "learnt per task)"})
+    num_tasks: int = field(default=4, metadata={"help": "T: number of tasks (1 = single-step; learn: the first "
+                                                        "task included)"})
+    initial_classes: int | None = field(default=None, metadata={
+        "help": "learn: B, the classes of the first task (default C)"})
     first_retained: int | None = field(default=None, metadata={
         "help": "N: classes retained at the first task; N + K must equal the number of classes (default C − K)"})
     order_seed: int | None = field(default=1337, metadata={
@@ -197,7 +201,7 @@ class Protocol:
     """A protocol bound to a dataset: tasks, held-out validation images, and per-task subsamples."""
 
     def __init__(self, cfg: ProtocolConfig, splits: DataSplits, seed: int, forgotten: list[int] | None = None,
-                 first_index: int = 0, kind=None):
+                 first_index: int = 0, kind=None, known: int | None = None):
         if cfg.eval_split not in ("test", "val"):
             raise ForgetkitError(f"protocol.eval_split must be test or val, not {cfg.eval_split!r}")
         if cfg.eval_split == "val" and cfg.val_per_class < 1:
@@ -209,8 +213,8 @@ class Protocol:
         if cfg.shots is not None and cfg.shots < 1:
             raise ForgetkitError("protocol.shots must be at least 1 (or null for ratio sampling)")
         self.cfg, self.splits, self.seed = cfg, splits, seed
-        self.tasks = (kind.make_tasks(cfg, splits.classes, list(forgotten or []), first_index) if kind is not None
-                      else make_tasks(cfg, splits.classes, forgotten, first_index))
+        self.tasks = (kind.make_tasks(cfg, splits.classes, list(forgotten or []), first_index, known)
+                      if kind is not None else make_tasks(cfg, splits.classes, forgotten, first_index))
         self._pool, val = self._split_validation()
         self.eval_images = splits.test if cfg.eval_split == "test" else splits.train.subset(val)
 

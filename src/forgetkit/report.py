@@ -86,16 +86,23 @@ def ledger_table(ledger: list[dict], manifest: dict) -> str:
     base = manifest.get("base") or {}
     base_print = (base.get("fingerprint") or manifest.get("fingerprint", ""))[:12]
     lines = [f"base: {base.get('path', '(this checkpoint)')} ({base_print})",
-             "", "| # | kind | classes | method | verdict | Acc_f | Acc_r | weights before → after | edit | time |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| # | kind | classes | method | verdict | accuracy after (%) | weights before → after | edit | "
+             "time |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for e in ledger:
         after = e.get("metrics", {}).get("after", {})
+        numbers = ", ".join(f"{label} {fmt(after[key])}" for key, label in LEDGER_NUMBERS if after.get(key) is not None)
         verdict = "PASS" if e["verdict"]["pass"] else "FAIL: " + "; ".join(e["verdict"]["failed"])
         edit = e["edit"]["type"] if e.get("edit") else "–"
         lines.append(f"| {e['index'] + 1} | {e['kind']} | {', '.join(e['classes'])} | {e['method']} | {verdict} | "
-                     f"{fmt(after.get('acc_f'))} | {fmt(after.get('acc_r'))} | {e['fingerprint_before'][:12]} → "
-                     f"{e['fingerprint_after'][:12]} | {edit} | {e.get('time', '')} |")
+                     f"{numbers or '–'} | {e['fingerprint_before'][:12]} → {e['fingerprint_after'][:12]} | {edit} | "
+                     f"{e.get('time', '')} |")
     return "\n".join(lines)
+
+
+# the ledger table's numbers, whichever a request's kind measured: forgotten, restored or new classes, then the others
+LEDGER_NUMBERS = (("acc_f", "forgotten"), ("acc_restored", "restored"), ("acc_new", "new"), ("acc_r", "retained"),
+                  ("acc_old", "known"))
 
 
 def per_class_table(results: dict) -> list[str]:
@@ -193,3 +200,60 @@ def restore_report(results: dict) -> str:
                    f"{fmt(b['acc_r'])} → {fmt(a['acc_r'])} | {fmt(a['acc_o'])} | {t['seconds']:.1f} |")
     out += per_class_table(results)
     return "\n".join(out) + "\n"
+
+
+def learn_report(results: dict) -> str:
+    """report.md of a run of learn requests: per request, then the class-incremental accuracy matrix."""
+    tasks, s = results["tasks"], results["summary"]
+    out = [f"# forgetkit run: learn with {results['method']} on {results['dataset']}", "",
+           f"Seed {results['seed']}; evaluated on the {results['eval_split']} split (accuracy in percent, nearest "
+           f"class mean over the classes the model knows). Last accuracy {fmt(s['last_accuracy'])}, average "
+           f"incremental accuracy {fmt(s['average_incremental_accuracy'])}, forgetting {fmt(s['forgetting'])}.", "",
+           "| request | new classes | verdict | new | known: before → after | all seen | forgotten | prototype drift "
+           "| seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in tasks:
+        b, a = t["before"], t["after"]
+        out.append(f"| {t['index'] + 1} | {', '.join(t['learn_classes'])} | "
+                   f"{'PASS' if t['verdict']['pass'] else 'FAIL: ' + '; '.join(t['verdict']['failed'])} | "
+                   f"{fmt(a['acc_new'])} | {fmt(b['acc_old'])} → {fmt(a['acc_old'])} | {fmt(a['acc_seen'])} | "
+                   f"{fmt(a['acc_o'])} | {fmt(t.get('prototype_drift'), 3)} | {t['seconds']:.1f} |")
+    matrix = s["accuracy_matrix"]
+    out += ["", "## Accuracy matrix", "",
+            "Row: after request i; column: the classes of request j (mean of their accuracies).", "",
+            "| after | " + " | ".join(f"classes of {j + 1}" for j in range(len(matrix))) + " |",
+            "|---|" + "---|" * len(matrix)]
+    for i, row in enumerate(matrix):
+        out.append(f"| {i + 1} | " + " | ".join(fmt(v, 1) for v in row) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plot_learning(results: dict, path: Path) -> None:
+    """Accuracy on all seen classes after each request, and the accuracy matrix as a heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, matrix = results["tasks"], results["summary"]["accuracy_matrix"]
+    xs = list(range(1, len(tasks) + 1))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    left.plot(xs, [t["after"]["acc_seen"] for t in tasks], "o-", label="all seen classes")
+    left.plot(xs, [t["after"]["acc_new"] for t in tasks], "s--", label="new classes")
+    left.set_xticks(xs)
+    left.set_xlabel("request")
+    left.set_ylabel("accuracy (%)")
+    left.set_ylim(-3, 103)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    left.set_title(f"{results['method']} on {results['dataset']}")
+    grid = [[float("nan") if v is None else v for v in row] for row in matrix]
+    image = right.imshow(grid, vmin=0, vmax=100, cmap="viridis")
+    right.set_xticks(range(len(matrix)), [str(j + 1) for j in range(len(matrix))])
+    right.set_yticks(range(len(matrix)), [str(i + 1) for i in range(len(matrix))])
+    right.set_xlabel("classes of request")
+    right.set_ylabel("after request")
+    right.set_title("accuracy matrix")
+    fig.colorbar(image, ax=right, fraction=0.046)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)

@@ -150,6 +150,29 @@ class TensorImages(LabeledImages):
         return self.images[index]
 
 
+class RelabelledImages(LabeledImages):
+    """The images of some classes of another dataset, labelled by their place in a new class list (which must name
+    only classes of the other dataset); shares its preprocessing."""
+
+    def __init__(self, parent: LabeledImages, classes: list[str]):
+        self.parent, self.classes = parent, list(classes)
+        mapping = torch.full((len(parent.classes),), -1, dtype=torch.long)
+        for i, name in enumerate(self.classes):
+            mapping[parent.classes.index(name)] = i
+        self.indices = torch.nonzero(mapping[parent.targets] >= 0).flatten()
+        self.targets = mapping[parent.targets[self.indices]]
+
+    def raw(self, index: int) -> torch.Tensor:
+        return self.parent.raw(int(self.indices[index]))
+
+    def __getitem__(self, index: int):
+        return self.parent[int(self.indices[index])][0], int(self.targets[index])
+
+    def with_preprocess(self, preprocess: Preprocess) -> "RelabelledImages":
+        self.parent.with_preprocess(preprocess)
+        return self
+
+
 class FolderImages(LabeledImages):
     """Images on disk, one folder per class (``ROOT/<class>/<image>``), decoded with PIL when read."""
 
@@ -183,3 +206,9 @@ class DataSplits:
         self.train.with_preprocess(preprocess)
         self.test.with_preprocess(preprocess)
         return self
+
+    def select(self, classes: list[str]) -> "DataSplits":
+        """Only the images of ``classes``, labelled by their place in that list (itself when it is the same list)."""
+        if list(classes) == list(self.classes):
+            return self
+        return DataSplits(self.name, RelabelledImages(self.train, classes), RelabelledImages(self.test, classes))

@@ -39,9 +39,13 @@ class ModelSpec:
                                                              "uses PyTorch's default 1e-5)"})
     attn_scale: str = field(default="head_dim", metadata={"help": "head_dim (standard) or model_dim (Face "
                                                                    "Transformer quirk)"})
-    head: str = field(default="linear", metadata={"help": "linear or cosface"})
+    head: str = field(default="linear", metadata={"help": "linear, cosface, or prototype (a class-incremental "
+                                                           "model's nearest-class-mean classifier)"})
     cosface_scale: float = 64.0
     cosface_margin: float = 0.35
+    prototype_scale: float = field(default=16.0, metadata={
+        "help": "prototype head: logits are this times the cosine to each class prototype (the argmax, cosine NCM, "
+                "does not depend on it; a forgetting method's losses do)"})
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     lora_targets: str = field(default=r"backbone\.blocks\.\d+\.mlp\.fc[12]",

@@ -43,6 +43,20 @@ class CosFaceHead(nn.Module):
         return self.scale * cos
 
 
+class PrototypeHead(nn.Module):
+    """Cosine nearest-class-mean classifier: ``s·cos(emb, p_c)`` for each class prototype ``p_c`` (the mean embedding
+    of the class's training images, stored un-normalised), so the argmax is LoRA-Sub-DRS's NCM prediction. A model
+    that has learnt no class yet has no rows and predicts nothing."""
+
+    def __init__(self, dim: int, num_classes: int, scale: float = 16.0):
+        super().__init__()
+        self.scale = scale
+        self.prototypes = nn.Parameter(torch.zeros(num_classes, dim), requires_grad=False)
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scale * F.linear(F.normalize(emb), F.normalize(self.prototypes))
+
+
 class ForgetModel(nn.Module):
     """ViT classifier with an ``embed`` method (the pooled feature) and a head taking optional labels."""
 
@@ -66,6 +80,8 @@ class ForgetModel(nn.Module):
                 block.attn.scale = spec.embed_dim ** -0.5
         if spec.head == "cosface":
             self.head = CosFaceHead(spec.embed_dim, spec.num_classes, spec.cosface_scale, spec.cosface_margin)
+        elif spec.head == "prototype":
+            self.head = PrototypeHead(spec.embed_dim, spec.num_classes, spec.prototype_scale)
         else:
             self.head = LinearHead(spec.embed_dim, spec.num_classes)
 

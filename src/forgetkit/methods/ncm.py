@@ -1,0 +1,86 @@
+"""Two reference points of class-incremental learning: prototypes on frozen features (no training at all), and
+joint training on every class seen so far (an upper bound, since it reads the old classes' images)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import MethodConfig, register_method
+from .incremental import LearnMethod, attach_kv_lora, class_means, detach_kv_lora, stack_factors
+
+
+@dataclass
+class NCMConfig(MethodConfig):
+    """Prototype NCM on the frozen pre-trained features has no hyper-parameters."""
+
+
+@register_method("ncm")
+class FrozenNCM(LearnMethod):
+    """The new classes' prototypes on the model's features as they are: the simple, strong baseline of class-
+    incremental learning on a pre-trained model (nothing trained, so nothing drifts)."""
+
+    config_cls = NCMConfig
+
+    def fit(self, model, task, data, train_steps):  # no step loop: the base only adds prototypes
+        super().fit(model, task, data, lambda: None)
+
+    def train(self, model, task, data, train_steps):
+        return None
+
+
+@dataclass
+class JointConfig(MethodConfig):
+    """Joint training (upper bound): K/V LoRA and a CE head over every class seen so far."""
+
+    rank: int = field(default=10, metadata={"help": "rank of the K and V LoRA"})
+    head_lr: float = field(default=2e-3, metadata={"help": "learning rate of the CE head"})
+
+
+@register_method("joint")
+class Joint(LearnMethod):
+    """The upper bound: each request trains a K/V LoRA with a CE head over all classes seen so far, on the new
+    classes' images and the known classes' (which an exemplar-free method never sees), then recomputes every
+    prototype on the result."""
+
+    config_cls = JointConfig
+
+    def train(self, model, task, data, train_steps):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.layers = attach_kv_lora(model, self.cfg.rank, "zero", self.ctx.seed, task.index)
+        self.module = model.eval()
+        self.head = nn.Linear(model.spec.embed_dim, max(task.forget) + 1).to(self.device)
+        self.data = data
+        train_steps()
+        factors = stack_factors(self.layers)
+        detach_kv_lora(model)
+        return factors
+
+    def fit(self, model, task, data, train_steps):
+        super().fit(model, task, data, train_steps)
+        if task.retain:  # it may read the known classes' images: their prototypes follow the new features
+            known = class_means(self.model, self.data.retain, task.retain, self.device)
+            self.prototypes = torch.cat([known, self.prototypes[len(known):]])
+            self.model.head.prototypes.data.copy_(self.prototypes)
+
+    def parameters(self):
+        return [p for layer in self.layers for p in (layer.a_k, layer.b_k, layer.a_v, layer.b_v)]
+
+    def make_optimizer(self, lr, weight_decay):
+        return torch.optim.AdamW([{"params": self.parameters(), "lr": lr, "weight_decay": weight_decay},
+                                  {"params": list(self.head.parameters()), "lr": self.cfg.head_lr,
+                                   "weight_decay": 0.0}])
+
+    def training_step(self, forget, retain, step):
+        x, y = forget
+        if retain is not None:
+            x, y = torch.cat([x, retain[0]]), torch.cat([y, retain[1]])
+        ce = F.cross_entropy(self.head(self.module.embed(x)), y)
+        return {"ce": ce, "loss": ce}
+
+    def trainable_count(self):
+        return sum(p.numel() for p in self.parameters())
