@@ -164,7 +164,8 @@ def test_learn_forget_learn_on_one_model_keeps_one_ledger(tiny_model_dir, tmp_pa
     assert fk.fingerprint(fk.replay_ledger(tmp_path / "l2")) == manifest["fingerprint"]
     last = json.loads((tmp_path / "l2" / "results.json").read_text())["tasks"][0]
     assert last["old_classes"] == ["class_6"] and "class_6" not in last["known_classes"]
-    assert last["drs_dims"] and "prototype_drift" in last          # the second learn request projects its updates
+    assert last["drs_dims"]                               # the second learn request projects its updates
+    assert set(last["prototype_gap"]) == set(last["known_classes"] + last["learn_classes"])
     # learning a class the model knows, or one the data lacks: one line, exit 2
     capsys.readouterr()
     for classes, message in (("class_7", "already knows 'class_7'"), ("class_12", "unknown class 'class_12'")):
@@ -192,6 +193,18 @@ def test_every_learn_method_runs_a_two_task_protocol_from_a_backbone(method, tin
     s = results["summary"]
     assert len(s["accuracy_matrix"]) == 2 and s["accuracy_matrix"][0][1] is None
     assert s["last_accuracy"] == results["tasks"][1]["after"]["acc_seen"] and s["forgetting"] is not None
+    assert s["feature_drift"][0] is None and s["feature_drift"][1] is not None
+    if method == "ncm":  # frozen features: the known classes' prototypes and embeddings do not move
+        assert abs(s["feature_drift"][1]) < 1e-6
     assert (out / "learning.png").is_file() and "Accuracy matrix" in (out / "report.md").read_text()
     model, manifest = fk.load_model(out / "model")
     assert model.spec.num_classes == 4 and len(manifest["classes"]) == 4
+
+
+def test_the_python_api_learns_like_the_command(tiny_model_dir, tmp_path):
+    results = fk.learn(str(tiny_model_dir), [["class_7"], ["class_6"]], method="ncm", output_dir=str(tmp_path / "r"),
+                       data={"source": "synthetic", "num_classes": 8}, train={"threads": 1}, progress=False)
+    assert [t["learn_classes"] for t in results["tasks"]] == [["class_7"], ["class_6"]]
+    assert fk.read_ledger(tmp_path / "r" / "model")[1]["classes"] == [f"class_{i}" for i in range(6)] + [
+        "class_7", "class_6"]                                    # in the order learnt: the model knows a prefix
+    assert results["tasks"][1]["trainable_params"] == 0         # NCM trains nothing

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "forget": "api", "unlearn": "api", "load_config": "api", "packaged_configs": "api",
+    "forget": "api", "learn": "api", "unlearn": "api", "load_config": "api", "packaged_configs": "api",
     "from_dict": "config", "to_dict": "config",
     "DataConfig": "data", "load_data": "data",
     "EvalConfig": "engine", "RunConfig": "engine", "TrainConfig": "engine", "run_forgetting": "engine",

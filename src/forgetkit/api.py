@@ -45,8 +45,20 @@ def forget(model: str, tasks: list[list[str]], *, method: str | dict = "gs_lora"
 
     ``sections`` are config sections as dicts (``data={...}``, ``train={...}``); ``overrides`` are dotted strings.
     """
+    return _run_requests("forget", model, tasks, method, output_dir, overrides, progress, overwrite, sections)
+
+
+def learn(model: str, tasks: list[list[str]], *, method: str | dict = "lora_sub_drs", output_dir: str = "runs/learn",
+          overrides: list[str] | None = None, progress: bool = True, overwrite: bool = False, **sections) -> dict:
+    """Teach ``model`` the named classes (one list per request, without images of the classes it knows) and return
+    the results dict; the grown checkpoint is written to ``output_dir/model`` (docs/learning.md). ``sections`` name
+    the data holding the new classes: ``data={"source": "image_folder", "root": ...}``."""
+    return _run_requests("learn", model, tasks, method, output_dir, overrides, progress, overwrite, sections)
+
+
+def _run_requests(kind, model, tasks, method, output_dir, overrides, progress, overwrite, sections) -> dict:
     method_section = {"name": method} if isinstance(method, str) else dict(method)
-    data = {"model": model, "method": method_section, "output_dir": output_dir, **sections}
+    data = {"model": model, "kind": kind, "method": method_section, "output_dir": output_dir, **sections}
     data["protocol"] = {**(data.get("protocol") or {}), "tasks": tasks}
     cfg = from_dict(RunConfig, apply_overrides(data, overrides or []))
     return run_forgetting(cfg, progress=progress, overwrite=overwrite)

@@ -252,8 +252,9 @@ def write_learn_comparison(out: Path, all_results: dict[str, dict], spec: BenchS
     all_results = dict(sorted(all_results.items(), key=lambda kv: -(kv[1]["summary"]["last_accuracy"] or 0.0)))
     rows = [{"method": name, "request": t["index"] + 1, "acc_seen": t["after"]["acc_seen"],
              "acc_new": t["after"]["acc_new"], "acc_old": t["after"]["acc_old"],
-             "prototype_drift": t.get("prototype_drift"), "seconds": t["seconds"]}
-            for name, results in all_results.items() for t in results["tasks"]]
+             "feature_drift": drift, "seconds": t["seconds"]}
+            for name, results in all_results.items()
+            for t, drift in zip(results["tasks"], results["summary"]["feature_drift"])]
     columns = list(rows[0])
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -268,14 +269,14 @@ def write_learn_comparison(out: Path, all_results: dict[str, dict], spec: BenchS
              "Accuracy in percent on every class learnt so far (nearest class mean), after each request. Methods are "
              "sorted by last accuracy; forgetting is the mean drop of each request's classes from their best.", "",
              "| method | last accuracy | average incremental accuracy | forgetting | " + " | ".join(
-                 f"after {i + 1}" for i in range(len(first["tasks"]))) + " | mean prototype drift | seconds / "
+                 f"after {i + 1}" for i in range(len(first["tasks"]))) + " | mean feature drift | seconds / "
              "request |", "|---|---|---|---|" + "---|" * len(first["tasks"]) + "---|---|"]
     for name, r in all_results.items():
         s, tasks = r["summary"], r["tasks"]
-        drift = [t["prototype_drift"] for t in tasks if t.get("prototype_drift") is not None]
+        drift = [d for d in s["feature_drift"] if d is not None]
         lines.append(f"| {name} | {fmt(s['last_accuracy'])} | {fmt(s['average_incremental_accuracy'])} | "
                      f"{fmt(s['forgetting'])} | " + " | ".join(fmt(t["after"]["acc_seen"]) for t in tasks)
-                     + f" | {fmt(sum(drift) / len(drift) if drift else None, 3)} | "
+                     + f" | {fmt(sum(drift) / len(drift) if drift else None, 4)} | "
                      f"{s['seconds_total'] / len(tasks):.1f} |")
     write_text(out / "comparison.md", "\n".join(lines) + "\n")
     write_json(out / "comparison.json", {"spec": {"base": spec.base, "overrides": spec.overrides,

@@ -250,7 +250,7 @@ class Editor:
         seconds = time.time() - start
         after = self.evaluate(model)
         metrics = self.kind.measure(task, before, after, pretrained)
-        metrics.update(self.kind.model_metrics(task, model, self.eval_images, self.device))
+        metrics.update(self.kind.model_metrics(task, model, self.eval_images, self.classes, self.device))
         if self.other_images:
             for side, values in (("before", other_before), ("after", self.evaluate_other(model))):
                 metrics[side]["acc_other"] = sum(values.values()) / len(values)

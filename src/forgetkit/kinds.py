@@ -59,8 +59,8 @@ class RequestKind:
                                  f"the dataset the model was trained on")
         return list(model_classes), len(model_classes)
 
-    def model_metrics(self, task, model, images, device) -> dict:
-        """Numbers of the model after the request that per-class accuracy cannot give (learn: prototype drift)."""
+    def model_metrics(self, task, model, images, names: list[str], device) -> dict:
+        """Numbers of the model after the request that per-class accuracy cannot give (learn: prototype gaps)."""
         return {}
 
     def summary(self, records: list[dict]) -> dict:
@@ -361,16 +361,18 @@ class Learn(RequestKind):
         return {"pass": not failed, "failed": failed}
 
     @torch.no_grad()
-    def model_metrics(self, task, model, images, device):
-        """Prototype drift of the known classes: ``1 − cos`` between each stored prototype and the mean embedding
-        of the class's evaluation images under the model after the request, averaged (0: no drift)."""
-        if not task.retain or getattr(model.spec, "head", None) != "prototype":
+    def model_metrics(self, task, model, images, names, device):
+        """Each known class's prototype gap: ``1 − cos`` between its stored prototype and the mean embedding of its
+        evaluation images under the model now. The gap when a class was learnt is the train/test difference; how
+        much it grew since is the class's feature drift (:meth:`summary`)."""
+        if getattr(model.spec, "head", None) != "prototype":
             return {}
         from .methods.incremental import class_means
 
-        stored = model.head.prototypes[task.retain]
-        now = class_means(model, images.subset(images.indices_of(task.retain)), task.retain, device)
-        return {"prototype_drift": (1 - torch.nn.functional.cosine_similarity(stored, now)).mean().item()}
+        known = sorted(task.retain + task.forget)
+        now = class_means(model, images.subset(images.indices_of(known)), known, device)
+        gaps = 1 - torch.nn.functional.cosine_similarity(model.head.prototypes[known], now)
+        return {"prototype_gap": {names[c]: gap for c, gap in zip(known, gaps.tolist())}}
 
     def summary(self, records):
         """Class-incremental numbers over the requests: the accuracy matrix (row i: after request i; column j: the
@@ -383,9 +385,17 @@ class Learn(RequestKind):
         matrix = [[acc(r, c["learn_classes"]) if j <= i else None for j, c in enumerate(records)]
                   for i, r in enumerate(records)]
         forgetting = [max(row[j] for row in matrix[j:]) - matrix[-1][j] for j in range(len(records) - 1)]
+        # feature drift: how much each class's prototype gap grew since the request that learnt it, averaged over
+        # the classes learnt in this run and known before each request
+        learnt = {name: r["prototype_gap"][name] for r in records for name in r["learn_classes"]
+                  if name in r.get("prototype_gap", {})}
+        drift = []
+        for r in records:
+            grown = [r["prototype_gap"][n] - learnt[n] for n in r["known_classes"] if n in learnt]
+            drift.append(sum(grown) / len(grown) if grown else None)
         return {"accuracy_matrix": matrix, "last_accuracy": records[-1]["after"]["acc_seen"],
                 "average_incremental_accuracy": sum(r["after"]["acc_seen"] for r in records) / len(records),
-                "forgetting": sum(forgetting) / len(forgetting) if forgetting else None}
+                "forgetting": sum(forgetting) / len(forgetting) if forgetting else None, "feature_drift": drift}
 
     def report(self, results):
         from .report import learn_report

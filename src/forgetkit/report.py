@@ -209,17 +209,19 @@ def learn_report(results: dict) -> str:
            f"Seed {results['seed']}; evaluated on the {results['eval_split']} split (accuracy in percent, nearest "
            f"class mean over the classes the model knows). Last accuracy {fmt(s['last_accuracy'])}, average "
            f"incremental accuracy {fmt(s['average_incremental_accuracy'])}, forgetting {fmt(s['forgetting'])}.", "",
-           "| request | new classes | verdict | new | known: before → after | all seen | forgotten | prototype drift "
+           "| request | new classes | verdict | new | known: before → after | all seen | forgotten | feature drift "
            "| seconds |", "|---|---|---|---|---|---|---|---|---|"]
-    for t in tasks:
+    for t, drift in zip(tasks, s["feature_drift"]):
         b, a = t["before"], t["after"]
         out.append(f"| {t['index'] + 1} | {', '.join(t['learn_classes'])} | "
                    f"{'PASS' if t['verdict']['pass'] else 'FAIL: ' + '; '.join(t['verdict']['failed'])} | "
                    f"{fmt(a['acc_new'])} | {fmt(b['acc_old'])} → {fmt(a['acc_old'])} | {fmt(a['acc_seen'])} | "
-                   f"{fmt(a['acc_o'])} | {fmt(t.get('prototype_drift'), 3)} | {t['seconds']:.1f} |")
+                   f"{fmt(a['acc_o'])} | {fmt(drift, 4)} | {t['seconds']:.1f} |")
     matrix = s["accuracy_matrix"]
     out += ["", "## Accuracy matrix", "",
-            "Row: after request i; column: the classes of request j (mean of their accuracies).", "",
+            "Row: after request i; column: the classes of request j (mean of their accuracies). Feature drift: how "
+            "much the known classes' prototype gap (1 − cosine between the stored prototype and the class's mean "
+            "embedding on evaluation images) grew since their request.", "",
             "| after | " + " | ".join(f"classes of {j + 1}" for j in range(len(matrix))) + " |",
             "|---|" + "---|" * len(matrix)]
     for i, row in enumerate(matrix):
