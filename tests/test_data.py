@@ -147,3 +147,17 @@ def test_glyphs60_renders_60_distinct_classes_deterministically():
     assert (ink.max(1).values > 150).all()                                  # every image has a drawn glyph
     centred = (ink > 100).float().mean(1)
     assert (centred > 0.02).all() and (centred < 0.6).all()                 # neither empty nor a filled box
+
+
+def test_a_class_subset_relabels_in_its_own_order(image_folder):
+    full = load_data(DataConfig(source="image_folder", root=str(image_folder)))
+    for choice, expected in (("1:", ["dog", "fox"]), (["fox", "cat"], ["fox", "cat"]), (":1", ["cat"])):
+        part = load_data(DataConfig(source="image_folder", root=str(image_folder), classes=choice))
+        assert part.classes == expected and len(part.train) == 4 * len(expected)
+        for i in range(len(part.train)):  # each image keeps its class, under its new index
+            image, label = part.train[i]
+            assert expected[label] == full.classes[int(full.train.targets[part.train.indices[i]])]
+    for choice, message in (("30", "neither a list"), (["owl"], "'owl', which the data does not have"),
+                            ("5:", "selects no class")):
+        with pytest.raises(ForgetkitError, match=message):
+            load_data(DataConfig(source="image_folder", root=str(image_folder), classes=choice))

@@ -36,6 +36,9 @@ class DataConfig:
     train_per_class: int = field(default=60, metadata={"help": "synthetic only: training images per class"})
     test_per_class: int = field(default=20, metadata={"help": "synthetic only: test images per class"})
     seed: int = field(default=0, metadata={"help": "synthetic only: seed of the generated images"})
+    classes: list[str] | str | None = field(default=None, metadata={
+        "help": "only these classes, by name, or a slice of the source's class list such as '0:30' (the first "
+                "30) or '30:' (the others); null = all"})
 
 
 def load_data(cfg: DataConfig) -> DataSplits:
@@ -43,7 +46,27 @@ def load_data(cfg: DataConfig) -> DataSplits:
     splits = SOURCES.get(cfg.source)(cfg)
     if splits.train.classes != splits.test.classes:
         raise ForgetkitError(f"train and test class lists of {splits.name} differ; they must name the same classes")
-    return splits
+    return splits.select(chosen_classes(cfg.classes, splits.classes)) if cfg.classes is not None else splits
+
+
+def chosen_classes(choice: list[str] | str, classes: list[str]) -> list[str]:
+    """``data.classes``: names (each must exist) or a ``start:stop`` slice of the class list."""
+    if isinstance(choice, str):
+        try:
+            start, stop = (int(p) if p.strip() else None for p in choice.split(":"))
+        except ValueError:
+            raise ForgetkitError(f"data.classes {choice!r} is neither a list of class names nor a slice such as "
+                                 f"'0:30' (quote it: YAML reads an unquoted 0:30 as the number 30)") from None
+        chosen = classes[start:stop]
+    else:
+        unknown = [name for name in choice if name not in classes]
+        if unknown:
+            raise ForgetkitError(f"data.classes names {unknown[0]!r}, which the data does not have; classes are: "
+                                 f"{', '.join(classes[:12])}{' ...' if len(classes) > 12 else ''}")
+        chosen = list(choice)
+    if not chosen:
+        raise ForgetkitError(f"data.classes {choice!r} selects no class of the {len(classes)}")
+    return chosen
 
 
 # ---------------------------------------------------------------------------------------------------- Fashion-MNIST
