@@ -181,6 +181,7 @@ def test_every_learn_method_runs_a_two_task_protocol_from_a_backbone(method, tin
     learns two requests, and the class-incremental summary is complete."""
     out = tmp_path / method
     cfg = fk.load_config("cil", [f"model={tiny_model_dir}", "data.source=image_folder", f"data.root={tmp_path}/d",
+                                 "data.classes=null",
                                  f"method={{name: {method}}}", "protocol.forget_per_task=2", "protocol.num_tasks=2",
                                  "train.steps=8", "train.batch_size=8", "train.threads=1", f"output_dir={out}"])
     from conftest import make_image_folder

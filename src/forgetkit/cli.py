@@ -154,6 +154,55 @@ def cmd_ledger(args) -> None:
               f"{fingerprint(model)[:12]}, every fingerprint on the way as recorded")
 
 
+def cmd_verify(args) -> None:
+    from .config import from_dict
+    from .data import DataConfig, load_data
+    from .engine import load_checkpoint, model_data_config, resolve_model_path, setup_device
+    from .io import write_json, write_text
+    from .kinds import forgotten_classes
+    from .protocol import resolve_class_names
+    from .report import plot_verify, verify_table
+    from .verify import Verifier, VerifyConfig, align_head
+
+    cfg = from_dict(VerifyConfig, apply_overrides({}, list(args.override)), "verify")
+    device = setup_device("auto", args.threads)
+    model, manifest = load_checkpoint(resolve_model_path(args.model))
+    if manifest.get("classes") is None:
+        raise ForgetkitError("verify checks classifiers (forgetkit checkpoints with classes), not zero-shot CLIPs")
+    data_cfg = DataConfig(source=args.data, root=args.root) if args.data else model_data_config(manifest, args.model)
+    classes = list(manifest["classes"])
+    splits = load_data(data_cfg)
+    missing = [name for name in classes if name not in splits.classes]
+    if missing:
+        raise ForgetkitError(f"the data lacks the model's class {missing[0]!r}; give the data it was trained on "
+                             f"(--data, --root)")
+    splits = splits.select(classes).with_preprocess(model.spec.preprocess)
+    names = args.classes.split(",") if args.classes else sorted(forgotten_classes(manifest.get("ledger", [])),
+                                                                key=classes.index)
+    if not names:
+        raise ForgetkitError(f"{args.model}'s ledger has forgotten no class; name the classes to check with --classes")
+    forgotten = resolve_class_names(names, classes, "--classes")
+    retained = [c for c in range(len(classes)) if c not in forgotten]
+    base = (manifest.get("base") or {}).get("path")
+    if base is None and args.base is None:
+        raise ForgetkitError(f"{args.model} names no base model; give the model before forgetting with --base")
+    pretrained = load_checkpoint(resolve_model_path(args.base or base))[0].to(device)
+    reference = None
+    if args.reference:
+        reference, ref_manifest = load_checkpoint(resolve_model_path(args.reference))
+        reference = align_head(reference, list(ref_manifest["classes"]), classes).to(device)
+    verifier = Verifier(cfg, splits.train, splits.test, args.seed, device, pretrained, reference)
+    results = verifier(model.to(device), forgotten, retained)
+    results["classes"] = names
+    out = Path(args.out)
+    write_text(out / "verify.md", "\n".join([f"# Verification of {args.model}: {', '.join(names)}", ""]
+                                             + verify_table(results)) + "\n")
+    plot_verify(results, out / "verify.png")
+    write_json(out / "verify.json", results)
+    print("\n".join(verify_table(results)))
+    print(f"\nverify.json, verify.md and verify.png in {out}/ (docs/verify.md says how to read them)")
+
+
 def cmd_methods(args) -> None:
     from .methods import METHODS
 
@@ -247,6 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "(eval.min_learn_accuracy, eval.max_retain_drop)")
     run_flags(p)
     p.set_defaults(func=cmd_forget, kind="learn")
+
+    p = sub.add_parser("verify", help="check that a model's forgotten classes cannot be cheaply recovered: "
+                                      "membership inference, feature probes, relearning, CKA (docs/verify.md)")
+    p.add_argument("--model", required=True, help="forgetkit checkpoint to check")
+    p.add_argument("--reference", help="a model trained without the forgotten classes (the target row)")
+    p.add_argument("--base", help="the model before forgetting (default: the base its manifest names)")
+    p.add_argument("--classes", metavar="A,B", help="the classes to check (default: those its ledger forgot)")
+    p.add_argument("--data", help="data source (default: the data the model was trained on)")
+    p.add_argument("--root", help="data root folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of every draw")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    p.add_argument("--out", required=True, help="folder for verify.json, verify.md and verify.png")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="verification setting, e.g. images_per_class=50 (forgetkit config eval.verify lists them)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("bench", help="run several methods on one protocol and compare them")
     p.add_argument("-c", "--config", help="bench spec YAML (default: every method on the demo protocol)")

@@ -29,13 +29,16 @@ from .methods import MethodContext, build_method
 from .methods.base import (METHODS, Method, MethodConfig, NonFiniteLoss, default_method_config, model_capabilities,
                            resolved_method_config)
 from .metrics import PerClass, evaluate_classes
+from .verify import VerifyConfig
 from .models import fingerprint, load_model, save_model
 from .protocol import Protocol, ProtocolConfig, Task, TaskData
 from .runstate import RunLog, RunState, crash_point
 from .runtime import balanced_batches, rng, seed_everything, seed_request, setup_device, step_scheduler
 
 BUILTIN_MODELS = {"builtin:fmnist_vit": Path(__file__).parent / "assets" / "fmnist_vit",
-                  "builtin:clip_fmnist": Path(__file__).parent / "assets" / "clip_fmnist"}
+                  "builtin:clip_fmnist": Path(__file__).parent / "assets" / "clip_fmnist",
+                  # the class-incremental benchmark's backbone: glyphs60's first 30 classes (docs/learning.md)
+                  "builtin:glyphs30_vit": Path(__file__).parent / "assets" / "glyphs30_vit"}
 
 
 def _load_zero_shot_clip(source: Path, arch: str | None = None) -> tuple[torch.nn.Module, dict]:
@@ -118,6 +121,9 @@ class EvalConfig:
     max_restore_gap: float = field(default=2.0, metadata={
         "help": "a restore request passes only if the restored classes come within this many points of the base "
                 "model's accuracy on them"})
+    verify: VerifyConfig = field(default_factory=VerifyConfig, metadata={
+        "help": "membership inference, feature probes, relearning and CKA on the forgotten classes after every "
+                "request (docs/verify.md)"})
     other_data: list[DataConfig] = field(default_factory=list, metadata={
         "help": "zero-shot models (CLIP): further datasets whose accuracy, over their own class names, is measured "
                 "before and after every request (collateral damage)"})
@@ -194,6 +200,8 @@ class Editor:
     device: torch.device
     progress: bool = False
     other_images: dict = field(default_factory=dict)
+    verifier: Any = None
+    """a :class:`forgetkit.verify.Verifier` run after every request (eval.verify), or None"""
 
     @classmethod
     def create(cls, method_config: MethodConfig, kind: RequestKind, model, classes: list[str], eval_images,
@@ -251,6 +259,9 @@ class Editor:
         after = self.evaluate(model)
         metrics = self.kind.measure(task, before, after, pretrained)
         metrics.update(self.kind.model_metrics(task, model, self.eval_images, self.classes, self.device))
+        forgotten = self.kind.forgotten_after(task)
+        if self.verifier is not None and forgotten:
+            metrics["verify"] = self.verifier(model, forgotten, list(task.retain))
         if self.other_images:
             for side, values in (("before", other_before), ("after", self.evaluate_other(model))):
                 metrics[side]["acc_other"] = sum(values.values()) / len(values)
@@ -445,6 +456,8 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     editor = Editor.create(cfg.method, kind, model, classes, protocol.eval_images, cfg.train, cfg.eval, cfg.seed,
                            device, progress, other_images, ledger=prior_ledger, source=source)
     method = editor.method
+    if cfg.eval.verify.enabled:
+        editor.verifier = build_verifier(cfg.eval.verify, model, manifest, protocol, classes, cfg.seed, device)
     start_model = copy.deepcopy(model) if cfg.protocol.independent else None
 
     check_writable(out)  # every input checked: now the run may create its folder
@@ -512,6 +525,21 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     write_outputs(out, results, config, kind)  # results.json last: the marker of a finished run
     shutil.rmtree(state.root, ignore_errors=True)  # the finished run needs no state (it can be a model's size)
     return results
+
+
+def build_verifier(cfg: VerifyConfig, model, manifest: dict, protocol: Protocol, classes: list[str], seed: int,
+                   device):
+    """The run's :class:`~forgetkit.verify.Verifier`: members are the training images the protocol may use, held-out
+    images its evaluation images; the pre-trained row is the ledger's base model (or the model at the start)."""
+    from .verify import Verifier, align_head
+
+    base_path = (manifest.get("base") or {}).get("path")
+    pretrained = load_checkpoint(resolve_model_path(base_path))[0].to(device) if base_path else copy.deepcopy(model)
+    reference = None
+    if cfg.reference:
+        reference, ref_manifest = load_checkpoint(resolve_model_path(cfg.reference))
+        reference = align_head(reference, list(ref_manifest["classes"]), classes).to(device)
+    return Verifier(cfg, protocol.train_images(), protocol.eval_images, seed, device, pretrained.eval(), reference)
 
 
 def _base_accuracy(manifest: dict, start: PerClass, eval_split: str) -> PerClass:

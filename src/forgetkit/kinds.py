@@ -59,6 +59,10 @@ class RequestKind:
                                  f"the dataset the model was trained on")
         return list(model_classes), len(model_classes)
 
+    def forgotten_after(self, task) -> list[int]:
+        """The classes the model should have forgotten after the request (what verification checks)."""
+        return list(task.old)
+
     def model_metrics(self, task, model, images, names: list[str], device) -> dict:
         """Numbers of the model after the request that per-class accuracy cannot give (learn: prototype gaps)."""
         return {}
@@ -166,6 +170,9 @@ class Forget(RequestKind):
                     f"class {classes[c]!r} was already forgotten by request {entry['index'] + 1} of this model's "
                     f"ledger ({entry.get('method')}, {entry.get('time', 'time unknown')}); restore it first, or "
                     f"leave it out of this request")
+
+    def forgotten_after(self, task):
+        return list(task.forget) + list(task.old)
 
     def measure(self, task, before, after, pretrained):
         acc_after, acc_before, acc_pre = (_accuracies(pc, task) for pc in (after, before, pretrained))

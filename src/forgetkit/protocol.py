@@ -251,6 +251,10 @@ class Protocol:
             chosen.append(pool[torch.randperm(len(pool), generator=gen)[:n]])
         return torch.sort(torch.cat(chosen)).values if chosen else torch.zeros(0, dtype=torch.long)
 
+    def train_images(self):
+        """Every training image a request may draw from (the validation hold-out left out)."""
+        return self.splits.train.subset(torch.sort(torch.cat(list(self._pool.values()))).values)
+
     def task_data(self, task: Task) -> TaskData:
         """Training subsets for ``task``: drawn per class from the run's seed and the task index only."""
         forget = self._draw(task.forget, self.cfg.forget_ratio, task.index, "forget_subset")

@@ -71,6 +71,10 @@ def markdown_report(results: dict) -> str:
                 "| task | " + " | ".join(f"block {k}" for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
         for t in tasks:
             out.append(f"| {t['index'] + 1} | " + " | ".join(f"{t['group_norms'][k]:.3g}" for k in keys) + " |")
+    for t in tasks:  # eval.verify: what the features still hold of every class forgotten so far (docs/verify.md)
+        if "verify" in t:
+            out += ["", f"## Verification after request {t['index'] + 1} ({t['verify']['forgotten_classes']} classes "
+                    f"forgotten so far)", ""] + verify_table(t["verify"])
     out += per_class_table(results)
     s = results["summary"]
     out += ["", "## Summary", "", f"- average cumulative H: {fmt(s['h_cumulative_avg'])}",
@@ -256,6 +260,58 @@ def plot_learning(results: dict, path: Path) -> None:
     right.set_ylabel("after request")
     right.set_title("accuracy matrix")
     fig.colorbar(image, ax=right, fraction=0.046)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def verify_table(verify: dict) -> list[str]:
+    """Verification of one model (``forgetkit verify`` or a request's ``verify``): a row per model checked."""
+    def steps(value):
+        return "> cap" if value is None else str(value)
+
+    shots = list(verify["model"]["relearn_steps"])
+    lines = ["| model | Acc_f | MIA AUC (train vs held-out) | MIA AUC (vs retained) | MIA AUC retained (control) | "
+             "SalUn efficacy | probe F | k-NN F | probe R | k-NN R | CKA to pre-trained | CKA to reference | "
+             + " | ".join(f"relearn steps k={k}" for k in shots) + " |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(shots)]
+    for name in ("model", "pretrained", "reference"):
+        if name not in verify:
+            continue
+        r = verify[name]
+        lines.append(f"| {name} | {fmt(r['acc_forgotten'], 1)} | {fmt(r['mia_loss_auc'], 3)} | "
+                     f"{fmt(r['mia_loss_auc_vs_retained'], 3)} | {fmt(r['mia_loss_auc_retained'], 3)} | "
+                     f"{fmt(r['mia_confidence_efficacy'], 3)} | {fmt(r['probe_forgotten'], 1)} | "
+                     f"{fmt(r['knn_forgotten'], 1)} | {fmt(r['probe_retained'], 1)} | {fmt(r['knn_retained'], 1)} | "
+                     f"{fmt(r['cka_to_pretrained'], 3)} | {fmt(r.get('cka_to_reference'), 3)} | "
+                     + " | ".join(steps(r["relearn_steps"][k]) for k in shots) + " |")
+    return lines
+
+
+def plot_verify(verify: dict, path: Path) -> None:
+    """Probe and k-NN accuracy on the forgotten classes, and the loss attack's AUC, per model checked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("model", "pretrained", "reference") if n in verify]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    pos = list(range(len(names)))
+    left.bar([p - 0.2 for p in pos], [verify[n]["probe_forgotten"] for n in names], 0.4, label="linear probe")
+    left.bar([p + 0.2 for p in pos], [verify[n]["knn_forgotten"] for n in names], 0.4, label="k-NN")
+    left.set_xticks(pos, names)
+    left.set_ylabel("accuracy on forgotten classes (%)")
+    left.set_ylim(0, 105)
+    left.legend(fontsize=7)
+    left.set_title("what the features still separate")
+    right.bar(pos, [verify[n]["mia_loss_auc"] for n in names], 0.5)
+    right.axhline(0.5, color="grey", linestyle="--", label="chance")
+    right.set_xticks(pos, names)
+    right.set_ylim(0.3, 1.0)
+    right.set_ylabel("loss attack AUC")
+    right.legend(fontsize=7)
+    right.set_title("membership of forgotten training images")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

@@ -38,6 +38,10 @@ STREAMS = {
     "lora_init": 81,           # learning: the new LoRA factors' initialisation (LoRA-Sub-DRS)
     "request_global": 91,      # torch's, NumPy's and Python's global generators during a request (dropout)
     "clip_targets": None,      # CLIP text forgetting's random targets (no salt: the documented numbers' draw)
+    # verification (per check; the relearning shots per k)
+    "verify_images": 101,      # the attacks' and probes' scoring images
+    "verify_probe": 102,       # the probe's and k-NN's training images
+    "verify_shots": 103,       # relearning: the k images per forgotten class
     # per run (no request index)
     "train_order": 1,          # pre-training: order of the training images
     "augment": 2,              # pre-training: flips (ViT) and caption choice (CLIP)
