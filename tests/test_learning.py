@@ -209,3 +209,20 @@ def test_the_python_api_learns_like_the_command(tiny_model_dir, tmp_path):
     assert fk.read_ledger(tmp_path / "r" / "model")[1]["classes"] == [f"class_{i}" for i in range(6)] + [
         "class_7", "class_6"]                                    # in the order learnt: the model knows a prefix
     assert results["tasks"][1]["trainable_params"] == 0         # NCM trains nothing
+
+
+def test_bench_compares_learn_runs_and_runs_variants_under_their_own_names(tiny_model_dir, tmp_path):
+    from conftest import make_image_folder
+    from forgetkit.bench import BenchSpec, run_bench
+
+    make_image_folder(tmp_path / "d", classes=("ant", "bee", "cow", "elk"), per_class=6, size=(16, 16), mode="L")
+    spec = BenchSpec(base="cil", output_dir=str(tmp_path / "b"),
+                     overrides=[f"model={tiny_model_dir}", "data.source=image_folder", f"data.root={tmp_path}/d",
+                                "data.classes=null", "protocol.forget_per_task=2", "protocol.num_tasks=2",
+                                "train.steps=4", "train.batch_size=8", "train.threads=1"],
+                     methods={"ncm": {}, "frozen": {"method": "ncm"}, "seq_lora": {}})
+    rows = run_bench(spec, progress=False)
+    assert {r["method"] for r in rows} == {"ncm", "frozen", "seq_lora"} and len(rows) == 6
+    assert json.loads((tmp_path / "b" / "frozen" / "results.json").read_text())["method"] == "ncm"
+    table = (tmp_path / "b" / "comparison.md").read_text()
+    assert "| frozen |" in table and "last accuracy" in table and (tmp_path / "b" / "comparison.png").is_file()

@@ -120,3 +120,16 @@ def test_verify_command_and_run_option_on_a_forgotten_checkpoint(tiny_model_dir,
     # a model whose ledger forgot nothing: one line, exit 2
     assert main(["verify", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x")]) == 2
     assert "forgotten no class" in capsys.readouterr().err
+
+
+def test_bench_puts_every_method_s_checks_beside_the_pretrained_and_reference_rows(tiny):
+    from forgetkit.bench import verification_section
+
+    model, data = tiny
+    verify = Verifier(FAST, data.train, data.test, 0, torch.device("cpu"), model, reference=model)(
+        NoiseFeatures(model), [0], [1, 2, 3, 4, 5])
+    lines = verification_section({"gs_lora": {"tasks": [{"verify": verify}]},
+                                  "l2": {"tasks": [{}, {"verify": verify}]}})
+    names = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "---" not in line][1:]
+    assert names == ["gs_lora", "l2", "pretrained", "reference"]
+    assert verification_section({"gs_lora": {"tasks": [{}]}}) == []

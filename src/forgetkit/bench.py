@@ -31,7 +31,7 @@ from .errors import ForgetkitError
 from .io import atomic_write, write_json, write_text
 from .methods import METHODS
 from .methods.base import MethodConfig
-from .report import fmt, results_table, task_label
+from .report import fmt, results_table, task_label, verify_table
 from .runstate import crash_point
 
 CSV_COLUMNS = ["method", "task", "h_cumulative", "h_mean", "acc_r", "acc_f", "acc_o", "acc_f_all", "seconds",
@@ -199,11 +199,27 @@ def write_comparison(out: Path, all_results: dict[str, dict], spec: BenchSpec) -
                      f"{fmt(s['acc_f_avg'])} | {fmt(s['acc_o_avg'])} | "
                      + (f"{fmt(sum(other) / len(other) if other else None)} | " if "acc_other" in columns else "")
                      + f"{ratio:.2f} % | {s['seconds_total'] / len(tasks):.1f} |")
+    lines += verification_section(all_results)
     write_text(out / "comparison.md", "\n".join(lines) + "\n")
     write_json(out / "comparison.json", {"spec": {"base": spec.base, "overrides": spec.overrides,
                                                   "methods": spec.methods}, "rows": rows})
     plot_comparison(all_results, out / "comparison.png")
     return rows
+
+
+def verification_section(all_results: dict[str, dict]) -> list[str]:
+    """With eval.verify: every method's checks after its last request side by side, the pre-trained model and the
+    reference (a model trained without the forgotten classes) as the rows to read them against."""
+    last = {name: r["tasks"][-1]["verify"] for name, r in all_results.items() if "verify" in r["tasks"][-1]}
+    if not last:
+        return []
+    first = next(iter(last.values()))
+    table = verify_table({"model": first["model"], **{k: first[k] for k in ("pretrained", "reference")
+                                                       if k in first}})
+    rows = [row.replace("| model |", f"| {name} |", 1) for name, v in last.items()
+            for row in verify_table({"model": v["model"]})[2:]]
+    return ["", f"## Verification after the last request ({first['forgotten_classes']} classes forgotten; "
+            "docs/verify.md)", "", *table[:2], *rows, *table[3:]]
 
 
 def plot_comparison(all_results: dict[str, dict], path: Path) -> None:
