@@ -155,8 +155,11 @@ def cmd_ledger(args) -> None:
 
 
 def cmd_verify(args) -> None:
+    import torch
+
     from .config import from_dict
     from .data import DataConfig, load_data
+    from .data.datasets import validation_holdout
     from .engine import load_checkpoint, model_data_config, resolve_model_path, setup_device
     from .io import write_json, write_text
     from .kinds import forgotten_classes
@@ -186,12 +189,17 @@ def cmd_verify(args) -> None:
     base = (manifest.get("base") or {}).get("path")
     if base is None and args.base is None:
         raise ForgetkitError(f"{args.model} names no base model; give the model before forgetting with --base")
-    pretrained = load_checkpoint(resolve_model_path(args.base or base))[0].to(device)
+    pretrained, base_manifest = load_checkpoint(resolve_model_path(args.base or base))
+    pretrained = pretrained.to(device)
+    # members are the images the model was trained on: the pre-training's validation hold-out is not
+    held_out = (base_manifest.get("pretrain") or {}).get("config", {}).get("val_per_class", 0)
+    members = splits.train.subset(torch.nonzero(~torch.isin(
+        torch.arange(len(splits.train)), validation_holdout(splits.train.targets, len(classes), held_out))).flatten())
     reference = None
     if args.reference:
         reference, ref_manifest = load_checkpoint(resolve_model_path(args.reference))
         reference = align_head(reference, list(ref_manifest["classes"]), classes).to(device)
-    verifier = Verifier(cfg, splits.train, splits.test, args.seed, device, pretrained, reference)
+    verifier = Verifier(cfg, members, splits.test, args.seed, device, pretrained, reference)
     results = verifier(model.to(device), forgotten, retained)
     results["classes"] = names
     out = Path(args.out)
