@@ -31,7 +31,7 @@ from .errors import ForgetkitError
 from .io import atomic_write, write_json, write_text
 from .methods import METHODS
 from .methods.base import MethodConfig
-from .report import fmt, results_table, task_label, verify_table
+from .report import fmt, results_table, task_label, verify_comparison
 from .runstate import crash_point
 
 CSV_COLUMNS = ["method", "task", "h_cumulative", "h_mean", "acc_r", "acc_f", "acc_o", "acc_f_all", "seconds",
@@ -214,12 +214,8 @@ def verification_section(all_results: dict[str, dict]) -> list[str]:
     if not last:
         return []
     first = next(iter(last.values()))
-    table = verify_table({"model": first["model"], **{k: first[k] for k in ("pretrained", "reference")
-                                                       if k in first}})
-    rows = [row.replace("| model |", f"| {name} |", 1) for name, v in last.items()
-            for row in verify_table({"model": v["model"]})[2:]]
     return ["", f"## Verification after the last request ({first['forgotten_classes']} classes forgotten; "
-            "docs/verify.md)", "", *table[:2], *rows, *table[3:]]
+            "docs/verify.md)", "", *verify_comparison(last)]
 
 
 def plot_comparison(all_results: dict[str, dict], path: Path) -> None:

@@ -288,6 +288,16 @@ def verify_table(verify: dict) -> list[str]:
     return lines
 
 
+def verify_comparison(by_name: dict[str, dict]) -> list[str]:
+    """Several models' verifications in one table: a row per name, then the pre-trained and reference rows (of the
+    first: every verification of a comparison shares them)."""
+    first = next(iter(by_name.values()))
+    table = verify_table(first)
+    rows = [verify_table({"model": v["model"]})[2].replace("| model |", f"| {name} |", 1)
+            for name, v in by_name.items()]
+    return [*table[:2], *rows, *table[3:]]
+
+
 def plot_verify(verify: dict, path: Path) -> None:
     """Probe and k-NN accuracy on the forgotten classes, and the loss attack's AUC, per model checked."""
     import matplotlib
