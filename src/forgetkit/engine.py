@@ -29,11 +29,11 @@ from .methods import MethodContext, build_method
 from .methods.base import (METHODS, Method, MethodConfig, NonFiniteLoss, default_method_config, model_capabilities,
                            resolved_method_config)
 from .metrics import PerClass, evaluate_classes
-from .verify import VerifyConfig
 from .models import fingerprint, load_model, save_model
 from .protocol import Protocol, ProtocolConfig, Task, TaskData
 from .runstate import RunLog, RunState, crash_point
 from .runtime import balanced_batches, rng, seed_everything, seed_request, setup_device, step_scheduler
+from .verify import VerifyConfig
 
 BUILTIN_MODELS = {"builtin:fmnist_vit": Path(__file__).parent / "assets" / "fmnist_vit",
                   "builtin:clip_fmnist": Path(__file__).parent / "assets" / "clip_fmnist",
