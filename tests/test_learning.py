@@ -226,3 +226,29 @@ def test_bench_compares_learn_runs_and_runs_variants_under_their_own_names(tiny_
     assert json.loads((tmp_path / "b" / "frozen" / "results.json").read_text())["method"] == "ncm"
     table = (tmp_path / "b" / "comparison.md").read_text()
     assert "| frozen |" in table and "last accuracy" in table and (tmp_path / "b" / "comparison.png").is_file()
+
+
+def test_a_learn_run_killed_after_a_request_resumes_to_the_same_results(tiny_model_dir, tmp_path):
+    """The state after request 1 holds a grown prototype head; the resumed run rebuilds that shape."""
+    import os
+    import subprocess
+    import sys
+
+    def learn(out, crash_at=None):
+        env = {k: v for k, v in os.environ.items() if k != "FORGETKIT_CRASH_AT"}
+        if crash_at:
+            env["FORGETKIT_CRASH_AT"] = crash_at
+        return subprocess.run([sys.executable, "-m", "forgetkit.cli", "learn", "--model", str(tiny_model_dir),
+                               "--data", "synthetic", "-o", "data.num_classes=9", "--classes", "class_6",
+                               "--classes", "class_7,class_8", "--out", str(out), *LEARN, *extra],
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    extra = ["-o", "train.log_every=4"]
+    assert learn(tmp_path / "ref").returncode == 0
+    assert learn(tmp_path / "run", crash_at="request_1_step_5").returncode == -9
+    extra += ["--resume"]
+    resumed = learn(tmp_path / "run")
+    assert resumed.returncode == 0, resumed.stderr
+    ref, run = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("ref", "run"))
+    assert [t["fingerprint_after"] for t in run["tasks"]] == [t["fingerprint_after"] for t in ref["tasks"]]
+    assert run["summary"]["accuracy_matrix"] == ref["summary"]["accuracy_matrix"]

@@ -30,6 +30,8 @@ from .methods.base import (METHODS, Method, MethodConfig, NonFiniteLoss, default
                            resolved_method_config)
 from .metrics import PerClass, evaluate_classes
 from .models import fingerprint, load_model, save_model
+from .models.presets import ModelSpec
+from .models.vit import ForgetModel
 from .protocol import Protocol, ProtocolConfig, Task, TaskData
 from .runstate import RunLog, RunState, crash_point
 from .runtime import balanced_batches, rng, seed_everything, seed_request, setup_device, step_scheduler
@@ -465,6 +467,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     if resume:
         saved, weights, method_state = state.load(config)
         if start_model is None:  # independent requests start from the loaded model, not from the last one
+            model = _with_saved_shape(model, saved.get("spec"), device)
             model.load_state_dict(weights)
         method.load_state_dict(method_state)
         records, loss_log, ledger = saved["tasks"], saved["loss_log"], saved["ledger"]
@@ -496,7 +499,7 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
                 "config": config, "tasks": records, "loss_log": loss_log, "ledger": ledger,
                 "pretrained_counts": _per_class_to_json(pretrained), "current_counts": _per_class_to_json(current),
                 "start_counts": _per_class_to_json(at_start),
-                "log_rows": log.count})
+                "spec": _spec_of(model), "log_rows": log.count})
     finally:
         log.close()
 
@@ -525,6 +528,19 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     write_outputs(out, results, config, kind)  # results.json last: the marker of a finished run
     shutil.rmtree(state.root, ignore_errors=True)  # the finished run needs no state (it can be a model's size)
     return results
+
+
+def _spec_of(model) -> dict | None:
+    spec = getattr(model, "spec", None)
+    return spec.to_dict() if callable(getattr(spec, "to_dict", None)) else None
+
+
+def _with_saved_shape(model, saved_spec: dict | None, device):
+    """The model to load a saved state into: the run's own, or, when the saved state has another shape (a learn
+    request grew the head), a forgetkit ViT rebuilt from the saved spec."""
+    if saved_spec is None or saved_spec == _spec_of(model):
+        return model
+    return ForgetModel(ModelSpec.from_dict(saved_spec)).to(device)
 
 
 def build_verifier(cfg: VerifyConfig, model, manifest: dict, protocol: Protocol, classes: list[str], seed: int,
