@@ -336,6 +336,10 @@ def test_bench_inherits_shared_method_settings_only():
     # LIRF has an `alpha` too, with another meaning: it must not receive GS-LoRA's group-lasso weight
     base = MethodConfig.parse({"name": "gs_lora", "alpha": 0.2})
     assert parsed(method_overrides(base, "lirf", {})) == [("method", {"name": "lirf"})]
+    # a subclass keeps its own defaults where the base config left its method's: seq_lora has no DRS and no ATL
+    base = MethodConfig.parse({"name": "lora_sub_drs", "rank": 4})
+    (key, section), = parsed(method_overrides(base, "seq_lora", {}))
+    assert section == {"name": "seq_lora", "rank": 4}
 
 
 def cosface_model(seed: int = 0, **overrides):

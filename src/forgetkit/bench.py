@@ -82,14 +82,17 @@ def methods_for(model_name: str, kind: str = "forget") -> list[str]:
 
 
 def method_overrides(base_method: MethodConfig, name: str, fields: dict | None) -> list[str]:
-    """Overrides that run method ``name``: the base config's method settings when this method's config extends the
-    base method's config (GS-LoRA++ keeps the base GS-LoRA's LoRA shape, β, BND and α; a baseline, whose fields may
-    share a name but not a meaning, inherits nothing), then ``fields``."""
+    """Overrides that run method ``name``: the settings the base config changed from its method's defaults, when this
+    method's config extends the base method's config (GS-LoRA++ keeps the base GS-LoRA's LoRA shape, β, BND and α; a
+    baseline, whose fields may share a name but not a meaning, inherits nothing), then ``fields``."""
     fields = dict(fields or {})
     train = fields.pop("train", {}) or {}
     name = fields.pop("method", name)
     inherit = issubclass(METHODS.get(name).config_cls, type(base_method))
-    section = {k: v for k, v in to_dict(base_method).items() if k != "name"} if inherit else {}
+    # only what the base config set: a subclass keeps its own defaults (seq_lora is LoRA-Sub-DRS without DRS)
+    defaults = to_dict(type(base_method)())
+    section = {k: v for k, v in to_dict(base_method).items() if k != "name" and v != defaults.get(k)} if inherit \
+        else {}
     section.update(fields)
     section["name"] = name
     out = [f"method={_flow(section)}"]
