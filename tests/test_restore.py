@@ -96,6 +96,17 @@ def test_lirf_withdrawal_builds_the_recover_net_from_the_stored_deposit(tiny_mod
                  "--out", str(tmp_path / "y"), "-q"]) == 2
     assert "belongs to the target network" in capsys.readouterr().err
     assert not (tmp_path / "y" / "results.json").exists()
+    # a corrupted or missing deposit file: one line naming it, exit 2, nothing written
+    deposit = tmp_path / "t" / "edits" / "request_000" / "deposit.safetensors"
+    deposit.write_bytes(b"not a safetensors file")
+    assert main(["restore", "--model", str(tmp_path / "t"), "--classes", "class_2", "--method", "withdraw",
+                 "--out", str(tmp_path / "z"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "deposit.safetensors" in err and err.count("\n") == 1 and not (tmp_path / "z" / "results.json").exists()
+    deposit.unlink()
+    assert main(["restore", "--model", str(tmp_path / "t"), "--classes", "class_2", "--method", "withdraw",
+                 "--out", str(tmp_path / "z"), "-q"]) == 2
+    assert "lacks deposit.safetensors" in capsys.readouterr().err
 
 
 def test_successive_lirf_deposits_are_each_withdrawable_on_their_own(tiny_model_dir, tmp_path):
