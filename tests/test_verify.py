@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import forgetkit as fk
 from forgetkit.cli import main
-from forgetkit.verify import Verifier, VerifyConfig, align_head, linear_cka, loss_attack_auc
+from forgetkit.verify import Verifier, VerifyConfig, align_head, confidence_features, linear_cka, loss_attack_auc
 
 FAST = VerifyConfig(images_per_class=20, probe_per_class=20, relearn_shots=[1], relearn_max_steps=20, folds=3)
 
@@ -133,3 +133,8 @@ def test_bench_puts_every_method_s_checks_beside_the_pretrained_and_reference_ro
     names = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "---" not in line][1:]
     assert names == ["gs_lora", "l2", "pretrained", "reference"]
     assert verification_section({"gs_lora": {"tasks": [{}]}}) == []
+
+
+def test_confidence_features_stay_finite_on_saturated_outputs():
+    out = {"logits": torch.tensor([[80.0, -80.0, 0.0], [0.0, 0.0, 0.0]]), "labels": torch.tensor([1, 2])}
+    assert np.isfinite(confidence_features(out)).all()

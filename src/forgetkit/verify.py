@@ -76,7 +76,7 @@ def losses_of(out: dict) -> np.ndarray:
 
 def confidence_features(out: dict) -> np.ndarray:
     """SalUn's attack features per image: true-class confidence, entropy, modified entropy (Song & Mittal)."""
-    p = out["logits"].softmax(1).clamp(1e-12, 1 - 1e-12)
+    p = out["logits"].double().softmax(1).clamp(1e-12, 1 - 1e-12)  # float64: 1 − 1e-12 must stay below 1
     y = out["labels"]
     p_true = p.gather(1, y[:, None]).squeeze(1)
     entropy = -(p * p.log()).sum(1)
