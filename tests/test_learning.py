@@ -252,3 +252,18 @@ def test_a_learn_run_killed_after_a_request_resumes_to_the_same_results(tiny_mod
     ref, run = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("ref", "run"))
     assert [t["fingerprint_after"] for t in run["tasks"]] == [t["fingerprint_after"] for t in ref["tasks"]]
     assert run["summary"]["accuracy_matrix"] == ref["summary"]["accuracy_matrix"]
+
+
+def test_a_classifier_that_forgot_a_class_learns_without_bringing_it_back(tiny_model_dir, tmp_path):
+    """The first learn request turns the linear head into prototypes of the classes it knows; the class its ledger
+    forgot gets a zero prototype, not the mean of its images."""
+    assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_2", "--out", str(tmp_path / "f"),
+                 "-q", "--allow-fail", "-o", "train.steps=8", "-o", "train.threads=1"]) == 0
+    assert main(["learn", "--model", str(tmp_path / "f"), "--data", "synthetic", "-o", "data.num_classes=7",
+                 "--classes", "class_6", "--out", str(tmp_path / "l"), *LEARN]) == 0
+    model, manifest = fk.load_model(tmp_path / "l")
+    assert manifest["classes"] == [f"class_{i}" for i in range(7)]
+    rows = model.head.prototypes.detach()
+    assert rows[2].abs().sum() == 0 and (rows[[0, 1, 3, 4, 5, 6]].norm(dim=1) > 0).all()
+    task = json.loads((tmp_path / "l" / "results.json").read_text())["tasks"][0]
+    assert task["old_classes"] == ["class_2"] and "class_2" not in task["known_classes"]

@@ -154,13 +154,15 @@ class LearnMethod(Method):
 
     def fit(self, model, task, data, train_steps):
         self.task, self.device = task, next(model.parameters()).device
-        known = task.retain
+        known = len(task.retain) + len(task.old)  # the model knows the first `known` classes (some forgotten)
         if model.spec.head == "prototype":
             old = model.head.prototypes.detach().clone()
-        elif known:  # a classifier whose classes the data has: they become prototypes, read from their images once
-            old = class_means(model, data.retain, known, self.device)
-        else:  # a backbone pre-trained on other classes: its head goes
-            old = torch.zeros(0, model.spec.embed_dim, device=self.device)
+        else:  # a classifier's head becomes prototypes of its classes, read from their images this once; a backbone
+            # (it knows none of the data's classes) keeps nothing; a class its ledger forgot gets a zero prototype
+            # (cosine 0 to everything), never a mean of its images that would bring it back
+            old = torch.zeros(known, model.spec.embed_dim, device=self.device)
+            if task.retain:
+                old[task.retain] = class_means(model, data.retain, task.retain, self.device)
         self.old_prototypes = old
         self.factors = self.train(model, task, data, train_steps)
         learned = merge_kv(model, self.factors)
