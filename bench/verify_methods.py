@@ -7,6 +7,8 @@ method found (skipping those already verified), then writes ``OUT/verify.md``: o
     PYTHONPATH=bench .venv/bin/python bench/verify_methods.py --runs runs/bench-datasets-v11 --seeds 0 \\
         --references fashion_mnist=checkpoints/ref_fmnist_demo,glyphs60=checkpoints/ref_glyphs60_demo \\
         --out runs/verify-v14
+    PYTHONPATH=bench .venv/bin/python bench/verify_methods.py --runs runs/bench-datasets-v11 \
+        --references glyphs60=checkpoints/ref_glyphs60_demo -o images_per_class=30 --out runs/verify-v14
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--out", default="runs/verify")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="verification setting for every model, e.g. images_per_class=30")
     args = parser.parse_args()
     lines = [f"# Verification of every method's final model ({args.runs})", "",
              "Rows: each method after its last request, then the pre-trained model and the reference (trained "
@@ -40,7 +44,7 @@ def main() -> None:
                 out = Path(args.out) / dataset / f"seed{seed}" / folder.name
                 if not (out / "verify.json").is_file() and not args.report_only:
                     forgetkit(["verify", "--model", str(folder / "model"), "--reference", reference, "--seed", seed,
-                               "--threads", "1", "--out", str(out)])
+                               "--threads", "1", "--out", str(out)] + [f"-o{o}" for o in args.override])
                 if (out / "verify.json").is_file():
                     found[folder.name] = json.loads((out / "verify.json").read_text())
             if not found:
