@@ -160,12 +160,12 @@ def cmd_verify(args) -> None:
     from .config import from_dict
     from .data import DataConfig, load_data
     from .data.datasets import validation_holdout
-    from .engine import load_checkpoint, model_data_config, resolve_model_path, setup_device
+    from .engine import load_checkpoint, model_data_config, resolve_model_path, setup_device, verification_models
     from .io import write_json, write_text
     from .kinds import forgotten_classes
     from .protocol import resolve_class_names
     from .report import plot_verify, verify_table
-    from .verify import Verifier, VerifyConfig, align_head
+    from .verify import Verifier, VerifyConfig
 
     cfg = from_dict(VerifyConfig, apply_overrides({}, list(args.override)), "verify")
     device = setup_device("auto", args.threads)
@@ -186,19 +186,13 @@ def cmd_verify(args) -> None:
         raise ForgetkitError(f"{args.model}'s ledger has forgotten no class; name the classes to check with --classes")
     forgotten = resolve_class_names(names, classes, "--classes")
     retained = [c for c in range(len(classes)) if c not in forgotten]
-    base = (manifest.get("base") or {}).get("path")
-    if base is None and args.base is None:
+    pretrained, base_manifest, reference = verification_models(manifest, classes, device, args.base, args.reference)
+    if pretrained is None:
         raise ForgetkitError(f"{args.model} names no base model; give the model before forgetting with --base")
-    pretrained, base_manifest = load_checkpoint(resolve_model_path(args.base or base))
-    pretrained = pretrained.to(device)
     # members are the images the model was trained on: the pre-training's validation hold-out is not
     held_out = (base_manifest.get("pretrain") or {}).get("config", {}).get("val_per_class", 0)
     members = splits.train.subset(torch.nonzero(~torch.isin(
         torch.arange(len(splits.train)), validation_holdout(splits.train.targets, len(classes), held_out))).flatten())
-    reference = None
-    if args.reference:
-        reference, ref_manifest = load_checkpoint(resolve_model_path(args.reference))
-        reference = align_head(reference, list(ref_manifest["classes"]), classes).to(device)
     verifier = Verifier(cfg, members, splits.test, args.seed, device, pretrained, reference)
     results = verifier(model.to(device), forgotten, retained)
     results["classes"] = names

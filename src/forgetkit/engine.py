@@ -547,15 +547,26 @@ def build_verifier(cfg: VerifyConfig, model, manifest: dict, protocol: Protocol,
                    device):
     """The run's :class:`~forgetkit.verify.Verifier`: members are the training images the protocol may use, held-out
     images its evaluation images; the pre-trained row is the ledger's base model (or the model at the start)."""
-    from .verify import Verifier, align_head
+    from .verify import Verifier
 
-    base_path = (manifest.get("base") or {}).get("path")
-    pretrained = load_checkpoint(resolve_model_path(base_path))[0].to(device) if base_path else copy.deepcopy(model)
-    reference = None
-    if cfg.reference:
-        reference, ref_manifest = load_checkpoint(resolve_model_path(cfg.reference))
-        reference = align_head(reference, list(ref_manifest["classes"]), classes).to(device)
+    pretrained, _, reference = verification_models(manifest, classes, device, reference=cfg.reference)
+    pretrained = pretrained if pretrained is not None else copy.deepcopy(model)
     return Verifier(cfg, protocol.train_images(), protocol.eval_images, seed, device, pretrained.eval(), reference)
+
+
+def verification_models(manifest: dict, classes: list[str], device, base: str | None = None,
+                        reference: str | None = None) -> tuple:
+    """The rows a verification reads a model against: the pre-trained model (``base``, else the ledger's base; None
+    when there is neither) with its manifest, and the reference with its head aligned to ``classes`` (or None)."""
+    from .verify import align_head
+
+    base = base or (manifest.get("base") or {}).get("path")
+    pretrained, base_manifest = load_checkpoint(resolve_model_path(base)) if base else (None, {})
+    aligned = None
+    if reference:
+        aligned, ref_manifest = load_checkpoint(resolve_model_path(reference))
+        aligned = align_head(aligned, list(ref_manifest["classes"]), classes).to(device)
+    return (pretrained.to(device) if pretrained is not None else None), base_manifest, aligned
 
 
 def _base_accuracy(manifest: dict, start: PerClass, eval_split: str) -> PerClass:
