@@ -443,3 +443,17 @@ def test_lirf_eccv_trains_target_and_deposit_on_deposit_images_only(tiny_model_d
     (tmp_path / "deposit.safetensors").unlink()
     with pytest.raises(fk.ForgetkitError, match="lacks deposit.safetensors"):
         load_deposit(tmp_path, module)
+
+
+def test_gs_lora_replay_logit_matching_compares_with_the_model_before_the_request(tiny_model_dir):
+    method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora", replay_logit_weight=1.0)
+    optimizer = method.make_optimizer(1e-2, 0.0)
+    first = method.step(forget, retain, 0, optimizer)
+    assert first["replay_logits"].item() == pytest.approx(0.0, abs=1e-10)   # LoRA's B = 0: the same logits
+    for step in range(1, 6):
+        losses = method.step(forget, retain, step, optimizer)
+    assert losses["replay_logits"].item() > 0
+    with torch.no_grad(), module.disable_adapter():  # the reference is the model before the request, untouched
+        assert torch.allclose(module(retain[0]), original.eval()(retain[0]), atol=1e-5)
+    off = setup(tiny_model_dir, "gs_lora")[0].training_step(forget, retain, 0)
+    assert off["replay_logits"].item() == 0.0

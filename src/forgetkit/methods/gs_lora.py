@@ -46,6 +46,10 @@ class GSLoRAConfig(MethodConfig):
                 "below e^-5 ≈ 0.7 %, and no further push that would cost the retained classes)"})
     bound_per_sample: bool = field(default=True, metadata={
         "help": "bound each forget sample's CE (mean of ReLU(BND − CE_i)) instead of the batch-mean CE (the paper)"})
+    replay_logit_weight: float = field(default=0.0, metadata={
+        "help": "weight of the MSE between the replay images' logits and the model's before the request (its LoRA "
+                "off), DER-style logit matching: holds the logits of retained classes without replay data "
+                "(0 = off; not chosen on validation splits yet, docs/benchmarks.md)"})
     forgotten_mass_weight: float = field(default=3.0, metadata={
         "help": "γ: weight of mean −log(1 − p(forgotten)) on the forget images, forgotten = this task's classes and "
                 "every earlier task's. Forgotten images then land on retained classes, so classes forgotten earlier "
@@ -106,6 +110,12 @@ class GSLoRA(Method):
         forgotten_mass = (class_mass_loss(logits[: len(xf)], self.task.forget + self.task.old)
                           if self.cfg.forgotten_mass_weight else logits.new_zeros(()))
         loss = self.beta * forget_loss + retain_loss + self.cfg.forgotten_mass_weight * forgotten_mass
+        replay_logits = logits.new_zeros(())
+        if self.cfg.replay_logit_weight and len(xr):
+            with torch.no_grad(), self.module.disable_adapter():  # the model before the request: LoRA off
+                before = inner.head(inner.embed(xr), yr)
+            replay_logits = F.mse_loss(logits[len(xf):], before)
+            loss = loss + self.cfg.replay_logit_weight * replay_logits
         if self.cfg.lasso_update == "gradient":
             structure = group_lasso(self.groups.values())
             loss = loss + self.alpha_at(step) * structure
@@ -113,7 +123,7 @@ class GSLoRA(Method):
             with torch.no_grad():
                 structure = group_lasso(self.groups.values())
         losses = {"loss": loss, "forget": forget_loss, "retain": retain_loss, "forgotten_mass": forgotten_mass,
-                  "structure": structure}
+                  "replay_logits": replay_logits, "structure": structure}
         return self.extra_terms(losses, emb[: len(xf)], yf, emb[len(xf):], yr)
 
     def step(self, forget, retain, step, optimizer):
