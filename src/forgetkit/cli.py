@@ -247,24 +247,32 @@ def build_parser() -> argparse.ArgumentParser:
     run_flags(p)
     p.set_defaults(func=cmd_demo, demo_config="demo")
 
-    p = sub.add_parser("forget", aliases=["clip-forget"],
-                       help="forget classes from a model (a classifier or a CLIP): requests named on the command "
-                            "line, or a protocol from a YAML config")
-    p.add_argument("-c", "--config", help="YAML file or packaged config name (demo, ...)")
-    p.add_argument("--model", help="forgetkit checkpoint to edit (default: the config's, else builtin:fmnist_vit)")
-    p.add_argument("--classes", action="append", metavar="A,B",
-                   help="classes to forget in one request (repeat for several requests, in order); --out is then "
-                        "the edited checkpoint")
-    p.add_argument("--data", help="data source (default: the data the model was trained on)")
-    p.add_argument("--root", help="data root folder")
-    p.add_argument("--method", help="forgetting method (default gs_lora; forgetkit methods)")
-    p.add_argument("--resume", action="store_true", help="continue a run that was stopped, from its last finished "
-                                                         "request (same config and --out)")
-    p.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
-    p.add_argument("--allow-fail", action="store_true", help="exit 0 even if a request misses its goal "
-                                                             "(eval.forget_threshold, eval.max_retain_drop)")
-    run_flags(p)
-    p.set_defaults(func=cmd_forget, kind="forget")
+    def request_command(name, kind, help_text, aliases=(), config="", model="", classes="", data="", method="",
+                        goals=""):
+        """A command that runs requests of one kind, named on the command line or from a protocol config."""
+        p = sub.add_parser(name, aliases=list(aliases), help=help_text)
+        p.add_argument("-c", "--config", help=f"YAML file or packaged config name ({config}, ...)")
+        p.add_argument("--model", help=model)
+        p.add_argument("--classes", action="append", metavar="A,B",
+                       help=f"classes to {kind} in one request (repeat for several requests, in order); --out is then "
+                            f"the {classes} checkpoint")
+        p.add_argument("--data", help=data)
+        p.add_argument("--root", help="data root folder")
+        p.add_argument("--method", help=method)
+        p.add_argument("--resume", action="store_true", help="continue a run that was stopped, from its last "
+                                                             "finished request (same config and --out)")
+        p.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
+        p.add_argument("--allow-fail", action="store_true", help=f"exit 0 even if a request misses its goal ({goals})")
+        run_flags(p)
+        p.set_defaults(func=cmd_forget, kind=kind)
+
+    request_command(
+        "forget", "forget", "forget classes from a model (a classifier or a CLIP): requests named on the command "
+        "line, or a protocol from a YAML config", aliases=["clip-forget"], config="demo",
+        model="forgetkit checkpoint to edit (default: the config's, else builtin:fmnist_vit)", classes="edited",
+        data="data source (default: the data the model was trained on)",
+        method="forgetting method (default gs_lora; forgetkit methods)",
+        goals="eval.forget_threshold, eval.max_retain_drop")
 
     p = sub.add_parser("restore", help="give back classes forgotten earlier (a withdrawn request): the undo method "
                                        "removes the request that forgot them, exactly for the latest one")
@@ -279,25 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_forget, kind="restore", config=None, resume=False, overwrite=False)
 
-    p = sub.add_parser("learn", help="teach a model new classes without the old classes' images (LoRA-Sub-DRS by "
-                                     "default): requests named on the command line, or a class-incremental "
-                                     "protocol from a YAML config (-c cil)")
-    p.add_argument("-c", "--config", help="YAML file or packaged config name (cil, ...)")
-    p.add_argument("--model", help="forgetkit checkpoint to teach (a classifier, or a backbone pre-trained on other "
-                                   "classes)")
-    p.add_argument("--classes", action="append", metavar="A,B",
-                   help="classes to learn in one request (repeat for several requests, in order); --out is then "
-                        "the grown checkpoint")
-    p.add_argument("--data", help="data source holding the new classes (default: the data the model was trained on)")
-    p.add_argument("--root", help="data root folder")
-    p.add_argument("--method", help="learning method (default lora_sub_drs; forgetkit methods)")
-    p.add_argument("--resume", action="store_true", help="continue a run that was stopped, from its last finished "
-                                                         "request (same config and --out)")
-    p.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
-    p.add_argument("--allow-fail", action="store_true", help="exit 0 even if a request misses its goal "
-                                                             "(eval.min_learn_accuracy, eval.max_retain_drop)")
-    run_flags(p)
-    p.set_defaults(func=cmd_forget, kind="learn")
+    request_command(
+        "learn", "learn", "teach a model new classes without the old classes' images (LoRA-Sub-DRS by default): "
+        "requests named on the command line, or a class-incremental protocol from a YAML config (-c cil)",
+        config="cil", model="forgetkit checkpoint to teach (a classifier, or a backbone pre-trained on other classes)",
+        classes="grown", data="data source holding the new classes (default: the data the model was trained on)",
+        method="learning method (default lora_sub_drs; forgetkit methods)",
+        goals="eval.min_learn_accuracy, eval.max_retain_drop")
 
     p = sub.add_parser("verify", help="check that a model's forgotten classes cannot be cheaply recovered: "
                                       "membership inference, feature probes, relearning, CKA (docs/verify.md)")
