@@ -175,13 +175,7 @@ def write_comparison(out: Path, all_results: dict[str, dict], spec: BenchSpec) -
     rows = comparison_rows(all_results)
     columns = CSV_COLUMNS + (["acc_m", "acc_r_data"] if any("acc_m" in r for r in rows) else []) + (
         ["acc_other"] if any("acc_other" in r for r in rows) else [])
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else (round(r[k], 4) if isinstance(r[k], float) else r[k]))
-                         for k in columns})
-    write_text(out / "comparison.csv", buffer.getvalue())
+    write_csv(out / "comparison.csv", rows, columns)
     first = next(iter(all_results.values()))
     missing = any("acc_m" in r for r in rows)
     cells = "H / Acc_r / Acc_f / Acc_o / Acc_m (Acc_r includes the missing classes)" if missing else \
@@ -208,6 +202,17 @@ def write_comparison(out: Path, all_results: dict[str, dict], spec: BenchSpec) -
                                                   "methods": spec.methods}, "rows": rows})
     plot_comparison(all_results, out / "comparison.png")
     return rows
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """The comparison's rows as CSV: floats to 4 decimals, missing values empty."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else (round(r[k], 4) if isinstance(r[k], float) else r[k]))
+                         for k in columns})
+    write_text(path, buffer.getvalue())
 
 
 def verification_section(all_results: dict[str, dict]) -> list[str]:
@@ -271,13 +276,7 @@ def write_learn_comparison(out: Path, all_results: dict[str, dict], spec: BenchS
             for name, results in all_results.items()
             for t, drift in zip(results["tasks"], results["summary"]["feature_drift"])]
     columns = list(rows[0])
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if r[k] is None else (round(r[k], 4) if isinstance(r[k], float) else r[k]))
-                         for k in columns})
-    write_text(out / "comparison.csv", buffer.getvalue())
+    write_csv(out / "comparison.csv", rows, columns)
     first = next(iter(all_results.values()))
     lines = [f"# Class-incremental comparison on {first['dataset']}, {len(first['tasks'])} requests, seed "
              f"{first['seed']}", "",
