@@ -417,6 +417,48 @@ def test_lirf_recover_logits_take_deposited_columns_from_the_deposit_and_couple_
     assert deposit.grad[0, [0, 2]].abs().sum() == 0 and deposit.grad[0, [1, 3]].abs().min() > 0
 
 
+def test_gs_lora_replay_logit_matching_is_on_by_default_only_when_retained_classes_lack_replay_data(tiny_model_dir):
+    import dataclasses
+
+    method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora")
+    assert method.replay_logit_weight == 0.0        # every retained class has replay data: off
+    missing = dataclasses.replace(task, missing=[task.retain[0]])
+    method.setup_task(original, missing, None)
+    assert method.replay_logit_weight == 1.0        # a retained class without replay data: on
+    optimizer = method.make_optimizer(1e-2, 0.0)
+    for step in range(3):
+        losses = method.step(forget, retain, step, optimizer)
+    assert losses["replay_logits"].item() > 0
+    explicit = setup(tiny_model_dir, "gs_lora", replay_logit_weight=0.0)[0]
+    explicit.setup_task(fk.load_model(tiny_model_dir)[0], missing, None)
+    assert explicit.replay_logit_weight == 0.0      # an explicit value wins
+
+
+def test_gs_lora_forget_feature_term_pulls_forget_features_onto_the_replay_centre(tiny_model_dir):
+    method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora", forget_feature_weight=5.0,
+                                                           alpha=0.0, beta=[0.0], forgotten_mass_weight=0.0)
+    inner = module.base_model.model
+
+    def spread() -> float:  # how far the forget images' features sit from the replay centre (mean 1 − cos)
+        with torch.no_grad():
+            centre = inner.embed(retain[0]).mean(0, keepdim=True)
+            return (1 - torch.nn.functional.cosine_similarity(inner.embed(forget[0]), centre)).mean().item()
+
+    module.eval()
+    start = spread()
+    module.train()
+    optimizer = method.make_optimizer(1e-2, 0.0)
+    first = method.step(forget, retain, 0, optimizer)
+    assert first["forget_features"].item() > 0
+    for step in range(1, 30):
+        method.step(forget, retain, step, optimizer)
+    module.eval()
+    assert spread() < 0.5 * start                 # the term moves the features, through LoRA only
+    off = setup(tiny_model_dir, "gs_lora")[0].training_step(forget, retain, 0)
+    assert off["forget_features"].item() == 0.0
+    assert method.training_step(forget, None, 0)["forget_features"].item() == 0.0   # no replay batch: no centre
+
+
 def test_lirf_eccv_trains_target_and_deposit_on_deposit_images_only(tiny_model_dir, tmp_path):
     from forgetkit.methods.lirf import load_deposit
 

@@ -82,6 +82,8 @@ def test_verification_is_deterministic_under_a_seed_and_cka_is_invariant_to_rota
     model, data = tiny
     run = [Verifier(FAST, data.train, data.test, 3, torch.device("cpu"), model)(model, [2], [0, 1, 3, 4, 5])
            for _ in range(2)]
+    for result in run:  # everything but the wall time
+        assert all(row.pop("seconds") >= 0 for row in (result["model"], result["pretrained"]))
     assert run[0] == run[1]
     x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
     rotation = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(1)))[0]

@@ -273,8 +273,8 @@ def verify_table(verify: dict) -> list[str]:
     shots = list(verify["model"]["relearn_steps"])
     lines = ["| model | Acc_f | MIA AUC (train vs held-out) | MIA AUC (vs retained) | MIA AUC retained (control) | "
              "SalUn efficacy | probe F | k-NN F | probe R | k-NN R | CKA to pre-trained | CKA to reference | "
-             + " | ".join(f"relearn steps k={k}" for k in shots) + " |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(shots)]
+             + " | ".join(f"relearn steps k={k}" for k in shots) + " | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * (len(shots) + 1)]
     for name in ("model", "pretrained", "reference"):
         if name not in verify:
             continue
@@ -284,7 +284,7 @@ def verify_table(verify: dict) -> list[str]:
                      f"{fmt(r['mia_confidence_efficacy'], 3)} | {fmt(r['probe_forgotten'], 1)} | "
                      f"{fmt(r['knn_forgotten'], 1)} | {fmt(r['probe_retained'], 1)} | {fmt(r['knn_retained'], 1)} | "
                      f"{fmt(r['cka_to_pretrained'], 3)} | {fmt(r.get('cka_to_reference'), 3)} | "
-                     + " | ".join(steps(r["relearn_steps"][k]) for k in shots) + " |")
+                     + " | ".join(steps(r["relearn_steps"][k]) for k in shots) + f" | {fmt(r.get('seconds'), 1)} |")
     return lines
 
 

@@ -46,10 +46,15 @@ class GSLoRAConfig(MethodConfig):
                 "below e^-5 ≈ 0.7 %, and no further push that would cost the retained classes)"})
     bound_per_sample: bool = field(default=True, metadata={
         "help": "bound each forget sample's CE (mean of ReLU(BND − CE_i)) instead of the batch-mean CE (the paper)"})
-    replay_logit_weight: float = field(default=0.0, metadata={
+    replay_logit_weight: float | None = field(default=None, metadata={
         "help": "weight of the MSE between the replay images' logits and the model's before the request (its LoRA "
-                "off), DER-style logit matching: holds the logits of retained classes without replay data "
-                "(0 = off; not chosen on validation splits yet, docs/benchmarks.md)"})
+                "off), DER-style logit matching: it holds the logits of retained classes that have no replay data. "
+                "null (auto): 1.0 when some retained class has no replay data, else 0 (validation splits, "
+                "docs/benchmarks.md: it keeps missing classes and costs forgetting in few-shot requests)"})
+    forget_feature_weight: float = field(default=0.0, metadata={
+        "help": "weight of the mean 1 − cos(embedding of a forget image, mean embedding of the step's replay images): "
+                "pulls the forgotten classes' features onto the retained classes' centre, so a probe on the features "
+                "can no longer tell them apart (verify's probe and relearning rows, docs/verify.md; 0 = off)"})
     forgotten_mass_weight: float = field(default=3.0, metadata={
         "help": "γ: weight of mean −log(1 − p(forgotten)) on the forget images, forgotten = this task's classes and "
                 "every earlier task's. Forgotten images then land on retained classes, so classes forgotten earlier "
@@ -87,6 +92,8 @@ class GSLoRA(Method):
     def setup_task(self, model, task, data):
         self.task, self.data = task, data
         self.beta = self.cfg.beta[min(task.index, len(self.cfg.beta) - 1)]
+        self.replay_logit_weight = (self.cfg.replay_logit_weight if self.cfg.replay_logit_weight is not None
+                                    else 1.0 if task.missing else 0.0)
         self.base_fingerprint = fingerprint(model)
         self.module = add_lora(model, self.cfg.lora)
         self.groups = lora_groups(self.module, model.spec.group_pattern, self.cfg.grouping)
@@ -111,11 +118,18 @@ class GSLoRA(Method):
                           if self.cfg.forgotten_mass_weight else logits.new_zeros(()))
         loss = self.beta * forget_loss + retain_loss + self.cfg.forgotten_mass_weight * forgotten_mass
         replay_logits = logits.new_zeros(())
-        if self.cfg.replay_logit_weight and len(xr):
+        if self.replay_logit_weight and len(xr):
             with torch.no_grad(), self.module.disable_adapter():  # the model before the request: LoRA off
                 before = inner.head(inner.embed(xr), yr)
             replay_logits = F.mse_loss(logits[len(xf):], before)
-            loss = loss + self.cfg.replay_logit_weight * replay_logits
+            loss = loss + self.replay_logit_weight * replay_logits
+        forget_features = logits.new_zeros(())
+        if self.cfg.forget_feature_weight and len(xr):
+            # One shared target for every forgotten image (the replay centre, not a per-class point): the head's
+            # loss alone leaves the classes separable in the features (docs/verify.md).
+            centre = emb[len(xf):].mean(0).detach()
+            forget_features = (1 - F.cosine_similarity(emb[: len(xf)], centre.expand_as(emb[: len(xf)]))).mean()
+            loss = loss + self.cfg.forget_feature_weight * forget_features
         if self.cfg.lasso_update == "gradient":
             structure = group_lasso(self.groups.values())
             loss = loss + self.alpha_at(step) * structure
@@ -123,7 +137,8 @@ class GSLoRA(Method):
             with torch.no_grad():
                 structure = group_lasso(self.groups.values())
         losses = {"loss": loss, "forget": forget_loss, "retain": retain_loss, "forgotten_mass": forgotten_mass,
-                  "replay_logits": replay_logits, "structure": structure}
+                  "replay_logits": replay_logits, "forget_features": forget_features,
+                  "structure": structure}
         return self.extra_terms(losses, emb[: len(xf)], yf, emb[len(xf):], yr)
 
     def step(self, forget, retain, step, optimizer):
