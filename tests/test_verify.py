@@ -90,6 +90,42 @@ def test_verification_is_deterministic_under_a_seed_and_cka_is_invariant_to_rota
     assert linear_cka(x, 3 * x @ rotation) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_the_early_stopping_accuracy_check_gives_the_full_pass_answer():
+    from forgetkit.verify import reaches
+
+    gen = torch.Generator().manual_seed(0)
+    net = torch.nn.Linear(5, 4)
+    x, y = torch.randn(300, 5, generator=gen), torch.randint(0, 4, (300,), generator=gen)
+    with torch.no_grad():
+        accuracy = 100.0 * float((net(x).argmax(1) == y).sum()) / len(y)
+    for target in (0.0, accuracy - 0.5, accuracy, accuracy + 0.5, 50.0, 100.0):
+        assert reaches(net, x, y, target, batch_size=32) == (accuracy >= target), target
+
+
+def test_a_second_verifier_reuses_the_pre_trained_row_and_relearns_only_the_model(tiny, monkeypatch):
+    import forgetkit.verify as verify
+
+    model, data = tiny
+    edited = copy.deepcopy(model)
+    with torch.no_grad():
+        edited.head.fc.weight.mul_(0.5)
+    calls = []
+    relearn = verify.relearn_steps
+    monkeypatch.setattr(verify, "relearn_steps", lambda net, *a: calls.append(net) or relearn(net, *a))
+    cfg = VerifyConfig(images_per_class=10, probe_per_class=10, relearn_shots=[1], relearn_max_steps=5, folds=2)
+    first = Verifier(cfg, data.train, data.test, 5, torch.device("cpu"), model)(edited, [1], [0, 2, 3, 4, 5])
+    assert len(calls) == 2                                   # the model's and the pre-trained model's
+    second = Verifier(cfg, data.train, data.test, 5, torch.device("cpu"), copy.deepcopy(model))(
+        copy.deepcopy(edited), [1], [0, 2, 3, 4, 5])
+    assert len(calls) == 3 and calls[-1] is not model        # only the model row ran again
+    for result in (first, second):
+        for row in ("model", "pretrained"):
+            result[row].pop("seconds")
+    assert first == second
+    Verifier(cfg, data.train, data.test, 6, torch.device("cpu"), model)(edited, [1], [0, 2, 3, 4, 5])
+    assert len(calls) == 5                                   # another seed draws other images: computed anew
+
+
 def test_a_reference_head_covers_the_run_s_classes_with_zero_rows_for_the_missing(tiny):
     model, _ = tiny
     reference = copy.deepcopy(model)
