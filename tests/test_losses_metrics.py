@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from forgetkit.losses import bounded_forget_loss, class_mass_loss, group_lasso, group_norms, group_soft_threshold
+from forgetkit.losses import bounded_forget_loss, class_mass_loss, class_mean_gap, group_lasso, group_norms, group_soft_threshold
 from forgetkit.metrics import PerClass, evaluate_classes, h_mean
 
 
@@ -123,3 +123,13 @@ def test_per_class_accuracy_and_evaluation():
     assert pc.accuracy([0, 1, 2]) == pytest.approx(100 * (2 / 3 + 1) / 2)  # hits [1, 1, 0 | 1]; by image: 75
     assert pc.accuracy([1, 2]) == pytest.approx(100 * 2 / 3)               # hits [1, 0, 1]: one batch
     assert pc.correct.tolist() == [1, 1, 1]                                # counts as before
+
+
+def test_class_mean_gap_by_hand():
+    # the reference's centre is 0, its variances 0.5 and 2 (mean 1.25)
+    reference = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    features = torch.tensor([[2.0, 0.0], [4.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([7, 7, 3])
+    # class 7's mean (3, 0): 9; class 3's (0, 1): 1; their mean 5, over 1.25 and 2 dimensions
+    assert class_mean_gap(features, labels, reference).item() == pytest.approx(5 / 1.25 / 2)
+    assert class_mean_gap(reference, torch.tensor([0, 0, 0, 0]), reference).item() == pytest.approx(0.0)

@@ -434,26 +434,26 @@ def test_gs_lora_replay_logit_matching_is_on_by_default_only_when_retained_class
     assert explicit.replay_logit_weight == 0.0      # an explicit value wins
 
 
-def test_gs_lora_forget_feature_term_pulls_forget_features_onto_the_replay_centre(tiny_model_dir):
+def test_gs_lora_forget_feature_term_moves_the_forgotten_class_means_onto_the_replay_centre(tiny_model_dir):
+    from forgetkit.losses import class_mean_gap
+
     method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora", forget_feature_weight=5.0,
                                                            alpha=0.0, beta=[0.0], forgotten_mass_weight=0.0)
     inner = module.base_model.model
 
-    def spread() -> float:  # how far the forget images' features sit from the replay centre (mean 1 − cos)
+    def gap() -> float:
+        module.eval()
         with torch.no_grad():
-            centre = inner.embed(retain[0]).mean(0, keepdim=True)
-            return (1 - torch.nn.functional.cosine_similarity(inner.embed(forget[0]), centre)).mean().item()
+            value = class_mean_gap(inner.embed(forget[0]), forget[1], inner.embed(retain[0])).item()
+        module.train()
+        return value
 
-    module.eval()
-    start = spread()
-    module.train()
+    start = gap()
     optimizer = method.make_optimizer(1e-2, 0.0)
-    first = method.step(forget, retain, 0, optimizer)
-    assert first["forget_features"].item() > 0
+    assert method.step(forget, retain, 0, optimizer)["forget_features"].item() > 0
     for step in range(1, 30):
         method.step(forget, retain, step, optimizer)
-    module.eval()
-    assert spread() < 0.5 * start                 # the term moves the features, through LoRA only
+    assert gap() < 0.5 * start                    # the term moves the features, through LoRA only
     off = setup(tiny_model_dir, "gs_lora")[0].training_step(forget, retain, 0)
     assert off["forget_features"].item() == 0.0
     assert method.training_step(forget, None, 0)["forget_features"].item() == 0.0   # no replay batch: no centre

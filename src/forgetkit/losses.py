@@ -85,3 +85,14 @@ def augmented_triplet_loss(features: torch.Tensor, labels: torch.Tensor, margin:
         to_old = torch.cdist(f, F.normalize(old_prototypes, dim=1)).clamp_min(1e-6)
         hardest_negative = torch.minimum(hardest_negative, to_old.amin(dim=1))
     return F.relu(hardest_positive - hardest_negative + margin).mean()
+
+
+def class_mean_gap(features: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean over the classes in ``labels`` of the squared distance from their features' mean to the mean of
+    ``reference`` features, in units of the reference features' per-dimension variance (detached). Zero when every
+    class sits on the reference centre, where a linear probe can no longer tell the classes apart by their means."""
+    centre, spread = reference.mean(0).detach(), reference.var(0, unbiased=False).mean().detach().clamp_min(1e-8)
+    classes, index = torch.unique(labels, return_inverse=True)
+    sums = features.new_zeros(len(classes), features.shape[1]).index_add_(0, index, features)
+    means = sums / torch.bincount(index, minlength=len(classes)).unsqueeze(1)
+    return (means - centre).pow(2).sum(1).mean() / spread / features.shape[1]

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ForgetkitError
-from ..losses import bounded_forget_loss, class_mass_loss, group_lasso, group_norms, group_soft_threshold
+from ..losses import (bounded_forget_loss, class_mass_loss, class_mean_gap, group_lasso, group_norms,
+                      group_soft_threshold)
 from ..models.checkpoint import fingerprint
 from ..models.lora import LoRASettings, add_lora, lora_groups, merge_lora, save_adapter
 from .base import Method, MethodConfig, register_method
@@ -52,9 +53,10 @@ class GSLoRAConfig(MethodConfig):
                 "null (auto): 1.0 when some retained class has no replay data, else 0 (validation splits, "
                 "docs/benchmarks.md: it keeps missing classes and costs forgetting in few-shot requests)"})
     forget_feature_weight: float = field(default=0.0, metadata={
-        "help": "weight of the mean 1 − cos(embedding of a forget image, mean embedding of the step's replay images): "
-                "pulls the forgotten classes' features onto the retained classes' centre, so a probe on the features "
-                "can no longer tell them apart (verify's probe and relearning rows, docs/verify.md; 0 = off)"})
+        "help": "weight of the forget batch's class-mean gap: the squared distance of each forgotten class's mean "
+                "embedding to the replay images' mean, in units of the replay features' variance. It moves the "
+                "forgotten classes' features, not only the head's output, so a probe on the features finds less "
+                "(verify's probe and relearning rows, docs/verify.md; 0 = off)"})
     forgotten_mass_weight: float = field(default=3.0, metadata={
         "help": "γ: weight of mean −log(1 − p(forgotten)) on the forget images, forgotten = this task's classes and "
                 "every earlier task's. Forgotten images then land on retained classes, so classes forgotten earlier "
@@ -125,10 +127,10 @@ class GSLoRA(Method):
             loss = loss + self.replay_logit_weight * replay_logits
         forget_features = logits.new_zeros(())
         if self.cfg.forget_feature_weight and len(xr):
-            # One shared target for every forgotten image (the replay centre, not a per-class point): the head's
-            # loss alone leaves the classes separable in the features (docs/verify.md).
-            centre = emb[len(xf):].mean(0).detach()
-            forget_features = (1 - F.cosine_similarity(emb[: len(xf)], centre.expand_as(emb[: len(xf)]))).mean()
+            # Class means, not images: pulling each image to one point left the classes as separable as before
+            # (a standardising probe undoes a uniform shrink); classes whose means coincide a linear probe cannot
+            # tell apart (docs/verify.md).
+            forget_features = class_mean_gap(emb[: len(xf)], yf, emb[len(xf):])
             loss = loss + self.cfg.forget_feature_weight * forget_features
         if self.cfg.lasso_update == "gradient":
             structure = group_lasso(self.groups.values())
