@@ -56,7 +56,7 @@ class GSLoRAConfig(MethodConfig):
         "help": "weight of the forget batch's class-mean gap: the squared distance of each forgotten class's mean "
                 "embedding to the replay images' mean, in units of the replay features' variance. It moves the "
                 "forgotten classes' features, not only the head's output, so a probe on the features finds less "
-                "(verify's probe and relearning rows, docs/verify.md; 0 = off)"})
+                "(verify's k-NN and CKA rows; 1.0 measured, docs/verify.md; 0 = off)"})
     forgotten_mass_weight: float = field(default=3.0, metadata={
         "help": "γ: weight of mean −log(1 − p(forgotten)) on the forget images, forgotten = this task's classes and "
                 "every earlier task's. Forgotten images then land on retained classes, so classes forgotten earlier "
