@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ForgetkitError
+from .models.checkpoint import fingerprint
 from .runtime import rng
 
 
@@ -272,8 +273,6 @@ _CONTEXT_ROWS: dict[tuple, dict] = {}
 
 
 def _fingerprint(model) -> str | None:
-    from .models.checkpoint import fingerprint
-
     return fingerprint(model) if model is not None else None
 
 
