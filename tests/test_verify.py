@@ -109,6 +109,7 @@ def test_a_second_verifier_reuses_the_pre_trained_row_and_relearns_only_the_mode
     edited = copy.deepcopy(model)
     with torch.no_grad():
         edited.head.fc.weight.mul_(0.5)
+    monkeypatch.setattr(verify, "_CONTEXT_ROWS", {})          # whatever earlier tests computed
     calls = []
     relearn = verify.relearn_steps
     monkeypatch.setattr(verify, "relearn_steps", lambda net, *a: calls.append(net) or relearn(net, *a))
