@@ -179,11 +179,11 @@ def reaches(model, x: torch.Tensor, y: torch.Tensor, target: float, batch_size: 
     right, or too many wrong), so relearning's frequent checks cost a fraction of a full pass; the answer is the
     full pass's."""
     model.eval()
-    needed, right, seen = target / 100.0 * len(y), 0, 0
+    needed, right = target / 100.0 * len(y), 0
     for start in range(0, len(y), batch_size):
         right += int((model(x[start:start + batch_size]).argmax(1) == y[start:start + batch_size]).sum())
-        seen = min(start + batch_size, len(y))
-        if right >= needed or right + len(y) - seen < needed:
+        unseen = max(len(y) - start - batch_size, 0)
+        if right >= needed or right + unseen < needed:
             break
     return right >= needed
 
