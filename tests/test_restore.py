@@ -71,7 +71,9 @@ def test_restore_refusals_are_one_line_and_write_nothing(two_requests, capsys):
 
 
 def test_lirf_withdrawal_builds_the_recover_net_from_the_stored_deposit(tiny_model_dir, tmp_path, capsys):
-    lirf = ["--method", "lirf_eccv", "-q", "--allow-fail", "-o", "train.steps=12", "-o", "train.threads=1"]
+    # a lower half of one block: the later GS-LoRA request below edits the other block, the deposit's upper half
+    lirf = ["--method", "lirf_eccv", "-q", "--allow-fail", "-o", "train.steps=12", "-o", "train.threads=1",
+            "-o", "method.split=1"]
     assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_2", "--out", str(tmp_path / "t"),
                  *lirf]) == 0
     assert (tmp_path / "t" / "edits" / "request_000" / "deposit.json").is_file()
@@ -131,3 +133,23 @@ def test_successive_lirf_deposits_are_each_withdrawable_on_their_own(tiny_model_
     assert fk.fingerprint(fk.replay_ledger(tmp_path / "r2")) == manifest["fingerprint"]
     # the first withdrawal took class_2's logits from its own deposit only; class_3's stayed the target's
     assert [d["classes"] for d in fk.read_ledger(tmp_path / "r1")[1]["deposits"]] == [[2]]
+
+
+def test_a_deposit_of_every_block_still_withdraws_after_a_later_gs_lora_request(tiny_model_dir, tmp_path):
+    """lirf_eccv's default lower half is every block, so a later GS-LoRA request (LoRA on the blocks' FFNs) leaves
+    the deposit's upper half (final norm, head) alone: the deposit still withdraws, giving its classes' logits
+    from the deposit path and the other classes' from the GS-LoRA model."""
+    common = ["-q", "--allow-fail", "-o", "train.steps=12", "-o", "train.threads=1"]
+    assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_2", "--out", str(tmp_path / "t1"),
+                 "--method", "lirf_eccv", *common]) == 0
+    assert main(["forget", "--model", str(tmp_path / "t1"), "--classes", "class_3", "--out", str(tmp_path / "t2"),
+                 *common]) == 0
+    assert main(["restore", "--model", str(tmp_path / "t2"), "--classes", "class_2", "--method", "withdraw",
+                 "--out", str(tmp_path / "r"), "-q", "--allow-fail"]) == 0
+    ledger, manifest = fk.read_ledger(tmp_path / "r")
+    assert [(e["kind"], e["method"]) for e in ledger] == [
+        ("forget", "lirf_eccv"), ("forget", "gs_lora"), ("restore", "withdraw")]
+    recovered = fk.replay_ledger(tmp_path / "r")
+    assert fk.fingerprint(recovered) == manifest["fingerprint"]
+    target = fk.load_model(tmp_path / "t2")[0]
+    assert fk.fingerprint(recovered.target) == fk.fingerprint(target)   # the other classes: the GS-LoRA model's
