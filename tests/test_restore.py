@@ -153,3 +153,36 @@ def test_a_deposit_of_every_block_still_withdraws_after_a_later_gs_lora_request(
     assert fk.fingerprint(recovered) == manifest["fingerprint"]
     target = fk.load_model(tmp_path / "t2")[0]
     assert fk.fingerprint(recovered.target) == fk.fingerprint(target)   # the other classes: the GS-LoRA model's
+
+
+def test_a_withdrawn_deposit_can_be_forgotten_again_and_withdrawn_again(tiny_model_dir, tmp_path, capsys):
+    """forget (LIRF) -> withdraw -> forget again (redeposit: the recover net without the deposit, which is the
+    target bit for bit) -> withdraw again (the first recover net, bit for bit); every step replays."""
+    steps = ["-q", "--allow-fail", "-o", "train.steps=12", "-o", "train.threads=1"]
+    assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_2", "--out", str(tmp_path / "t"),
+                 "--method", "lirf_eccv", *steps]) == 0
+    assert main(["restore", "--model", str(tmp_path / "t"), "--classes", "class_2", "--method", "withdraw",
+                 "--out", str(tmp_path / "r"), "-q", "--allow-fail"]) == 0
+    capsys.readouterr()
+    # the recover net has no LoRA targets: the default method is refused with a hint at redeposit, nothing written
+    assert main(["forget", "--model", str(tmp_path / "r"), "--classes", "class_2", "--out", str(tmp_path / "x"),
+                 *steps]) == 2
+    err = capsys.readouterr().err
+    assert "--method redeposit" in err and err.count("\n") == 1 and not (tmp_path / "x" / "results.json").exists()
+    assert main(["forget", "--model", str(tmp_path / "r"), "--classes", "class_2,class_3", "--method", "redeposit",
+                 "--out", str(tmp_path / "x"), "-q", "--allow-fail"]) == 2
+    assert "ask for exactly the classes of one of them" in capsys.readouterr().err
+    assert main(["forget", "--model", str(tmp_path / "r"), "--classes", "class_2", "--method", "redeposit",
+                 "--out", str(tmp_path / "again"), "-q", "--allow-fail"]) == 0
+    ledger, manifest = fk.read_ledger(tmp_path / "again")
+    assert manifest["fingerprint"] == fk.read_ledger(tmp_path / "t")[1]["fingerprint"]   # the target again
+    assert [(e["kind"], e["method"]) for e in ledger] == [
+        ("forget", "lirf_eccv"), ("restore", "withdraw"), ("forget", "redeposit")]
+    task = json.loads((tmp_path / "again" / "results.json").read_text())["tasks"][0]
+    assert task["trainable_params"] == 0 and task["after"]["acc_f"] < task["before"]["acc_f"]
+    assert fk.fingerprint(fk.replay_ledger(tmp_path / "again")) == manifest["fingerprint"]
+    assert main(["restore", "--model", str(tmp_path / "again"), "--classes", "class_2", "--method", "withdraw",
+                 "--out", str(tmp_path / "r2"), "-q", "--allow-fail"]) == 0
+    ledger, manifest = fk.read_ledger(tmp_path / "r2")
+    assert manifest["fingerprint"] == fk.read_ledger(tmp_path / "r")[1]["fingerprint"]   # the recover net again
+    assert fk.fingerprint(fk.replay_ledger(tmp_path / "r2")) == manifest["fingerprint"]

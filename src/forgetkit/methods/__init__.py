@@ -5,6 +5,7 @@
 
 from .base import METHODS, Method, MethodConfig, MethodContext, register_method, build_method
 from . import gs_lora, gs_lora_pp, regularised, lwf, der, fdr, scrub, lirf, retrain, clip_text, undo, withdraw  # noqa: F401
+from . import redeposit  # noqa: F401
 from . import lora_sub_drs, ncm  # noqa: F401
 # (each module registers its methods)
 

@@ -98,8 +98,10 @@ class Method:
                                  f"{', '.join(sorted(self.supports))}); choose another method (forgetkit methods)")
         lacking = self.requires - model_capabilities(model)
         if lacking:
+            hint = getattr(model, "refusal_hint", "")
             raise ForgetkitError(f"method {self.name} needs a model with {', '.join(sorted(lacking))} "
-                                 f"({', '.join(CAPABILITIES[c] for c in sorted(lacking))}); this one has none")
+                                 f"({', '.join(CAPABILITIES[c] for c in sorted(lacking))}); this one has none"
+                                 + (f" ({hint})" if hint else ""))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything the method keeps from one request to the next (saved with the run's state after each request,
@@ -190,6 +192,7 @@ CAPABILITIES = {
     "rebuildable": "an architecture rebuilt from its spec (forgetkit ViTs): model.spec.arch",
     "zero_shot": "classification over any class names (a CLIP): model.predict(images, classes)",
     "text_projection": "a text projection to adapt (a CLIP): model.set_text_projection",
+    "recovered": "withdrawn LIRF deposits (`forgetkit restore --method withdraw`): model.deposit_info",
 }
 
 
@@ -205,6 +208,8 @@ def model_capabilities(model: torch.nn.Module) -> set[str]:
         found.add("zero_shot")
     if callable(getattr(model, "set_text_projection", None)):
         found.add("text_projection")
+    if getattr(model, "deposit_info", None):
+        found.add("recovered")
     return found
 
 

@@ -38,6 +38,9 @@ class RecoveredModel(torch.nn.Module):
     """A target network and its withdrawn deposits: each deposit is a copy of the target whose lower half is the
     deposit module's, and gives the logits of its own classes."""
 
+    refusal_hint = ("it is a recovered LIRF model: forget a withdrawn deposit's classes again with --method "
+                    "redeposit, or forget other classes on the target before the withdrawal")
+
     def __init__(self, target: torch.nn.Module, deposits: list[tuple[dict, int, list[int]]]):
         super().__init__()
         self.target = target
