@@ -32,6 +32,7 @@ def cmd_forget(args) -> None:
     from .api import load_config
     from .engine import run_forgetting
     from .kinds import REQUEST_KINDS
+    from .methods import METHODS
 
     if not args.config and not args.classes:
         raise ForgetkitError(f"name what to {args.kind}: --classes A,B (one request; repeat --classes for more) or "
@@ -68,8 +69,10 @@ def cmd_forget(args) -> None:
                                                        if not t["verdict"]["pass"] else ""),
               file=sys.stderr if not t["verdict"]["pass"] else sys.stdout)
     if failed and not args.allow_fail:
-        hint = REQUEST_KINDS.get(failed[0].get("kind", "forget")).fix_hint
-        raise RequestFailed(f"{len(failed)} of {len(results['tasks'])} requests missed their goal; {hint}")
+        method = METHODS.get(results["method"]) if results["method"] in METHODS else None
+        hint = (method and method.fix_hint) or REQUEST_KINDS.get(failed[0].get("kind", "forget")).fix_hint
+        raise RequestFailed(f"{len(failed)} of {len(results['tasks'])} requests missed their goal; {hint}; "
+                            f"--allow-fail accepts the result")
 
 
 def cmd_demo(args) -> None:

@@ -135,8 +135,8 @@ class Forget(RequestKind):
 
     streams = ("forget", "retain")
     ledger_metrics = ("after", "h_mean", "h_cumulative")
-    fix_hint = ("try a larger budget (-o train.steps=600) or, if retained classes fell, more replay images or "
-                "-o method.alpha=0 (docs/gs-lora.md); --allow-fail accepts the result")
+    fix_hint = ("try a larger budget (-o train.steps=600) or, if retained classes fell, more replay images "
+                "(docs/baselines.md)")
 
     def make_tasks(self, cfg, classes, forgotten, first_index, known=None):
         from .protocol import make_tasks
@@ -206,7 +206,7 @@ class Restore(RequestKind):
     ledger_metrics = ("after", "regained", "gap_to_base")
     default_method = "undo"
     fix_hint = ("only an undo of the latest request is exact; undoing an older one and LIRF's withdrawal are "
-                "approximate (docs/ledger.md); --allow-fail accepts the result")
+                "approximate (docs/ledger.md)")
 
     def make_tasks(self, cfg, classes, forgotten, first_index, known=None):
         from .protocol import Task, resolve_class_names
@@ -286,8 +286,7 @@ class Learn(RequestKind):
     ledger_metrics = ("after",)
     default_method = "lora_sub_drs"
     adds_classes = True
-    fix_hint = ("learn longer (-o train.steps=...), or check that the new classes' images are labelled right; "
-                "--allow-fail accepts the result")
+    fix_hint = "learn longer (-o train.steps=...), or check that the new classes' images are labelled right"
 
     def run_classes(self, model_classes, data_classes, model, cfg):
         from .protocol import class_order, resolve_class_names

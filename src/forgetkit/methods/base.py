@@ -87,6 +87,8 @@ class Method:
     """model capabilities it needs (see :func:`model_capabilities`), checked before any work"""
     edit_type: ClassVar[str] = "lora"
     """what :meth:`save_task` saves and :meth:`apply_edit` applies (the ledger's edit type)"""
+    fix_hint: ClassVar[str] = ""
+    """what to try when a request of this method misses its goal (empty: the request kind's advice)"""
 
     def __init__(self, cfg, ctx: MethodContext):
         self.cfg, self.ctx = cfg, ctx

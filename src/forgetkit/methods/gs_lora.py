@@ -81,6 +81,8 @@ class GSLoRA(Method):
     config_cls: type = GSLoRAConfig
     default_lr = 1e-2
     requires = frozenset({"lora_targets"})
+    fix_hint = ("try a larger budget (-o train.steps=600) or, if retained classes fell, more replay images or "
+                "-o method.alpha=0 (docs/gs-lora.md)")
 
     def __init__(self, cfg: GSLoRAConfig, ctx):
         super().__init__(cfg, ctx)

@@ -183,6 +183,9 @@ class LIRFECCV(LIRF):
     recover net's logits, which couples the target and the deposit."""
 
     config_cls = LIRFECCVConfig
+    fix_hint = ("LIRF's ECCV form forgets only as far as its α lets it: a smaller α (-o method.alpha=0.9) forgets "
+                "more and costs the other classes more at withdrawal; GS-LoRA with undo forgets fully and gives the "
+                "model back exactly (docs/ledger.md)")
 
     @staticmethod
     def default_split(depth: int) -> int:

@@ -46,6 +46,8 @@ class Redeposit(Method):
     config_cls = RedepositConfig
     requires = frozenset({"recovered"})
     edit_type = "redeposit"
+    fix_hint = ("redeposit forgets the classes only as far as the LIRF request's target had forgotten them "
+                "(docs/ledger.md)")
 
     def fit(self, model, task, data, train_steps):
         self.recovered = model
