@@ -40,8 +40,9 @@ def without_deposit(model: RecoveredModel, classes: list[int], names: list[str] 
 
 @register_method("redeposit")
 class Redeposit(Method):
-    """Forget a withdrawn LIRF deposit's classes again: the recover net without that deposit (no data, no
-    training); the deposit stays in the request's edit for a later withdrawal."""
+    """Forget a withdrawn LIRF deposit's classes again by taking the deposit out (no data, no training).
+
+    The deposit stays in the request's edit, for a later withdrawal."""
 
     config_cls = RedepositConfig
     requires = frozenset({"recovered"})
