@@ -69,8 +69,7 @@ def cmd_forget(args) -> None:
                                                        if not t["verdict"]["pass"] else ""),
               file=sys.stderr if not t["verdict"]["pass"] else sys.stdout)
     if failed and not args.allow_fail:
-        method = METHODS.get(results["method"]) if results["method"] in METHODS else None
-        hint = (method and method.fix_hint) or REQUEST_KINDS.get(failed[0].get("kind", "forget")).fix_hint
+        hint = METHODS.get(results["method"]).fix_hint or REQUEST_KINDS.get(failed[0].get("kind", "forget")).fix_hint
         raise RequestFailed(f"{len(failed)} of {len(results['tasks'])} requests missed their goal; {hint}; "
                             f"--allow-fail accepts the result")
 

@@ -20,6 +20,9 @@ from .errors import ForgetkitError
 from .metrics import PerClass, h_mean
 from .registry import Registry
 
+BUDGET_HINT = "try a larger budget (-o train.steps=600) or, if retained classes fell, more replay images"
+"""the advice for a forget request that missed its goal; a method may say more (Method.fix_hint)"""
+
 REQUEST_KINDS: Registry = Registry("request kind")
 
 
@@ -135,8 +138,7 @@ class Forget(RequestKind):
 
     streams = ("forget", "retain")
     ledger_metrics = ("after", "h_mean", "h_cumulative")
-    fix_hint = ("try a larger budget (-o train.steps=600) or, if retained classes fell, more replay images "
-                "(docs/baselines.md)")
+    fix_hint = f"{BUDGET_HINT} (docs/baselines.md)"
 
     def make_tasks(self, cfg, classes, forgotten, first_index, known=None):
         from .protocol import make_tasks

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ForgetkitError
+from ..kinds import BUDGET_HINT
 from ..losses import (bounded_forget_loss, class_mass_loss, class_mean_gap, group_lasso, group_norms,
                       group_soft_threshold)
 from ..models.checkpoint import fingerprint
@@ -81,8 +82,7 @@ class GSLoRA(Method):
     config_cls: type = GSLoRAConfig
     default_lr = 1e-2
     requires = frozenset({"lora_targets"})
-    fix_hint = ("try a larger budget (-o train.steps=600) or, if retained classes fell, more replay images or "
-                "-o method.alpha=0 (docs/gs-lora.md)")
+    fix_hint = f"{BUDGET_HINT} or -o method.alpha=0 (docs/gs-lora.md)"
 
     def __init__(self, cfg: GSLoRAConfig, ctx):
         super().__init__(cfg, ctx)

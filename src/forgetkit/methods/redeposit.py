@@ -33,8 +33,7 @@ def without_deposit(model: RecoveredModel, classes: list[int], names: list[str] 
         held = "; ".join(", ".join(name(c) for c in d["classes"]) for d in model.deposit_info)
         raise ForgetkitError(f"redeposit takes back one withdrawn deposit whole, and this model's deposits hold "
                              f"[{held}]; ask for exactly the classes of one of them")
-    kept = [(dict(net.state_dict()), d["split"], d["classes"])
-            for i, (net, d) in enumerate(zip(model.deposits, model.deposit_info)) if i != owners[0]]
+    kept = [deposit for i, deposit in enumerate(model.deposit_list()) if i != owners[0]]
     return (RecoveredModel(model.target, kept) if kept else model.target).eval(), owners[0]
 
 

@@ -54,6 +54,10 @@ class RecoveredModel(torch.nn.Module):
         # no LoRA targets and no split of its own: methods that need them refuse this model up front
         self.spec = dataclasses.replace(target.spec, lora_targets="")
 
+    def deposit_list(self) -> list[tuple[dict, int, list[int]]]:
+        """The deposits as the constructor takes them: (weights, split, classes), in withdrawal order."""
+        return [(dict(net.state_dict()), d["split"], d["classes"]) for net, d in zip(self.deposits, self.deposit_info)]
+
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.target(x, labels)
         for net, info in zip(self.deposits, self.deposit_info):
@@ -117,8 +121,7 @@ class Withdraw(Method):
     def apply_edit(model, directory: Path):
         target = model.target if isinstance(model, RecoveredModel) else model
         info, state = load_deposit(directory, target)
-        deposits = [(dict(net.state_dict()), d["split"], d["classes"])
-                    for net, d in zip(model.deposits, model.deposit_info)] if isinstance(model, RecoveredModel) else []
+        deposits = model.deposit_list() if isinstance(model, RecoveredModel) else []
         device = next(target.parameters()).device
         state = {k: v.to(device) for k, v in state.items()}
         recovered = RecoveredModel(target, deposits + [(state, info["split"], info["classes"])])
