@@ -226,7 +226,7 @@ def test_mnist_5k_source():
 
 def clip_run(tmp_path, names_file, **sections):
     """The CLIP demo's config on a tiny CLIP and synthetic data."""
-    from forgetkit.engine import RunConfig
+    from forgetkit.run_config import RunConfig
 
     synthetic = {"source": "synthetic", "num_classes": 6, "test_per_class": 10}
     cfg = {"model": str(tmp_path / "ckpt"), "data": synthetic,

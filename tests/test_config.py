@@ -2,7 +2,7 @@ import pytest
 
 import forgetkit as fk
 from forgetkit.config import apply_overrides, from_dict
-from forgetkit.engine import RunConfig
+from forgetkit.run_config import RunConfig
 from forgetkit.errors import ForgetkitError
 from forgetkit.methods.base import resolved_method_config
 
@@ -61,7 +61,7 @@ def test_describe_shows_a_nested_section_s_own_default():
 
 
 def test_the_method_section_is_parsed_once_into_its_method_s_typed_config():
-    from forgetkit.methods.regularised import EWCConfig
+    from forgetkit.methods.configs import EWCConfig
 
     cfg = from_dict(RunConfig, {"method": {"name": "ewc", "reg_lambda": 2}})
     assert type(cfg.method) is EWCConfig and cfg.method.reg_lambda == 2.0 and cfg.method.name == "ewc"

@@ -17,17 +17,17 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "forget": "api", "learn": "api", "unlearn": "api", "load_config": "api", "packaged_configs": "api",
     "from_dict": "config", "to_dict": "config",
-    "DataConfig": "data", "load_data": "data",
-    "EvalConfig": "engine", "RunConfig": "engine", "TrainConfig": "engine", "run_forgetting": "engine",
+    "DataConfig": "data.config", "load_data": "data",
+    "EvalConfig": "run_config", "RunConfig": "run_config", "TrainConfig": "run_config", "run_forgetting": "engine",
     "ForgetkitError": "errors",
     "read_ledger": "ledger", "replay_ledger": "ledger",
     "METHODS": "methods", "Method": "methods", "register_method": "methods",
     "PRESETS": "models", "create_model": "models", "fingerprint": "models", "load_external_weights": "models",
     "load_model": "models", "save_model": "models",
-    "LoRASettings": "models.lora", "add_lora": "models.lora", "apply_adapter": "models.lora",
+    "LoRASettings": "models.lora_config", "add_lora": "models.lora", "apply_adapter": "models.lora",
     "merge_lora": "models.lora",
-    "PretrainConfig": "pretraining", "pretrain": "pretraining",
-    "ProtocolConfig": "protocol", "class_order": "protocol", "make_tasks": "protocol",
+    "PretrainConfig": "run_config", "pretrain": "pretraining",
+    "ProtocolConfig": "run_config", "class_order": "protocol", "make_tasks": "protocol",
     "REQUEST_KINDS": "kinds",
 }
 __all__ = sorted(_EXPORTS)

@@ -26,16 +26,16 @@ from .errors import ForgetkitError
 from .io import read_json, save_weights
 from .kinds import REQUEST_KINDS, RequestKind, forgotten_classes
 from .methods import MethodContext, build_method
-from .methods.base import (METHODS, Method, MethodConfig, NonFiniteLoss, default_method_config, model_capabilities,
-                           resolved_method_config)
+from .methods.base import METHODS, Method, NonFiniteLoss, model_capabilities, resolved_method_config
+from .methods.configs import MethodConfig
 from .metrics import PerClass, evaluate_classes
 from .models import fingerprint, load_model, save_model
 from .models.presets import ModelSpec
 from .models.vit import ForgetModel
-from .protocol import Protocol, ProtocolConfig, Task, TaskData
+from .protocol import Protocol, Task, TaskData
+from .run_config import EvalConfig, RunConfig, TrainConfig, VerifyConfig
 from .runstate import RunLog, RunState, crash_point
 from .runtime import balanced_batches, rng, seed_everything, seed_request, setup_device, step_scheduler
-from .verify import VerifyConfig
 
 BUILTIN_MODELS = {"builtin:fmnist_vit": Path(__file__).parent / "assets" / "fmnist_vit",
                   "builtin:clip_fmnist": Path(__file__).parent / "assets" / "clip_fmnist",
@@ -82,82 +82,6 @@ def save_checkpoint(model: torch.nn.Module, directory: Path, classes: list[str],
     """Save ``model`` as the kind of checkpoint it was loaded from (a model may define ``save_checkpoint``)."""
     own = getattr(model, "save_checkpoint", None)
     return own(directory, classes, **extra) if own else save_model(model, directory, classes, **extra)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation of each request: a fixed number of steps, whatever the size of the data (AdamW, per-step cosine
-    schedule with linear warm-up, re-created per request)."""
-
-    steps: int = field(default=300, metadata={
-        "help": "optimisation steps per request; one step sees one forget batch and one replay batch"})
-    batch_size: int = field(default=32, metadata={
-        "help": "images per stream (forget and replay) per step, drawn class-balanced: every class of a stream "
-                "comes round before any comes twice (capped at the stream's size)"})
-    lr: float | None = field(default=None, metadata={"help": "peak learning rate (null = the method's default)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on ≥2-d tensors"})
-    min_lr: float = field(default=0.0, metadata={"help": "floor of the cosine schedule"})
-    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up (timm's)"})
-    log_every: int = field(default=25, metadata={"help": "steps averaged into one row of the loss log"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
-    threads: int = field(default=0, metadata={
-        "help": "CPU threads (0 = torch's default, one per core); use 1 when another process shares the cores"})
-
-
-@dataclass
-class EvalConfig:
-    """How accuracy is measured, and what a request must reach to pass."""
-
-    margin_accuracy: bool = field(default=False, metadata={
-        "help": "CosFace only: the original code's margin-penalised accuracy (uses the label); default plain argmax"})
-    batch_size: int = 256
-    batch_mean: int = field(default=0, metadata={
-        "help": "LIRF's original reporting: accuracy as the mean over batches of this many images of the classes "
-                "asked about (dataset order); 0 = weighted by image (forgetkit's default)"})
-    forget_threshold: float = field(default=5.0, metadata={
-        "help": "a request passes only if its forgotten classes' held-out accuracy is at most this (percent)"})
-    max_retain_drop: float = field(default=5.0, metadata={
-        "help": "... and its retained classes' accuracy is at most this many points below the model before it"})
-    min_learn_accuracy: float = field(default=50.0, metadata={
-        "help": "a learn request passes only if its new classes' held-out accuracy is at least this (percent)"})
-    max_restore_gap: float = field(default=2.0, metadata={
-        "help": "a restore request passes only if the restored classes come within this many points of the base "
-                "model's accuracy on them"})
-    verify: VerifyConfig = field(default_factory=VerifyConfig, metadata={
-        "help": "membership inference, feature probes, relearning and CKA on the forgotten classes after every "
-                "request (docs/verify.md)"})
-    other_data: list[DataConfig] = field(default_factory=list, metadata={
-        "help": "zero-shot models (CLIP): further datasets whose accuracy, over their own class names, is measured "
-                "before and after every request (collateral damage)"})
-
-
-@dataclass
-class RunConfig:
-    """A whole forgetting run; saved as ``config.yaml`` next to its results."""
-
-    model: str = field(default="builtin:fmnist_vit", metadata={
-        "help": "forgetkit checkpoint folder; builtin:fmnist_vit (the shipped Fashion-MNIST ViT) or "
-                "builtin:clip_fmnist (the shipped CLIP); or a local open_clip / OpenAI CLIP state-dict file"})
-    model_arch: str | None = field(default=None, metadata={
-        "help": "open_clip architecture of a CLIP state-dict file given as model (e.g. ViT-B-16); null = "
-                "OpenAI format, read from the tensor shapes"})
-    data: DataConfig | None = field(default=None, metadata={
-        "help": "the images; null = the data the model was trained on, as its manifest records"})
-    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
-    method: MethodConfig = field(default_factory=default_method_config, metadata={
-        "help": "name: a registered method (default gs_lora, the recommended configuration), plus that method's "
-                "fields (forgetkit config <method>)"})
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    kind: str = field(default="forget", metadata={
-        "help": "what every request of the run does: forget, or restore (give back classes forgotten earlier; "
-                "method undo)"})
-    seed: int = field(default=0, metadata={"help": "seed of every random choice of the run"})
-    output_dir: str = field(default="runs/forget", metadata={"help": "where results, report, logs and state go"})
-    model_dir: str | None = field(default=None, metadata={
-        "help": "where the edited model (weights, manifest with the ledger, per-request edits) goes; "
-                "null = <output_dir>/model"})
-    save_model: bool = field(default=True, metadata={"help": "save the edited model and its per-request edits"})
 
 
 def resolve_model_path(name: str) -> Path:

@@ -7,7 +7,6 @@ demo, since no pre-trained weights can be downloaded here.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,32 +14,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import to_dict
-from .data import DataConfig, load_data
+from .data import load_data
 from .data.datasets import validation_holdout
 from .metrics import evaluate_classes
 from .models import create_model, save_model
+from .run_config import PretrainConfig
 from .runtime import adamw, optimizer_step, rng, seed_everything, setup_device, step_scheduler
-
-
-@dataclass
-class PretrainConfig:
-    """Pre-training recipe (defaults: the embedded Fashion-MNIST model)."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    arch: str = field(default="vit_fmnist", metadata={"help": "model preset (forgetkit models lists them)"})
-    epochs: int = field(default=12, metadata={"help": "passes over the training set"})
-    batch_size: int = 64
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
-    weight_decay: float = 0.05
-    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps before the cosine decay"})
-    hflip: bool = field(default=True, metadata={"help": "random horizontal flips (off for characters and digits)"})
-    val_per_class: int = field(default=0, metadata={
-        "help": "training images per class left out, the same ones a forgetting run's protocol.val_per_class holds "
-                "out (at most this many), so that its validation images are unseen by the model"})
-    seed: int = 0
-    device: str = "auto"
-    threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default, one per core)"})
-    out: str = field(default="checkpoints/model", metadata={"help": "output checkpoint folder"})
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True):

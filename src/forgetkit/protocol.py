@@ -22,48 +22,8 @@ import torch
 from .data import DataSplits, LabeledImages
 from .data.datasets import validation_holdout
 from .errors import ForgetkitError
+from .run_config import ProtocolConfig
 from .runtime import rng
-
-
-@dataclass
-class ProtocolConfig:
-    """Which classes are forgotten when, and how much training data each task may use."""
-
-    forget_per_task: int = field(default=2, metadata={"help": "K: classes forgotten per task (learn: C, classes "
-                                                                  "learnt per task)"})
-    num_tasks: int = field(default=4, metadata={"help": "T: number of tasks (1 = single-step; learn: the first "
-                                                        "task included)"})
-    initial_classes: int | None = field(default=None, metadata={
-        "help": "learn: B, the classes of the first task (default C)"})
-    first_retained: int | None = field(default=None, metadata={
-        "help": "N: classes retained at the first task; N + K must equal the number of classes (default C − K)"})
-    order_seed: int | None = field(default=1337, metadata={
-        "help": "seed of the class-order shuffle (Python random; 1337 gives the papers' order); null = sorted order"})
-    tasks: list[list[str]] | None = field(default=None, metadata={
-        "help": "explicit forget requests by class name, one list per task (overrides K, T, N and the order)"})
-    retain_classes: list[str] | None = field(default=None, metadata={
-        "help": "with tasks: the classes to keep (default: every class never forgotten)"})
-    forget_ratio: float = field(default=1.0, metadata={
-        "help": "fraction of each forget class's training images the request may use (the papers: 0.1). It sets "
-                "which images can be drawn, not how long training runs (train.steps does)"})
-    retain_ratio: float = field(default=1.0, metadata={
-        "help": "fraction of each retained class's training images kept as replay data (the papers: 0.1). Like "
-                "forget_ratio it sets which images can be drawn, not how long training runs; a fraction of a small "
-                "dataset is too few images to keep the retained classes (docs/benchmarks.md)"})
-    shots: int | None = field(default=None, metadata={
-        "help": "few-shot: exactly this many training images per forget and per retained class (overrides ratios)"})
-    missing: int = field(default=0, metadata={
-        "help": "M: the first M classes of the order are retained but have no replay data at all (missing classes)"})
-    missing_classes: list[str] | None = field(default=None, metadata={
-        "help": "with tasks: retained classes, by name, that have no replay data"})
-    independent: bool = field(default=False, metadata={
-        "help": "every request starts from the model the run started with, instead of from the previous request's "
-                "result: requests are alternatives to compare (the CLIP paper's single- and multi-class "
-                "evaluations), not a sequence, so no edited model is saved"})
-    val_per_class: int = field(default=0, metadata={
-        "help": "training images per class held out as a validation split (never trained on)"})
-    eval_split: str = field(default="test", metadata={"help": "test, or val (the held-out training images; for "
-                                                              "choosing hyper-parameters without the test set)"})
 
 
 @dataclass

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,31 +31,8 @@ import torch.nn.functional as F
 
 from .errors import ForgetkitError
 from .models.checkpoint import fingerprint
+from .run_config import VerifyConfig
 from .runtime import rng
-
-
-@dataclass
-class VerifyConfig:
-    """What to verify after each request (``eval.verify``) or on a checkpoint (``forgetkit verify``)."""
-
-    enabled: bool = field(default=False, metadata={
-        "help": "run the checks after every forget request (costs about a request's time; docs/verify.md)"})
-    reference: str | None = field(default=None, metadata={
-        "help": "checkpoint of a model trained without the forgotten classes (forgetkit pretrain on the retained "
-                "classes): the target row of every check"})
-    images_per_class: int = field(default=100, metadata={
-        "help": "images drawn per class and split for the attacks, the probes' scoring and CKA"})
-    probe_per_class: int = field(default=30, metadata={"help": "training images per class for the probe and k-NN"})
-    knn_k: int = 5
-    relearn_shots: list[int] = field(default_factory=lambda: [1, 5], metadata={
-        "help": "k: training images per forgotten class the relearning fine-tune sees"})
-    relearn_max_steps: int = field(default=60, metadata={"help": "cap of the relearning fine-tune"})
-    relearn_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the relearning fine-tune"})
-    relearn_threshold: float = field(default=0.5, metadata={
-        "help": "relearnt once held-out accuracy on the forgotten classes reaches this share of the pre-trained "
-                "model's"})
-    relearn_eval_every: int = 5
-    folds: int = field(default=5, metadata={"help": "cross-validation folds of the loss attack"})
 
 
 # ------------------------------------------------------------------------------------------------------ features

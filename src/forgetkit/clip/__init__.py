@@ -4,14 +4,23 @@ A CLIP checkpoint runs through forgetkit's runner like any model (``forgetkit fo
 it becomes a :class:`ZeroShotClassifier` over the data's classes, and the ``clip_text`` method forgets in text space.
 """
 
-from .model import CLIP_PRESETS, ClipBundle, create_clip, load_clip, save_clip
-from .names import NameList, builtin_names, read_names
-from .pretrain import ClipPretrainConfig, pretrain_clip
-from .classifier import ZeroShotClassifier
-from .text_forget import ProjectionLoRA, TextForgetConfig, empty_prompt_target, forget_text_classes, text_forget_loss
+from __future__ import annotations
 
-__all__ = [
-    "CLIP_PRESETS", "ClipBundle", "create_clip", "load_clip", "save_clip", "NameList", "builtin_names", "read_names",
-    "ClipPretrainConfig", "pretrain_clip", "ZeroShotClassifier", "ProjectionLoRA",
-    "TextForgetConfig", "empty_prompt_target", "forget_text_classes", "text_forget_loss",
-]
+import importlib
+
+# public name -> module that defines it, imported on first use (PEP 562): importing the package loads no torch
+_EXPORTS = {
+    "CLIP_PRESETS": "model", "ClipBundle": "model", "create_clip": "model", "load_clip": "model", "save_clip": "model",
+    "NameList": "names", "builtin_names": "names", "read_names": "names", "ClipPretrainConfig": "config",
+    "pretrain_clip": "pretrain", "ZeroShotClassifier": "classifier", "ProjectionLoRA": "text_forget",
+    "TextForgetConfig": "config", "empty_prompt_target": "text_forget",
+    "forget_text_classes": "text_forget", "text_forget_loss": "text_forget"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

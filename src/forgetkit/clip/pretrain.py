@@ -9,16 +9,16 @@ holds many), instead of CLIP's one-positive InfoNCE, which would push apart iden
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import to_dict
-from ..data import DataConfig, load_data
+from ..data import load_data
 from ..errors import ForgetkitError
 from ..runtime import adamw, optimizer_step, rng, seed_everything, setup_device, step_scheduler
+from .config import ClipPretrainConfig
 from .model import WEIGHT_DTYPES, create_clip, round_weights, save_clip
 from .names import shipped_names
 from .zeroshot import accuracy_over, class_weights, image_features, prompt_name
@@ -27,29 +27,6 @@ CAPTION_TEMPLATES = [
     "{}", "a {}.", "a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a photo of the {}.",
     "a black and white photo of a {}.", "a low resolution photo of a {}.", "a small {}.", "a drawing of a {}.",
 ]
-
-
-@dataclass
-class ClipPretrainConfig:
-    """Recipe of the demo CLIP (defaults: Fashion-MNIST + the MNIST digits)."""
-
-    preset: str = field(default="clip_fmnist", metadata={"help": "CLIP preset (forgetkit.clip.model.CLIP_PRESETS)"})
-    datasets: list[DataConfig] = field(default_factory=lambda: [DataConfig(source="fashion_mnist"),
-                                                                 DataConfig(source="mnist_5k")])
-    repeats: list[int] = field(default_factory=lambda: [1, 5], metadata={
-        "help": "passes over each dataset per epoch (the small MNIST subset is shown more often)"})
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
-    weight_decay: float = 0.1
-    warmup_steps: int = 200
-    seed: int = 0
-    device: str = "auto"
-    threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default)"})
-    out: str = field(default="checkpoints/clip", metadata={"help": "output checkpoint folder"})
-    weights_dtype: str = field(default="float32", metadata={
-        "help": "precision of the saved weights: float32, or float16 (half the file; the model is rounded to it "
-                "before the zero-shot evaluation, so the recorded accuracy is the saved model's)"})
 
 
 class _Captioned(torch.utils.data.Dataset):

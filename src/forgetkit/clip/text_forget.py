@@ -21,36 +21,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ForgetkitError
+from .config import TextForgetConfig
 from .model import ClipBundle
 from .zeroshot import prompt_name, projection, text_features
-
-
-@dataclass
-class TextForgetConfig:
-    """Hyper-parameters of text-space forgetting (defaults: the paper's, ViT-B/16 one-class row)."""
-
-    rank: int = field(default=5, metadata={"help": "LoRA rank r of the update of the text projection"})
-    lora_alpha: float = field(default=1.0, metadata={"help": "LoRA alpha; the update is scaled by lora_alpha / rank"})
-    lambda_f: float = field(default=1.3, metadata={"help": "λ_f: weight of the forget term (raised on retries)"})
-    lambda_r: float = field(default=0.3, metadata={"help": "λ_r: weight of the retain term"})
-    lambda_w: float = field(default=1.0, metadata={"help": "λ_w: weight of ‖BA‖ (the unscaled update)"})
-    lr: float = field(default=0.01, metadata={"help": "Adam learning rate"})
-    steps: int = field(default=2000, metadata={"help": "full-batch steps per trial"})
-    reduction_threshold: float = field(default=0.7, metadata={
-        "help": "a trial is accepted when the forget term falls by at least this fraction"})
-    lambda_f_step: float = field(default=0.05, metadata={"help": "λ_f increase after a rejected trial"})
-    max_trials: int = field(default=100, metadata={"help": "trials before giving up (the last one is kept)"})
-    keep: str = field(default="best", metadata={
-        "help": "best (lowest total loss over the steps, as the paper intends) or last (the original code)"})
-    resample_scale: float = field(default=0.5, metadata={
-        "help": "noise scale when the empty-prompt target lands nearest a forget class and is re-drawn"})
-    max_resamples: int = field(default=1000, metadata={"help": "re-draws of the target before giving up"})
 
 
 class ProjectionLoRA(torch.nn.Module):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import ForgetkitError
 from ..registry import Registry
+from .config import DataConfig
 from .datasets import DataSplits, FolderImages, TensorImages
 
 SOURCES: Registry = Registry("data source")
@@ -21,24 +21,6 @@ FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
-
-
-@dataclass
-class DataConfig:
-    """Which images to use."""
-
-    source: str = field(default="fashion_mnist", metadata={"help": "data source: one of fashion_mnist, "
-                                                                   "mnist_5k, image_folder, synthetic"})
-    root: str | None = field(default=None, metadata={"help": "folder of the data (image_folder: ROOT/train/<class>/*"
-                                                             " and ROOT/test/<class>/*; fashion_mnist: IDX files)"})
-    num_classes: int = field(default=6, metadata={"help": "synthetic only: number of classes"})
-    image_size: int = field(default=16, metadata={"help": "synthetic only: image side"})
-    train_per_class: int = field(default=60, metadata={"help": "synthetic only: training images per class"})
-    test_per_class: int = field(default=20, metadata={"help": "synthetic only: test images per class"})
-    seed: int = field(default=0, metadata={"help": "synthetic only: seed of the generated images"})
-    classes: list[str] | str | None = field(default=None, metadata={
-        "help": "only these classes, by name, or a slice of the source's class list such as '0:30' (the first "
-                "30) or '30:' (the others); null = all"})
 
 
 def load_data(cfg: DataConfig) -> DataSplits:

@@ -1,12 +1,32 @@
 """Methods (forgetting, restoring, learning), one module each, chosen by name from :data:`METHODS`.
 
-``forgetkit methods`` lists them. A method registers itself with ``@register_method("name")``.
+``forgetkit methods`` lists them. A method registers itself with ``@register_method("name")`` and its config with
+``@method_config("name")`` in ``configs.py``; adding one is its module and a line in :data:`METHOD_MODULES`.
 """
 
-from .base import METHODS, Method, MethodConfig, MethodContext, register_method, build_method
-from . import gs_lora, gs_lora_pp, regularised, lwf, der, fdr, scrub, lirf, retrain, clip_text, undo, withdraw  # noqa: F401
-from . import redeposit  # noqa: F401
-from . import lora_sub_drs, ncm  # noqa: F401
-# (each module registers its methods)
+from __future__ import annotations
 
-__all__ = ["METHODS", "Method", "MethodConfig", "MethodContext", "register_method", "build_method"]
+import importlib
+
+# public name -> module that defines it, imported on first use (PEP 562): importing the package loads no torch
+_EXPORTS = {
+    "METHODS": "base", "Method": "base", "MethodContext": "base", "register_method": "base", "build_method": "base",
+    "MethodConfig": "configs", "METHOD_CONFIGS": "configs", "method_config": "configs"}
+__all__ = sorted(_EXPORTS)
+
+# the modules whose decorators register the methods; imported when METHODS is first looked up
+METHOD_MODULES = ("gs_lora", "gs_lora_pp", "regularised", "lwf", "der", "fdr", "scrub", "lirf", "retrain", "clip_text",
+                  "undo", "withdraw", "redeposit", "lora_sub_drs", "ncm")
+
+
+def load_methods() -> None:
+    for module in METHOD_MODULES:
+        importlib.import_module(f".{module}", __name__)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

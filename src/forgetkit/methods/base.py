@@ -8,20 +8,21 @@ passes, prototypes and merges are the method's business: the engine has no metho
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
 
-from ..config import from_dict
 from ..errors import ForgetkitError
 from ..protocol import Task, TaskData
 from ..registry import Registry
 from ..runtime import adamw
+from .configs import METHOD_CONFIGS, MethodConfig
 
-METHODS: Registry = Registry("method")
-DEFAULT_METHOD = "gs_lora"
+METHODS: Registry = Registry("method", loader=lambda: importlib.import_module("forgetkit.methods").load_methods())
+"""every registered method; the first look-up imports the method modules (methods/__init__.py)"""
 
 
 def register_method(name: str):
@@ -29,28 +30,11 @@ def register_method(name: str):
 
     def decorator(cls):
         cls.name = name
+        cls.config_cls = METHOD_CONFIGS.get(name)  # methods/configs.py: the config registered under the same name
         return METHODS.register(name)(cls)
 
     return decorator
 
-
-@dataclass
-class MethodConfig:
-    """The method section of a run config: a union of the registered methods' configs, chosen by ``name`` and parsed
-    once into that method's own typed config (every method config derives from this class)."""
-
-    name: str = field(default=DEFAULT_METHOD, metadata={"help": "a registered method (forgetkit methods)"})
-
-    @classmethod
-    def parse(cls, value: dict, where: str = "method") -> "MethodConfig":
-        value = dict(value)
-        value["name"] = value.get("name") or DEFAULT_METHOD
-        config_cls = METHODS.get(value["name"]).config_cls
-        return from_dict(config_cls, value, f"{where}({value['name']})")
-
-
-def default_method_config() -> MethodConfig:
-    return MethodConfig.parse({})
 
 
 @dataclass

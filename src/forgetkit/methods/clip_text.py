@@ -8,30 +8,20 @@ and the retry rule). The retain set is the related-name list of the dataset (shi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..clip.text_forget import TextForgetConfig
 from ..io import load_weights, save_weights
 from ..runtime import rng
-from .base import Method, MethodConfig, register_method
+from .base import Method, register_method
 
-
-@dataclass
-class ClipTextConfig(TextForgetConfig, MethodConfig):
-    """Text-space forgetting (defaults: the paper's ViT-B/16 one-class row), plus the retain names."""
-
-    names: str | None = field(default=None, metadata={
-        "help": "related-name list kept as the retain set (text file); null = the list shipped for the dataset"})
 
 
 @register_method("clip_text")
 class ClipText(Method):
     """Zero-shot CLIP: LoRA on the text projection, trained on names only (no images)."""
 
-    config_cls = ClipTextConfig
     supports = frozenset({"forget"})
     requires = frozenset({"text_projection"})
     edit_type = "text_projection"

@@ -10,36 +10,20 @@ batch, which is why the default weights are small.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from ..runtime import balanced_batches, rng
 from .base import register_method
-from .finetune import FinetuneConfig, FullFinetune
+from .finetune import FullFinetune
 
-
-@dataclass
-class DERConfig(FinetuneConfig):
-    """DER hyper-parameters (paper: face continual λ_der 0.01; face lr 1e-3)."""
-
-    der_weight: float = field(default=0.01, metadata={"help": "λ_der: weight of the embedding match on replay"})
-
-
-@dataclass
-class DERPPConfig(DERConfig):
-    """DER++ hyper-parameters (paper: face continual 0.005 + 0.005)."""
-
-    der_weight: float = field(default=0.005, metadata={"help": "λ_der: weight of the embedding match on replay"})
-    plus_weight: float = field(default=0.005, metadata={"help": "λ_plus: weight of the CE on a second replay batch"})
 
 
 @register_method("der")
 class DER(FullFinetune):
     """DER: random wrong labels on forget data + match the teacher's embeddings of replay data."""
 
-    config_cls = DERConfig
     uses_teacher = True
     default_lr = 1e-3
 
@@ -61,7 +45,6 @@ class DER(FullFinetune):
 class DERPlusPlus(DER):
     """DER++: DER + CE on a second replay batch."""
 
-    config_cls = DERPPConfig
 
     def before_training(self):
         self.second = balanced_batches(self.data.retain, self.ctx.batch_size,

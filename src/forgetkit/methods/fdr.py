@@ -5,26 +5,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 
 from .base import register_method
-from .finetune import FinetuneConfig, FullFinetune
+from .finetune import FullFinetune
 
-
-@dataclass
-class FDRConfig(FinetuneConfig):
-    """FDR hyper-parameters (paper: face λ 50, ImageNet 40; lr 1e-3)."""
-
-    fdr_weight: float = field(default=50.0, metadata={"help": "λ: weight of the logit distance on replay"})
 
 
 @register_method("fdr")
 class FDR(FullFinetune):
     """FDR: random wrong labels on forget data + L2 distance to the teacher's replay logits."""
 
-    config_cls = FDRConfig
     uses_teacher = True
     default_lr = 1e-3
 

@@ -12,21 +12,12 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 
 import torch
 
 from ..runtime import rng
-from .base import Method, MethodConfig
+from .base import Method
 
-
-@dataclass
-class FinetuneConfig(MethodConfig):
-    """Options shared by the full fine-tuning baselines."""
-
-    train_head: bool = field(default=False, metadata={"help": "also train the classifier head (papers: frozen)"})
-    faithful_relabel: bool = field(default=False, metadata={
-        "help": "draw wrong labels from the first K label indices as the original code did (a bug)"})
 
 
 class FullFinetune(Method):

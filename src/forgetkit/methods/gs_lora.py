@@ -19,7 +19,6 @@ docs/gs-lora.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,56 +29,16 @@ from ..kinds import BUDGET_HINT
 from ..losses import (bounded_forget_loss, class_mass_loss, class_mean_gap, group_lasso, group_norms,
                       group_soft_threshold)
 from ..models.checkpoint import fingerprint
-from ..models.lora import LoRASettings, add_lora, lora_groups, merge_lora, save_adapter
-from .base import Method, MethodConfig, register_method
+from ..models.lora import add_lora, lora_groups, merge_lora, save_adapter
+from .base import Method, register_method
+from .configs import GSLoRAConfig
 
-
-@dataclass
-class GSLoRAConfig(MethodConfig):
-    """GS-LoRA hyper-parameters. The defaults are forgetkit's recommended configuration, chosen on the validation
-    splits of three datasets (docs/benchmarks.md); the papers' values are in the face and ImageNet100 presets."""
-
-    lora: LoRASettings = field(default_factory=lambda: LoRASettings(rank=4, lora_alpha=0.5), metadata={
-        "help": "LoRA on every FFN (scaling lora_alpha / rank = 1/8 as in the paper; the paper's rank is 8)"})
-    beta: list[float] = field(default_factory=lambda: [0.2], metadata={
-        "help": "β per task (forget-loss weight); the last value repeats for later tasks"})
-    bnd: float = field(default=5.0, metadata={
-        "help": "BND: bound of the forget CE (paper 105-110 with CosFace s=64; 5 with a linear head: p(true class) "
-                "below e^-5 ≈ 0.7 %, and no further push that would cost the retained classes)"})
-    bound_per_sample: bool = field(default=True, metadata={
-        "help": "bound each forget sample's CE (mean of ReLU(BND − CE_i)) instead of the batch-mean CE (the paper)"})
-    replay_logit_weight: float | None = field(default=None, metadata={
-        "help": "weight of the MSE between the replay images' logits and the model's before the request (its LoRA "
-                "off), DER-style logit matching: it holds the logits of retained classes that have no replay data. "
-                "null (auto): 1.0 when some retained class has no replay data, else 0 (validation splits, "
-                "docs/benchmarks.md: it keeps missing classes and costs forgetting in few-shot requests)"})
-    forget_feature_weight: float = field(default=0.0, metadata={
-        "help": "weight of the forget batch's class-mean gap: the squared distance of each forgotten class's mean "
-                "embedding to the replay images' mean, in units of the replay features' variance. It moves the "
-                "forgotten classes' features, not only the head's output, so a probe on the features finds less "
-                "(verify's k-NN and CKA rows; 1.0 measured, docs/verify.md; 0 = off)"})
-    forgotten_mass_weight: float = field(default=3.0, metadata={
-        "help": "γ: weight of mean −log(1 − p(forgotten)) on the forget images, forgotten = this task's classes and "
-                "every earlier task's. Forgotten images then land on retained classes, so classes forgotten earlier "
-                "do not become where later ones go, nor come back (0 = off, the paper)"})
-    alpha: float = field(default=0.07, metadata={
-        "help": "α: group-lasso strength, 0 = plain LoRA. gradient: the loss weight (paper 1e-4 with CosFace); "
-                "proximal: each block's update shrinks by lr·α·√(its parameter count) per step, i.e. by the fraction "
-                "α of the largest step Adam can take, whatever the model's width or the LoRA rank"})
-    alpha_warmup_steps: int = field(default=100, metadata={"help": "steps with α = 0 at the start of each request"})
-    lasso_update: str = field(default="proximal", metadata={
-        "help": "how the lasso acts: gradient (α·Σ||g|| in the loss, the paper) or proximal (after each optimiser "
-                "step, every group shrinks by lr·α in norm and small ones become exactly zero)"})
-    grouping: str = field(default="block", metadata={"help": "lasso groups: block (paper), module or matrix"})
-    zero_threshold: float = field(default=1e-2, metadata={
-        "help": "a group whose norm ends below this counts as driven to zero"})
 
 
 @register_method("gs_lora")
 class GSLoRA(Method):
     """GS-LoRA: group-sparse LoRA on every FFN, bounded forgetting + retention, merged after each task."""
 
-    config_cls: type = GSLoRAConfig
     default_lr = 1e-2
     requires = frozenset({"lora_targets"})
     fix_hint = f"{BUDGET_HINT} or -o method.alpha=0 (docs/gs-lora.md)"

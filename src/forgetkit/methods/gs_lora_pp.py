@@ -17,7 +17,6 @@ carried to the next task.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,26 +24,9 @@ import torch.nn.functional as F
 from ..errors import ForgetkitError
 from ..runtime import rng
 from .base import register_method
-from .gs_lora import GSLoRA, GSLoRAConfig
+from .configs import GSLoRAPPConfig
+from .gs_lora import GSLoRA
 
-
-@dataclass
-class GSLoRAPPConfig(GSLoRAConfig):
-    """GS-LoRA++ hyper-parameters: GS-LoRA's plus the prototype terms and the EMA."""
-
-    proto_forget_weight: list[float] = field(default_factory=lambda: [0.01], metadata={
-        "help": "w_f per task: weight of the bounded push of forget embeddings away from their prototypes"})
-    proto_retain_weight: list[float] = field(default_factory=lambda: [0.0], metadata={
-        "help": "w_r per task: weight of the pull of replay embeddings towards their prototypes"})
-    proto_bound: float = field(default=18.0, metadata={"help": "BND_pro: bound of the push term"})
-    proto_distance: str = field(default="kl", metadata={"help": "kl (original) or l2"})
-    ema_decay: float | None = field(default=None, metadata={
-        "help": "decay of the EMA of the merged update (null = no EMA; original 0.9)"})
-    prototype_images: int = field(default=256, metadata={
-        "help": "images per class the prototypes are averaged over (a seeded sample of the request's forget and "
-                "replay images; 0 = all)"})
-    ema_every: int = field(default=25, metadata={"help": "steps between two EMA updates (the original: one epoch)"})
-    ema_start_step: int = field(default=0, metadata={"help": "no EMA update before this step"})
 
 
 def prototype_distance(emb: torch.Tensor, prototypes: torch.Tensor, kind: str) -> torch.Tensor:
@@ -92,7 +74,6 @@ def per_class_sample(dataset, per_class: int, generator: torch.Generator):
 class GSLoRAPlusPlus(GSLoRA):
     """GS-LoRA++: GS-LoRA + prototype push (forget) / pull (retain) regularisation, optional update EMA."""
 
-    config_cls = GSLoRAPPConfig
 
     def __init__(self, cfg: GSLoRAPPConfig, ctx):
         super().__init__(cfg, ctx)

@@ -18,7 +18,6 @@ labels, at the true label), and the shared upper half runs in eval mode (no drop
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,20 +27,8 @@ from ..errors import ForgetkitError
 from ..io import load_weights, read_json, save_weights, write_json
 from ..models import fingerprint
 from .base import register_method
-from .finetune import FinetuneConfig, FullFinetune
+from .finetune import FullFinetune
 
-
-@dataclass
-class LIRFConfig(FinetuneConfig):
-    """LIRF* hyper-parameters (paper: a 0.1, T 10, weights 300 / 10 / 0.05 / 5)."""
-
-    alpha: float = field(default=0.1, metadata={"help": "a: balance of CE and distillation terms"})
-    temperature: float = 10.0
-    at_weight: float = field(default=300.0, metadata={"help": "w_at: weight of the attention-transfer push"})
-    kd_weight: float = field(default=10.0, metadata={"help": "w_kd: distillation on the retained classes"})
-    deposit_weight: float = field(default=0.05, metadata={"help": "w_dep: weight of the deposit terms"})
-    retain_weight: float = field(default=5.0, metadata={"help": "w_r: replay CE"})
-    split: int | None = field(default=None, metadata={"help": "blocks in the lower half (null = depth // 2)"})
 
 
 def attention_map(tokens: torch.Tensor) -> torch.Tensor:
@@ -60,7 +47,6 @@ def sliced_kd(teacher: torch.Tensor, student: torch.Tensor, columns: list[int], 
 class LIRF(FullFinetune):
     """LIRF*: train the lower half to forget, deposit the forgotten knowledge in a second lower half."""
 
-    config_cls = LIRFConfig
     requires = frozenset({"split_backbone"})
     uses_teacher = True
 
@@ -160,29 +146,12 @@ def load_deposit(directory: Path, target) -> tuple[dict, dict[str, torch.Tensor]
     return info, state
 
 
-@dataclass
-class LIRFECCVConfig(FinetuneConfig):
-    """LIRF as its ECCV 2022 paper and released code train it. α and T are not given anywhere (the code reads them
-    from a params.json it does not ship), nor is the split point. T 4 is the KD value of the code base it builds on
-    (Nasty-Teacher); α 0.95 (with the learning rate 1e-4) and the split were chosen on the validation splits of three
-    datasets: the strongest forgetting among the settings whose withdrawal keeps the other classes within 1 point of
-    T0 on every dataset (docs/ledger.md)."""
-
-    alpha: float = field(default=0.95, metadata={"help": "α: weight of the distillation terms (1 − α: the CEs)"})
-    temperature: float = field(default=4.0, metadata={"help": "T: distillation temperature"})
-    at_weight: float = field(default=0.0, metadata={
-        "help": "λ_at: weight of the attention-map push −L_at (in the paper; 0 in the released code)"})
-    split: int | None = field(default=None, metadata={
-        "help": "blocks in the lower half, which the target and the deposit train (null = every block: the upper "
-                "half is the final norm and the head)"})
-
 
 @register_method("lirf_eccv")
 class LIRFECCV(LIRF):
     """LIRF (ECCV form): deposit images only, random labels, KD on the preserved logits, and the recovery CE on the
     recover net's logits, which couples the target and the deposit."""
 
-    config_cls = LIRFECCVConfig
     fix_hint = ("LIRF's ECCV form forgets only as far as its α lets it: a smaller α (-o method.alpha=0.9) forgets "
                 "more and costs the other classes more at withdrawal; GS-LoRA with undo forgets fully and gives the "
                 "model back exactly (docs/ledger.md)")

@@ -18,7 +18,6 @@ again still subtracts them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,30 +27,9 @@ import torch.nn.functional as F
 from ..errors import ForgetkitError
 from ..io import load_weights
 from ..losses import augmented_triplet_loss
-from .base import MethodConfig, register_method
+from .base import register_method
 from .incremental import FACTORS, LearnMethod, attach_kv_lora, detach_kv_lora, kv_deltas, stack_factors
 
-
-@dataclass
-class LoRASubDRSConfig(MethodConfig):
-    """LoRA-Sub-DRS (defaults: the official CIFAR-100 configuration)."""
-
-    rank: int = field(default=10, metadata={"help": "rank of each request's K and V LoRA"})
-    layout: str = field(default="official", metadata={
-        "help": "official: each request's LoRA its own slot, B drawn sparse N(0, 0.01) so B·A ≠ 0 from the start; "
-                "libcontinual: one folded LoRA, a fresh B = 0 each request"})
-    drs: bool = field(default=True, metadata={
-        "help": "project the updates onto the drift-resistant space (false: the paper's 'w/o DRS' ablation)"})
-    subtract: bool = field(default=True, metadata={
-        "help": "build the space on the model with the earlier requests' LoRA subtracted (false: on the current "
-                "model)"})
-    energy: float = field(default=0.99, metadata={"help": "ε: share of the covariance's energy the space keeps"})
-    scale_projection: bool = field(default=True, metadata={
-        "help": "P = UUᵀ/√k as the official code (its Frobenius norm); false: UUᵀ as the paper writes it"})
-    atl_weight: float = field(default=0.05, metadata={
-        "help": "λ: weight of the augmented triplet loss (0: the paper's 'w/o ATL' ablation)"})
-    margin: float = field(default=1.0, metadata={"help": "m: the triplet margin"})
-    head_lr: float = field(default=2e-3, metadata={"help": "learning rate of the per-request CE head (fc_lrate)"})
 
 
 def energy_basis(covariance: torch.Tensor, energy: float) -> torch.Tensor:
@@ -86,7 +64,6 @@ class ProjectedAdam(torch.optim.Adam):
 class LoRASubDRS(LearnMethod):
     """LoRA-Sub-DRS: K/V LoRA per request, updates projected onto the drift-resistant space, CE + λ·ATL, NCM."""
 
-    config_cls = LoRASubDRSConfig
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
@@ -184,16 +161,8 @@ class LoRASubDRS(LearnMethod):
         return {"drs_dims": getattr(self, "space_dims", None) if self.projections else None}
 
 
-@dataclass
-class SequentialLoRAConfig(LoRASubDRSConfig):
-    """Sequential LoRA fine-tuning: a new K/V LoRA per request, CE only, no projection."""
-
-    drs: bool = False
-    atl_weight: float = 0.0
-
 
 @register_method("seq_lora")
 class SequentialLoRA(LoRASubDRS):
     """Sequential K/V LoRA fine-tuning with a per-request CE head and NCM (LoRA-Sub-DRS without DRS and ATL)."""
 
-    config_cls = SequentialLoRAConfig

@@ -8,30 +8,19 @@ The original's KD term was identically zero (log of a log-softmax, NaNs zeroed);
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from .base import register_method
-from .finetune import FinetuneConfig, FullFinetune, kd_loss
+from .finetune import FullFinetune, kd_loss
 
-
-@dataclass
-class LwFConfig(FinetuneConfig):
-    """LwF hyper-parameters (paper: T 2, λ_kd 0.5, λ_remain 10)."""
-
-    temperature: float = 2.0
-    kd_weight: float = field(default=0.5, metadata={"help": "λ_kd: weight of the distillation on replay data"})
-    retain_weight: float = field(default=10.0, metadata={"help": "λ_remain: weight of the replay CE"})
-    faithful_zero_kd: bool = field(default=False, metadata={"help": "drop the KD term, as the original's bug did"})
 
 
 @register_method("lwf")
 class LwF(FullFinetune):
     """LwF: random wrong labels on forget data + distillation and CE on replay data."""
 
-    config_cls = LwFConfig
     uses_teacher = True
 
     def training_step(self, forget, retain, step):

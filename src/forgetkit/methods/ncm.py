@@ -3,19 +3,14 @@ joint training on every class seen so far (an upper bound, since it reads the ol
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import MethodConfig, register_method
+from .base import register_method
 from .incremental import LearnMethod, attach_kv_lora, class_means, detach_kv_lora, stack_factors
 
-
-@dataclass
-class NCMConfig(MethodConfig):
-    """Prototype NCM on the frozen pre-trained features has no hyper-parameters."""
 
 
 @register_method("ncm")
@@ -23,7 +18,6 @@ class FrozenNCM(LearnMethod):
     """The new classes' prototypes on the model's features as they are: the simple, strong baseline of class-
     incremental learning on a pre-trained model (nothing trained, so nothing drifts)."""
 
-    config_cls = NCMConfig
 
     def fit(self, model, task, data, train_steps):  # no step loop: the base only adds prototypes
         super().fit(model, task, data, lambda: None)
@@ -32,13 +26,6 @@ class FrozenNCM(LearnMethod):
         return None
 
 
-@dataclass
-class JointConfig(MethodConfig):
-    """Joint training (upper bound): K/V LoRA and a CE head over every class seen so far."""
-
-    rank: int = field(default=10, metadata={"help": "rank of the K and V LoRA"})
-    head_lr: float = field(default=2e-3, metadata={"help": "learning rate of the CE head"})
-
 
 @register_method("joint")
 class Joint(LearnMethod):
@@ -46,7 +33,6 @@ class Joint(LearnMethod):
     classes' images and the known classes' (which an exemplar-free method never sees), then recomputes every
     prototype on the result."""
 
-    config_cls = JointConfig
 
     def train(self, model, task, data, train_steps):
         for p in model.parameters():

@@ -9,19 +9,14 @@ training took it, so the verdict measures them as any forget request's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ForgetkitError
 from ..io import read_json
-from .base import Method, MethodConfig, register_method
+from .base import Method, register_method
 from .lirf import save_deposit
 from .withdraw import RecoveredModel
 
-
-@dataclass
-class RedepositConfig(MethodConfig):
-    """Redeposit has no hyper-parameters."""
 
 
 def without_deposit(model: RecoveredModel, classes: list[int], names: list[str] | None = None):
@@ -43,7 +38,6 @@ class Redeposit(Method):
 
     The deposit stays in the request's edit, for a later withdrawal."""
 
-    config_cls = RedepositConfig
     requires = frozenset({"recovered"})
     edit_type = "redeposit"
     fix_hint = ("redeposit forgets the classes only as far as the LIRF request's target had forgotten them "

@@ -14,7 +14,6 @@ batch of its shuffled replay loader.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -22,34 +21,8 @@ import torch.nn.functional as F
 from ..errors import ForgetkitError
 from ..runtime import BalancedBatchSampler, rng
 from .base import register_method
-from .finetune import FinetuneConfig, FullFinetune
+from .finetune import FullFinetune
 
-
-@dataclass
-class L2Config(FinetuneConfig):
-    """L2* hyper-parameters (paper: face continual λ 0.1; single-step and ImageNet 0.05)."""
-
-    reg_lambda: float = field(default=0.1, metadata={"help": "λ: weight of the penalty"})
-    online: bool = field(default=False, metadata={"help": "keep one running anchor instead of one per task"})
-    data_term: str = field(default="sum", metadata={
-        "help": "sum: CE_f + CE_r; pooled: each CE weighted by its set's share of forget ∪ replay, the expected value "
-                "of the original's CE over one mixed batch"})
-    importance_images: int = field(default=2048, metadata={
-        "help": "replay images the importance (EWC, MAS) is estimated on, drawn class-balanced; 0 = all"})
-
-
-@dataclass
-class EWCConfig(L2Config):
-    """EWC* hyper-parameters (paper: face λ 10, ImageNet 3)."""
-
-    reg_lambda: float = field(default=10.0, metadata={"help": "λ: weight of the Fisher-weighted penalty"})
-
-
-@dataclass
-class MASConfig(L2Config):
-    """MAS* hyper-parameters (paper: face continual λ 0.005, single-step 5, ImageNet 0.002)."""
-
-    reg_lambda: float = field(default=0.005, metadata={"help": "λ: weight of the MAS-weighted penalty"})
 
 
 class ImportanceRegularised(FullFinetune):
@@ -139,7 +112,6 @@ class ImportanceRegularised(FullFinetune):
 class L2(ImportanceRegularised):
     """L2*: every weight equally important."""
 
-    config_cls = L2Config
 
     def importance(self):
         return {n: torch.ones_like(p) for n, p in self.trainable().items()}
@@ -166,7 +138,6 @@ def _gradient_importance(method: ImportanceRegularised, objective) -> dict[str, 
 class EWC(ImportanceRegularised):
     """EWC*: Ω = diagonal empirical Fisher of the replay CE (true labels), as the original: grad² · batch size."""
 
-    config_cls = EWCConfig
 
     @staticmethod
     def transform(grad, batch_size):
@@ -180,7 +151,6 @@ class EWC(ImportanceRegularised):
 class MAS(ImportanceRegularised):
     """MAS*: Ω = |∇ mean(logits²)| on replay images (no labels needed)."""
 
-    config_cls = MASConfig
 
     @staticmethod
     def transform(grad, batch_size):

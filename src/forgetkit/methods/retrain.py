@@ -7,7 +7,6 @@ like every other row; the original's logged H used a random network as reference
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,19 +14,14 @@ import torch.nn.functional as F
 from ..errors import ForgetkitError
 from ..models import ForgetModel
 from ..runtime import rng
-from .base import Method, MethodConfig, register_method
+from .base import Method, register_method
 
-
-@dataclass
-class RetrainConfig(MethodConfig):
-    """Retrain has no hyper-parameters of its own (paper: lr 3e-4)."""
 
 
 @register_method("retrain")
 class Retrain(Method):
     """Retrain: a fresh random model trained on replay data only, each task."""
 
-    config_cls = RetrainConfig
     default_lr = 3e-4
     requires = frozenset({"rebuildable"})
 

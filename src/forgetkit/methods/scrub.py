@@ -20,40 +20,19 @@ data sizes (docs/baselines.md).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from .base import register_method
-from .finetune import FinetuneConfig, FullFinetune, kd_loss
+from .finetune import FullFinetune, kd_loss
 
-
-@dataclass
-class SCRUBConfig(FinetuneConfig):
-    """SCRUB hyper-parameters (paper: T 2, γ 0.99, α 1e-3, Adam lr 1e-4, wd 5e-4)."""
-
-    temperature: float = 2.0
-    gamma: float = field(default=0.99, metadata={"help": "γ: weight of the replay CE in the min pass"})
-    kd_alpha: float = field(default=1e-3, metadata={"help": "α: weight of the replay KD in the min pass"})
-    smoothing: float = field(default=0.0, metadata={"help": "p: pull towards the weight average (SCRUB-S > 0)"})
-    max_steps: int | None = field(default=None, metadata={
-        "help": "steps with a max pass (null = the first half of the budget, as 5 of the original's 10 inner epochs)"})
-    adam_weight_decay: float = field(default=5e-4, metadata={"help": "Adam's L2 weight decay"})
-
-
-@dataclass
-class SCRUBSConfig(SCRUBConfig):
-    """SCRUB-S: SCRUB with smoothing (paper: face continual p 0.1; single-step and ImageNet 0.05)."""
-
-    smoothing: float = field(default=0.1, metadata={"help": "p: pull towards the weight average"})
 
 
 @register_method("scrub")
 class SCRUB(FullFinetune):
     """SCRUB: alternate max (diverge from the teacher on forget data) and min (replay) passes."""
 
-    config_cls = SCRUBConfig
     uses_teacher = True
 
     def make_optimizer(self, lr, weight_decay):
@@ -118,4 +97,3 @@ class SCRUB(FullFinetune):
 class SCRUBS(SCRUB):
     """SCRUB-S: SCRUB with smoothing towards a running average of the weights."""
 
-    config_cls = SCRUBSConfig

@@ -13,7 +13,6 @@ No data and no training. Two cases (docs/ledger.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,12 +21,8 @@ from ..errors import ForgetkitError
 from ..io import load_weights
 from ..kinds import forgotten_classes
 from ..models import fingerprint
-from .base import Method, MethodConfig, register_method
+from .base import Method, register_method
 
-
-@dataclass
-class UndoConfig(MethodConfig):
-    """Undo has no hyper-parameters."""
 
 
 def lora_deltas(directory: Path) -> dict[str, torch.Tensor]:
@@ -51,7 +46,6 @@ def lora_deltas(directory: Path) -> dict[str, torch.Tensor]:
 class Undo(Method):
     """Undo: give back forgotten classes by removing the request that forgot them (exact for the latest request)."""
 
-    config_cls = UndoConfig
     supports = frozenset({"restore"})
 
     def fit(self, model, task, data, train_steps):

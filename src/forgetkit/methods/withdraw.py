@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from ..kinds import forgotten_classes
 from ..models.checkpoint import FORMAT_VERSION, fingerprint, load_state_strict, read_manifest
 from ..models.presets import ModelSpec
 from ..models.vit import ForgetModel
-from .base import Method, MethodConfig, register_method
+from .base import Method, register_method
 from .lirf import load_deposit, recover_logits
 
 RECOVERED_FORMAT = "forgetkit-recovered"
@@ -85,16 +84,11 @@ def load_recovered(directory: str | Path) -> tuple[RecoveredModel, dict]:
     return model.eval(), manifest
 
 
-@dataclass
-class WithdrawConfig(MethodConfig):
-    """Withdrawal has no hyper-parameters."""
-
 
 @register_method("withdraw")
 class Withdraw(Method):
     """LIRF withdrawal: the recover net from the target and the stored deposit module (no data, no training)."""
 
-    config_cls = WithdrawConfig
     supports = frozenset({"restore"})
     edit_type = "withdrawal"
 

@@ -9,7 +9,6 @@ other weights (for instance the merged model, which already contains it) is refu
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,16 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from ..errors import ForgetkitError
 from ..io import read_json, write_json
 from .checkpoint import fingerprint
-
-
-@dataclass
-class LoRASettings:
-    """Shape of the LoRA adapters (peft ``LoraConfig``)."""
-
-    rank: int = field(default=8, metadata={"help": "LoRA rank r"})
-    lora_alpha: float = field(default=1.0, metadata={"help": "LoRA alpha; scaling = lora_alpha / rank (1/8 as in "
-                                                             "the original loralib default)"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+from .lora_config import LoRASettings
 
 
 def add_lora(model: torch.nn.Module, settings: LoRASettings, targets: str | None = None) -> PeftModel:

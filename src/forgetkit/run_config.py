@@ -1,0 +1,176 @@
+"""The sections of a run config (``forgetkit config`` lists them), torch-free.
+
+Everything a command reads from the user is a typed dataclass parsed once by :func:`forgetkit.config.from_dict`:
+this module (the run, its training budget, evaluation, protocol and verification, and pre-training),
+``data/config.py`` (the data), ``methods/configs.py`` (every method) and ``models/lora_config.py``. None of them
+imports torch, so a typo in any key answers in a fraction of a second, before torch, the model or the data load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .data.config import DataConfig
+from .methods.configs import MethodConfig, default_method_config
+
+
+@dataclass
+class ProtocolConfig:
+    """Which classes are forgotten when, and how much training data each task may use."""
+
+    forget_per_task: int = field(default=2, metadata={"help": "K: classes forgotten per task (learn: C, classes "
+                                                                  "learnt per task)"})
+    num_tasks: int = field(default=4, metadata={"help": "T: number of tasks (1 = single-step; learn: the first "
+                                                        "task included)"})
+    initial_classes: int | None = field(default=None, metadata={
+        "help": "learn: B, the classes of the first task (default C)"})
+    first_retained: int | None = field(default=None, metadata={
+        "help": "N: classes retained at the first task; N + K must equal the number of classes (default C − K)"})
+    order_seed: int | None = field(default=1337, metadata={
+        "help": "seed of the class-order shuffle (Python random; 1337 gives the papers' order); null = sorted order"})
+    tasks: list[list[str]] | None = field(default=None, metadata={
+        "help": "explicit forget requests by class name, one list per task (overrides K, T, N and the order)"})
+    retain_classes: list[str] | None = field(default=None, metadata={
+        "help": "with tasks: the classes to keep (default: every class never forgotten)"})
+    forget_ratio: float = field(default=1.0, metadata={
+        "help": "fraction of each forget class's training images the request may use (the papers: 0.1). It sets "
+                "which images can be drawn, not how long training runs (train.steps does)"})
+    retain_ratio: float = field(default=1.0, metadata={
+        "help": "fraction of each retained class's training images kept as replay data (the papers: 0.1). Like "
+                "forget_ratio it sets which images can be drawn, not how long training runs; a fraction of a small "
+                "dataset is too few images to keep the retained classes (docs/benchmarks.md)"})
+    shots: int | None = field(default=None, metadata={
+        "help": "few-shot: exactly this many training images per forget and per retained class (overrides ratios)"})
+    missing: int = field(default=0, metadata={
+        "help": "M: the first M classes of the order are retained but have no replay data at all (missing classes)"})
+    missing_classes: list[str] | None = field(default=None, metadata={
+        "help": "with tasks: retained classes, by name, that have no replay data"})
+    independent: bool = field(default=False, metadata={
+        "help": "every request starts from the model the run started with, instead of from the previous request's "
+                "result: requests are alternatives to compare (the CLIP paper's single- and multi-class "
+                "evaluations), not a sequence, so no edited model is saved"})
+    val_per_class: int = field(default=0, metadata={
+        "help": "training images per class held out as a validation split (never trained on)"})
+    eval_split: str = field(default="test", metadata={"help": "test, or val (the held-out training images; for "
+                                                              "choosing hyper-parameters without the test set)"})
+
+
+@dataclass
+class VerifyConfig:
+    """What to verify after each request (``eval.verify``) or on a checkpoint (``forgetkit verify``)."""
+
+    enabled: bool = field(default=False, metadata={
+        "help": "run the checks after every forget request (costs about a request's time; docs/verify.md)"})
+    reference: str | None = field(default=None, metadata={
+        "help": "checkpoint of a model trained without the forgotten classes (forgetkit pretrain on the retained "
+                "classes): the target row of every check"})
+    images_per_class: int = field(default=100, metadata={
+        "help": "images drawn per class and split for the attacks, the probes' scoring and CKA"})
+    probe_per_class: int = field(default=30, metadata={"help": "training images per class for the probe and k-NN"})
+    knn_k: int = 5
+    relearn_shots: list[int] = field(default_factory=lambda: [1, 5], metadata={
+        "help": "k: training images per forgotten class the relearning fine-tune sees"})
+    relearn_max_steps: int = field(default=60, metadata={"help": "cap of the relearning fine-tune"})
+    relearn_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the relearning fine-tune"})
+    relearn_threshold: float = field(default=0.5, metadata={
+        "help": "relearnt once held-out accuracy on the forgotten classes reaches this share of the pre-trained "
+                "model's"})
+    relearn_eval_every: int = 5
+    folds: int = field(default=5, metadata={"help": "cross-validation folds of the loss attack"})
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of each request: a fixed number of steps, whatever the size of the data (AdamW, per-step cosine
+    schedule with linear warm-up, re-created per request)."""
+
+    steps: int = field(default=300, metadata={
+        "help": "optimisation steps per request; one step sees one forget batch and one replay batch"})
+    batch_size: int = field(default=32, metadata={
+        "help": "images per stream (forget and replay) per step, drawn class-balanced: every class of a stream "
+                "comes round before any comes twice (capped at the stream's size)"})
+    lr: float | None = field(default=None, metadata={"help": "peak learning rate (null = the method's default)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on ≥2-d tensors"})
+    min_lr: float = field(default=0.0, metadata={"help": "floor of the cosine schedule"})
+    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up (timm's)"})
+    log_every: int = field(default=25, metadata={"help": "steps averaged into one row of the loss log"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    threads: int = field(default=0, metadata={
+        "help": "CPU threads (0 = torch's default, one per core); use 1 when another process shares the cores"})
+
+
+@dataclass
+class EvalConfig:
+    """How accuracy is measured, and what a request must reach to pass."""
+
+    margin_accuracy: bool = field(default=False, metadata={
+        "help": "CosFace only: the original code's margin-penalised accuracy (uses the label); default plain argmax"})
+    batch_size: int = 256
+    batch_mean: int = field(default=0, metadata={
+        "help": "LIRF's original reporting: accuracy as the mean over batches of this many images of the classes "
+                "asked about (dataset order); 0 = weighted by image (forgetkit's default)"})
+    forget_threshold: float = field(default=5.0, metadata={
+        "help": "a request passes only if its forgotten classes' held-out accuracy is at most this (percent)"})
+    max_retain_drop: float = field(default=5.0, metadata={
+        "help": "... and its retained classes' accuracy is at most this many points below the model before it"})
+    min_learn_accuracy: float = field(default=50.0, metadata={
+        "help": "a learn request passes only if its new classes' held-out accuracy is at least this (percent)"})
+    max_restore_gap: float = field(default=2.0, metadata={
+        "help": "a restore request passes only if the restored classes come within this many points of the base "
+                "model's accuracy on them"})
+    verify: VerifyConfig = field(default_factory=VerifyConfig, metadata={
+        "help": "membership inference, feature probes, relearning and CKA on the forgotten classes after every "
+                "request (docs/verify.md)"})
+    other_data: list[DataConfig] = field(default_factory=list, metadata={
+        "help": "zero-shot models (CLIP): further datasets whose accuracy, over their own class names, is measured "
+                "before and after every request (collateral damage)"})
+
+
+@dataclass
+class RunConfig:
+    """A whole forgetting run; saved as ``config.yaml`` next to its results."""
+
+    model: str = field(default="builtin:fmnist_vit", metadata={
+        "help": "forgetkit checkpoint folder; builtin:fmnist_vit (the shipped Fashion-MNIST ViT) or "
+                "builtin:clip_fmnist (the shipped CLIP); or a local open_clip / OpenAI CLIP state-dict file"})
+    model_arch: str | None = field(default=None, metadata={
+        "help": "open_clip architecture of a CLIP state-dict file given as model (e.g. ViT-B-16); null = "
+                "OpenAI format, read from the tensor shapes"})
+    data: DataConfig | None = field(default=None, metadata={
+        "help": "the images; null = the data the model was trained on, as its manifest records"})
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    method: MethodConfig = field(default_factory=default_method_config, metadata={
+        "help": "name: a registered method (default gs_lora, the recommended configuration), plus that method's "
+                "fields (forgetkit config <method>)"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    kind: str = field(default="forget", metadata={
+        "help": "what every request of the run does: forget, or restore (give back classes forgotten earlier; "
+                "method undo)"})
+    seed: int = field(default=0, metadata={"help": "seed of every random choice of the run"})
+    output_dir: str = field(default="runs/forget", metadata={"help": "where results, report, logs and state go"})
+    model_dir: str | None = field(default=None, metadata={
+        "help": "where the edited model (weights, manifest with the ledger, per-request edits) goes; "
+                "null = <output_dir>/model"})
+    save_model: bool = field(default=True, metadata={"help": "save the edited model and its per-request edits"})
+
+
+@dataclass
+class PretrainConfig:
+    """Pre-training recipe (defaults: the embedded Fashion-MNIST model)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    arch: str = field(default="vit_fmnist", metadata={"help": "model preset (forgetkit models lists them)"})
+    epochs: int = field(default=12, metadata={"help": "passes over the training set"})
+    batch_size: int = 64
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = 0.05
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps before the cosine decay"})
+    hflip: bool = field(default=True, metadata={"help": "random horizontal flips (off for characters and digits)"})
+    val_per_class: int = field(default=0, metadata={
+        "help": "training images per class left out, the same ones a forgetting run's protocol.val_per_class holds "
+                "out (at most this many), so that its validation images are unseen by the model"})
+    seed: int = 0
+    device: str = "auto"
+    threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default, one per core)"})
+    out: str = field(default="checkpoints/model", metadata={"help": "output checkpoint folder"})
