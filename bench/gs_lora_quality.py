@@ -27,7 +27,7 @@ import torch
 
 import forgetkit as fk
 from forgetkit.io import write_json, write_text
-from forgetkit.methods.base import resolved_method_config
+from forgetkit.methods.configs import resolved_method_config
 from forgetkit.report import fmt, task_label
 from benchdata import dataset_overrides
 

@@ -20,7 +20,7 @@ import itertools
 
 import forgetkit as fk
 from forgetkit.io import write_text
-from forgetkit.methods.base import resolved_method_config
+from forgetkit.methods.configs import resolved_method_config
 from forgetkit.report import fmt, task_label
 from benchdata import dataset_overrides
 from gs_lora_quality import ISSUE_10_CHECKS, check

@@ -54,7 +54,7 @@ def test_image_folder_pretrain_then_forget_by_name(tmp_path, capsys):
 
     root = make_image_folder(tmp_path / "imgs", classes=("cat", "dog", "fox", "owl"), per_class=6, size=(18, 18))
     assert main(["pretrain", "--data", "image_folder", "--root", str(root), "--arch", "vit_test", "--epochs", "2",
-                 "--out", str(tmp_path / "m"), "-q", "-o", "warmup_steps=1"]) == 0
+                 "--out", str(tmp_path / "m"), "-q", "-o", "warmup_steps=1", "-o", "batch_size=8"]) == 0
     results = fk.forget(str(tmp_path / "m"), [["dog"], ["owl"]], output_dir=str(tmp_path / "run"), progress=False,
                         data={"source": "image_folder", "root": str(root)},
                         overrides=["protocol.forget_ratio=1.0", "protocol.retain_ratio=1.0", "train.steps=8",
@@ -74,15 +74,18 @@ def test_import_weights_from_torchvision_pth(tmp_path, capsys):
                            num_classes=4).eval()
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
     (tmp_path / "names.txt").write_text("z\na\ny\nb\n")
-    # vit_test is grey; this checkpoint is RGB, so the preset must be told -> a clear mismatch error first
-    assert main(["import-weights", "--weights", str(tmp_path / "tv.pth"), "--arch", "vit_test", "--data-root",
-                 str(root), "--class-index-file", str(tmp_path / "names.txt"), "--out", str(tmp_path / "m")]) == 2
-    assert "does not match" in capsys.readouterr().err
-    assert main(["import-weights", "--weights", str(tmp_path / "tv.pth"), "--arch", "vit_test", "-o", "in_chans=3",
-                 "--data-root", str(root), "--class-index-file", str(tmp_path / "names.txt"),
-                 "--out", str(tmp_path / "m")]) == 0
+    args = ["import-weights", "--weights", str(tmp_path / "tv.pth"), "--arch", "vit_test", "--data-root", str(root),
+            "--class-index-file", str(tmp_path / "names.txt"), "--out", str(tmp_path / "m")]
+    # an override the weights contradict is refused, naming the field
+    assert main(args + ["-o", "in_chans=1"]) == 2
+    assert "-o in_chans=1 contradicts the weights" in capsys.readouterr().err
+    # vit_test is grey; this checkpoint is RGB: the input channels are read from the weights, and said
+    assert main(args) == 0
+    assert "from the weights' shapes: in_chans 3" in capsys.readouterr().out
     model, manifest = fk.load_model(tmp_path / "m")
     assert manifest["classes"] == ["a", "b"] and manifest["spec"]["in_chans"] == 3
+    assert manifest["imported"]["adopted"] == {"in_chans": 3}
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err  # never replaced silently
     assert manifest["data"]["source"] == "image_folder"  # a later `forget --model` needs no --data
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():

@@ -322,7 +322,7 @@ def test_clip_demo_command_and_alias(tiny_clip, tmp_path, names_file, capsys):
             "protocol.tasks=[[class_2]]", "-o", "method.steps=20", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     assert "| clip_text |" in capsys.readouterr().out
-    assert main(args) == 2 and "already holds results.json" in capsys.readouterr().err
+    assert main(args) == 2 and "already holds a finished run (results.json)" in capsys.readouterr().err
     assert main(args[:-2] + ["-o", "method.stepz=3"]) == 2
     assert "did you mean 'steps'" in capsys.readouterr().err
     assert main(["config", "clip_text"]) == 0

@@ -73,16 +73,26 @@ def test_train_test_class_mismatch(image_folder):
 def test_empty_class_folder(image_folder):
     (image_folder / "train" / "empty").mkdir()
     (image_folder / "test" / "empty").mkdir()
-    with pytest.raises(ForgetkitError, match="class folder .*empty.* is empty"):
+    with pytest.raises(ForgetkitError, match="class folder .*empty.* has no readable image"):
         load_data(DataConfig(source="image_folder", root=str(image_folder)))
 
 
 def test_corrupt_image_names_the_file(image_folder):
-    bad = image_folder / "train" / "dog" / "broken.png"
-    bad.write_bytes(b"not a png at all")
+    """A file that is no image is left out when the folder is scanned (tests/test_first_hour.py); a JPEG cut short
+    inside its data passes that check, and fails when decoded, naming the file."""
+    import io
+
+    from PIL import Image
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    bad = image_folder / "train" / "dog" / "broken.jpg"
+    bad.write_bytes(buffer.getvalue()[: int(len(buffer.getvalue()) * 0.7)])
     splits = load_data(DataConfig(source="image_folder", root=str(image_folder)))
     index = splits.train.paths.index(str(bad))
-    with pytest.raises(ForgetkitError, match="cannot read image .*broken.png"):
+    with pytest.raises(ForgetkitError, match="cannot read image .*broken.jpg"):
         splits.train[index]
 
 

@@ -59,7 +59,7 @@ def test_same_seed_same_results(tiny_model_dir, tmp_path):
 def test_results_are_not_overwritten_silently(tiny_model_dir, tmp_path):
     run(tiny_model_dir, tmp_path / "r", "train.steps=8")
     before = (tmp_path / "r" / "results.json").read_text()
-    with pytest.raises(ForgetkitError, match="already holds results.json.*--overwrite"):
+    with pytest.raises(ForgetkitError, match=r"already holds a finished run \(results.json\).*--overwrite"):
         run(tiny_model_dir, tmp_path / "r", "train.steps=8")
     assert (tmp_path / "r" / "results.json").read_text() == before
 

@@ -287,7 +287,7 @@ def folder_model(tmp_path_factory):
                              per_class=6, size=(20, 20))
     out = root.parent / "model"
     fk.pretrain(fk.PretrainConfig(data=fk.DataConfig(source="image_folder", root=str(root)), arch="vit_test",
-                                  epochs=1, warmup_steps=1, threads=1, out=str(out)), progress=False)
+                                  epochs=1, batch_size=8, warmup_steps=1, threads=1, out=str(out)), progress=False)
     return root, out
 
 

@@ -119,8 +119,15 @@ def test_timm_vit_weights_load(tmp_path):
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         assert torch.allclose(timm_vit(x), ours(x), atol=1e-5)
-    with pytest.raises(ForgetkitError, match="does not match"):
+    # another preset: the geometry comes from the weights, but the head count must be given (no shape shows it)
+    with pytest.raises(ForgetkitError, match="embed_dim 32, not the vit_fmnist preset's 128.*-o num_heads=H"):
         load_external_weights(tmp_path / "t.safetensors", "vit_fmnist", 3)
+    read = load_external_weights(tmp_path / "t.safetensors", "vit_fmnist", 3, num_heads=2)
+    assert read.imported_geometry["adopted"] == {"embed_dim": 32, "depth": 2, "patch_size": 4, "image_size": 16}
+    with torch.no_grad():
+        assert torch.allclose(timm_vit(x), read(x), atol=1e-5)
+    with pytest.raises(ForgetkitError, match="does not match"):  # a field only the key names show (qkv bias)
+        load_external_weights(tmp_path / "t.safetensors", "vit_fmnist", 3, num_heads=2, qkv_bias=False)
 
 
 def face_transformer_state(dim=32, depth=2, mlp=128, patch=4, chans=3, tokens=17, classes=5, seed=0):
@@ -198,7 +205,7 @@ def test_face_transformer_mismatches_are_explained(tmp_path):
     torch.save(face_transformer_state(), tmp_path / "face.pth")
     with pytest.raises(ForgetkitError, match="patch_size"):
         load_external_weights(tmp_path / "face.pth", "vit_test", 5, **{**FACE_TEST, "patch_size": 8})
-    with pytest.raises(ForgetkitError, match="does not match"):     # a deeper preset: blocks missing
+    with pytest.raises(ForgetkitError, match="-o depth=3 contradicts the weights.*whose depth is 2"):
         load_external_weights(tmp_path / "face.pth", "vit_test", 5, **{**FACE_TEST, "depth": 3})
     torch.save(face_transformer_state() | {"loss.kernel": torch.ones(1)}, tmp_path / "other.pth")
     with pytest.raises(ForgetkitError, match="unknown key loss.kernel"):

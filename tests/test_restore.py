@@ -60,11 +60,12 @@ def test_restore_refusals_are_one_line_and_write_nothing(two_requests, capsys):
         assert message in err and err.count("\n") == 1
         assert not (root / "x").exists()
     # a missing edit file (the replay up to request 2 needs request 1's adapter) is named, and nothing is written
-    (root / "m2" / "edits" / "request_000" / "adapter_model.safetensors").unlink()
+    (root / "m2" / "model" / "edits" / "request_000" / "adapter_model.safetensors").unlink()
     assert main(["restore", "--model", str(root / "m2"), "--classes", "class_1", "--out", str(root / "x"), "-q"]) == 2
     assert "adapter_model.safetensors" in capsys.readouterr().err
     assert not (root / "x" / "results.json").exists()
-    (root / "m2" / "edits" / "request_000" / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    adapter = root / "m2" / "model" / "edits" / "request_000" / "adapter_model.safetensors"
+    adapter.write_bytes(b"not a safetensors file")
     assert main(["restore", "--model", str(root / "m2"), "--classes", "class_1", "--out", str(root / "y"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "cannot be read" in err and err.count("\n") == 1
@@ -76,7 +77,7 @@ def test_lirf_withdrawal_builds_the_recover_net_from_the_stored_deposit(tiny_mod
             "-o", "method.split=1"]
     assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_2", "--out", str(tmp_path / "t"),
                  *lirf]) == 0
-    assert (tmp_path / "t" / "edits" / "request_000" / "deposit.json").is_file()
+    assert (tmp_path / "t" / "model" / "edits" / "request_000" / "deposit.json").is_file()
     assert main(["restore", "--model", str(tmp_path / "t"), "--classes", "class_2", "--method", "withdraw",
                  "--out", str(tmp_path / "r"), "-q", "--allow-fail"]) == 0
     ledger, manifest = fk.read_ledger(tmp_path / "r")
@@ -99,7 +100,7 @@ def test_lirf_withdrawal_builds_the_recover_net_from_the_stored_deposit(tiny_mod
     assert "belongs to the target network" in capsys.readouterr().err
     assert not (tmp_path / "y" / "results.json").exists()
     # a corrupted or missing deposit file: one line naming it, exit 2, nothing written
-    deposit = tmp_path / "t" / "edits" / "request_000" / "deposit.safetensors"
+    deposit = tmp_path / "t" / "model" / "edits" / "request_000" / "deposit.safetensors"
     deposit.write_bytes(b"not a safetensors file")
     assert main(["restore", "--model", str(tmp_path / "t"), "--classes", "class_2", "--method", "withdraw",
                  "--out", str(tmp_path / "z"), "-q"]) == 2

@@ -55,14 +55,20 @@ def test_killed_three_times_then_resumed_equals_an_uninterrupted_run(tiny_model_
     config = four_requests(tiny_model_dir, tmp_path / "run")
     out = tmp_path / "run"
 
+    # 0. inside the first request: nothing finished, and --resume starts from the beginning
+    assert forget(config, crash_at="request_0_step_5").returncode == -9
+    assert not (out / "state" / "latest.json").exists() and (out / "state" / "run.yaml").is_file()
     # 1. inside the second request: the first request's state is on disk, and log.csv has grown into the second
-    killed = forget(config, crash_at="request_1_step_7")
+    killed = forget(config, "--resume", crash_at="request_1_step_7")
     assert killed.returncode == -9
     assert not (out / "results.json").exists()
     assert json.loads((out / "state" / "latest.json").read_text())["completed"] == 1
     rows = (out / "log.csv").read_text().splitlines()
     assert rows[0] == "request,step,name,value"
     assert any(r.startswith("1,6,") for r in rows), "the killed request's losses were logged as it went"
+    again = forget(config)  # started again without --resume: refused, the finished request kept
+    assert again.returncode == 2 and "holds an unfinished run (1 request(s) finished)" in again.stderr
+    assert json.loads((out / "state" / "latest.json").read_text())["completed"] == 1
     # 2. during the save of the third request's state (after the model was written, before the rename)
     killed = forget(config, "--resume", crash_at="save_3")
     assert killed.returncode == -9
@@ -83,6 +89,12 @@ def test_killed_three_times_then_resumed_equals_an_uninterrupted_run(tiny_model_
     assert (out / "log.csv").read_text().count("\n") == (tmp_path / "ref" / "log.csv").read_text().count("\n")
     assert fk.load_model(out / "model")[1]["fingerprint"] == fk.load_model(tmp_path / "ref" / "model")[1][
         "fingerprint"]
+    # a finished run: --resume with the same config does nothing; with another request it is refused, by name
+    same = forget(config, "--resume")
+    assert same.returncode == 0 and "nothing to do" in same.stdout
+    other = forget(config, "--resume", "-o", "protocol.forget_per_task=2", "-o", "protocol.num_tasks=2")
+    assert other.returncode == 2 and "protocol.forget_per_task: 1 then, 2 now" in other.stderr
+    assert json.loads((out / "results.json").read_text()) == got
 
 
 def test_method_state_carries_across_a_resume(tiny_model_dir, tmp_path):
@@ -97,7 +109,7 @@ def test_method_state_carries_across_a_resume(tiny_model_dir, tmp_path):
     assert without_timing(got["tasks"]) == without_timing(expected["tasks"])
 
 
-def test_resume_refuses_another_config_and_a_folder_without_state(tiny_model_dir, tmp_path, capsys):
+def test_resume_refuses_another_config_and_a_run_again_without_resume(tiny_model_dir, tmp_path, capsys):
     from forgetkit.cli import main
 
     config = four_requests(tiny_model_dir, tmp_path / "run")
@@ -105,11 +117,13 @@ def test_resume_refuses_another_config_and_a_folder_without_state(tiny_model_dir
     state = (tmp_path / "run" / "state" / "latest.json").read_text()
     assert main(["forget", "-c", str(config), "-q", "--resume", "-o", "train.lr=0.02", "-o", "seed=3"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot resume") and "seed, train.lr" in err and "Traceback" not in err
+    assert err.startswith("error: cannot resume") and "seed: 0 then, 3 now" in err and "train.lr" in err
+    assert "Traceback" not in err and err.count("\n") == 1
     assert (tmp_path / "run" / "state" / "latest.json").read_text() == state  # nothing lost
-    empty = four_requests(tiny_model_dir, tmp_path / "empty")
-    assert main(["forget", "-c", str(empty), "-q", "--resume"]) == 2
-    assert "nothing to resume" in capsys.readouterr().err
+    # started again without --resume: refused, the saved state kept
+    assert main(["forget", "-c", str(config), "-q"]) == 2
+    assert "holds an unfinished run (1 request(s) finished)" in capsys.readouterr().err
+    assert (tmp_path / "run" / "state" / "latest.json").read_text() == state
 
 
 def test_ledger_replays_to_the_final_weights_and_chains_across_checkpoints(tiny_model_dir, tmp_path, capsys):
@@ -143,7 +157,7 @@ def test_ledger_replays_to_the_final_weights_and_chains_across_checkpoints(tiny_
     assert results["pretrained"]["per_class"] == first["pretrained"]["per_class"]
     assert results["tasks"][0]["pretrained"]["acc_f_all"] > 50
     # a tampered edit is caught by the replay
-    edit = tmp_path / "m3" / ledger[2]["edit"]["path"] / "model.safetensors"
+    edit = tmp_path / "m3" / "model" / ledger[2]["edit"]["path"] / "model.safetensors"
     state = load_weights(edit)
     first = next(iter(state))
     state[first] = state[first] + 1

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import apply_overrides, from_dict, read_yaml
-from .engine import RunConfig, run_forgetting
 from .errors import ForgetkitError
+from .run_config import RunConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -24,18 +24,36 @@ def packaged_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
-def load_config(path_or_name: str | Path | None = None, overrides: list[str] | None = None, cls: type = RunConfig):
-    """A typed config (default :class:`RunConfig`) from a YAML file or packaged config name, with
-    ``section.key=value`` overrides."""
-    data: dict = {}
-    if path_or_name is not None:
-        path = Path(path_or_name)
-        if not path.is_file() and (CONFIG_DIR / f"{path_or_name}.yaml").is_file():
-            path = CONFIG_DIR / f"{path_or_name}.yaml"
-        elif not path.is_file():
-            raise ForgetkitError(f"config {path_or_name} not found; give a YAML file or one of: "
-                                 f"{', '.join(packaged_configs())}")
-        data = read_yaml(path)
+def config_data(path_or_name: str | Path | None) -> dict:
+    """The mapping a YAML file or packaged config name holds ({} for None)."""
+    if path_or_name is None:
+        return {}
+    path = Path(path_or_name)
+    if not path.is_file() and (CONFIG_DIR / f"{path_or_name}.yaml").is_file():
+        path = CONFIG_DIR / f"{path_or_name}.yaml"
+    elif not path.is_file():
+        raise ForgetkitError(f"config {path_or_name} not found; give a YAML file or one of: "
+                             f"{', '.join(packaged_configs())}")
+    return read_yaml(path)
+
+
+def load_config(path_or_name: str | Path | None = None, overrides: list[str] | None = None, cls: type = RunConfig,
+                sections: dict | None = None):
+    """A typed config, checked whole (torch-free: a mistake answers before anything loads).
+
+    Args:
+        path_or_name: a YAML file or a packaged config name (``forgetkit forget -c NAME``); None for the defaults.
+        overrides: ``section.key=value`` strings, applied last (values are read as YAML).
+        cls: the config class (default :class:`RunConfig`; :class:`PretrainConfig` for ``pretrain``).
+        sections: mappings merged over the file's sections before the overrides (what the CLI's flags set); a method
+            section naming another method replaces the file's, whose fields belong to its own method.
+    """
+    data = config_data(path_or_name)
+    for key, value in (sections or {}).items():
+        old = data.get(key)
+        other_method = key == "method" and isinstance(old, dict) and old.get("name") != value.get("name")
+        merge = isinstance(value, dict) and isinstance(old, dict) and not other_method
+        data[key] = {**old, **value} if merge else value
     return from_dict(cls, apply_overrides(data, overrides or []))
 
 
@@ -61,6 +79,8 @@ def _run_requests(kind, model, tasks, method, output_dir, overrides, progress, o
     data = {"model": model, "kind": kind, "method": method_section, "output_dir": output_dir, **sections}
     data["protocol"] = {**(data.get("protocol") or {}), "tasks": tasks}
     cfg = from_dict(RunConfig, apply_overrides(data, overrides or []))
+    from .engine import run_forgetting
+
     return run_forgetting(cfg, progress=progress, overwrite=overwrite)
 
 
@@ -87,18 +107,17 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
     :func:`run_forgetting` does for each request, without files.
     """
     from .data import as_labeled
-    from .engine import Editor, EvalConfig, TrainConfig, check_budget, ledger_entry
+    from .engine import Editor, EvalConfig, TrainConfig, ledger_entry
     from .kinds import REQUEST_KINDS, forgotten_classes
-    from .methods.base import MethodConfig, resolved_method_config
+    from .methods.configs import MethodConfig, resolved_method_config
     from .protocol import Task, TaskData
-    from .runtime import setup_device
+    from .runtime import process_state, setup_device
 
     unknown = set(sections) - {"train", "eval"}
     if unknown:
         raise ForgetkitError(f"unlearn() takes the train and eval sections, not {', '.join(sorted(unknown))}")
     train = from_dict(TrainConfig, sections.get("train"), "train")
     thresholds = from_dict(EvalConfig, sections.get("eval"), "eval")
-    check_budget(train)
     method_spec = resolved_method_config({"name": method} if isinstance(method, str) else dict(method))
     classes, ledger = list(classes), list(ledger or [])
     forget_images, retain_images, eval_images = (as_labeled(d, classes, what) for d, what in (
@@ -110,16 +129,38 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
     if set(forget_ids) & set(retain_ids):
         raise ForgetkitError(f"class {classes[min(set(forget_ids) & set(retain_ids))]!r} is in both the forget and "
                              f"the retain set; a class is either forgotten or kept")
-    old = [classes.index(name) for name in forgotten_classes(ledger)]
+    expected = getattr(getattr(model, "spec", None), "preprocess", None)
+    for images, what in ((forget_images, "forget set"), (retain_images, "retain set"), (eval_images, "evaluation set")):
+        check_input_shape(images, expected, what)
+    old = [classes.index(name) for name in forgotten_classes(ledger) if name in classes]
     task = Task(len(ledger), forget_ids, retain_ids, old)
     kind = REQUEST_KINDS.get("forget")()
     kind.check(task, ledger, classes)
-    device = setup_device(train.device, train.threads)
-    model = model.to(device)
-    editor = Editor.create(MethodConfig.parse(method_spec), kind, model, classes, eval_images, train, thresholds,
-                           seed, device, progress, ledger=ledger)
-    before = editor.evaluate(model)
-    model, record, _, _ = editor.run(model, task, TaskData(forget_images, retain_images), before, before)
+    with process_state():
+        device = setup_device(train.device, train.threads)
+        model = model.to(device)
+        editor = Editor.create(MethodConfig.parse(method_spec), kind, model, classes, eval_images, train, thresholds,
+                               seed, device, progress, ledger=ledger)
+        before = editor.evaluate(model)
+        model, record, _, _ = editor.run(model, task, TaskData(forget_images, retain_images), before, before)
     entry = ledger_entry(record, method_spec, train)
     entry["config"]["seed"] = seed
     return Unlearned(model, record, ledger + [entry])
+
+
+def check_input_shape(images, preprocess, what: str) -> None:
+    """Refuse a dataset whose first item is not an image tensor of the shape the model takes."""
+    import torch
+
+    if len(images) == 0 or preprocess is None:
+        return
+    item = images[0]
+    image = item[0] if isinstance(item, (tuple, list)) and len(item) == 2 else None
+    want = (preprocess.in_chans, preprocess.image_size, preprocess.image_size)
+    if not isinstance(image, torch.Tensor):
+        raise ForgetkitError(f"the {what} must yield (image tensor, label) pairs; its first item is "
+                             f"{type(item).__name__}; transform the images with the model's preprocessing "
+                             f"(model.spec.preprocess) to tensors of shape {want}")
+    if tuple(image.shape) != want:
+        raise ForgetkitError(f"the {what}'s images have shape {tuple(image.shape)}, the model takes {want} (channels, "
+                             f"height, width); transform them with the model's preprocessing (model.spec.preprocess)")

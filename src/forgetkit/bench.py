@@ -27,11 +27,12 @@ from typing import Any
 from .api import load_config
 from .config import from_dict, read_yaml, to_dict
 from .engine import run_forgetting
+from .plan import plan_run
 from .errors import ForgetkitError
 from .io import atomic_write, write_json, write_text
 from .methods import METHODS
-from .methods.base import MethodConfig
-from .report import fmt, results_table, task_label, verify_comparison
+from .methods.configs import MethodConfig
+from .report import fmt, new_figure, results_table, task_label, verify_comparison
 from .runstate import crash_point
 
 CSV_COLUMNS = ["method", "task", "h_cumulative", "h_mean", "acc_r", "acc_f", "acc_o", "acc_f_all", "seconds",
@@ -106,26 +107,34 @@ def _flow(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
 
 
-def run_bench(spec: BenchSpec, progress: bool = True, resume: bool = False) -> list[dict]:
+def run_bench(spec: BenchSpec, progress: bool = True, resume: bool = False, overwrite: bool = False) -> list[dict]:
     """Run every method of ``spec`` and write ``comparison.md``, ``comparison.csv`` and ``comparison.png``.
 
-    ``resume``: keep the methods that finished, continue the one that was stopped from its last finished request,
-    and run the rest."""
+    Args:
+        spec: the bench spec.
+        progress: progress bars and a line per method.
+        resume: keep the methods that finished, continue the one that was stopped from its last finished request,
+            and run the rest.
+        overwrite: run every method again, replacing its earlier results (without it, and without ``resume``, a
+            method's earlier results are refused before anything runs).
+    """
     out = Path(spec.output_dir)
-    all_results = {}
+    configs = {}
     for name, fields in spec.methods.items():
         base = load_config(spec.base, spec.overrides)
         overrides = spec.overrides + method_overrides(base.method, name, fields) + [
             f"output_dir={out / name}"]
         if "lr" not in (fields or {}).get("train", {}):
             overrides.append("train.lr=null")  # each method's own default unless the spec sets one
-        cfg = load_config(spec.base, overrides)
+        configs[name] = load_config(spec.base, overrides)
+        plan_run(configs[name], overwrite=overwrite, resume=resume)  # every method checked before any runs
+    all_results = {}
+    for name, cfg in configs.items():
         start = time.time()
         if progress:
             print(f"[bench] {name} ...", flush=True)
         crash_point(f"bench_{name}")
-        started = (out / name / "results.json").is_file() or (out / name / "state" / "latest.json").is_file()
-        all_results[name] = run_forgetting(cfg, progress=progress, overwrite=True, resume=resume and started)
+        all_results[name] = run_forgetting(cfg, progress=progress, overwrite=overwrite, resume=resume)
         if progress:
             print(f"[bench] {name} done in {time.time() - start:.0f} s", flush=True)
     return compare(out, all_results, spec)
@@ -228,15 +237,12 @@ def verification_section(all_results: dict[str, dict]) -> list[str]:
 
 def plot_comparison(all_results: dict[str, dict], path: Path) -> None:
     """H per task (one line per method, distinct colour and marker) and average Acc_r / Acc_f / Acc_o bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
 
     names = list(all_results)
-    colours = plt.get_cmap("tab20").colors
+    colours = colormaps["tab20"].colors
     markers = "os^vD<>phX*P"
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = new_figure(1, 2, figsize=(12, 4.4))
     first = all_results[names[0]]["tasks"]
     xs = list(range(1, len(first) + 1))
     for i, name in enumerate(names):
@@ -264,7 +270,6 @@ def plot_comparison(all_results: dict[str, dict], path: Path) -> None:
     axes[1].legend(fontsize=7, ncol=3, loc="upper center")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
 
 
 def write_learn_comparison(out: Path, all_results: dict[str, dict], spec: BenchSpec) -> list[dict]:
@@ -300,12 +305,7 @@ def write_learn_comparison(out: Path, all_results: dict[str, dict], spec: BenchS
 
 
 def plot_learn_comparison(all_results: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = new_figure(figsize=(7, 4.2))
     markers = "os^vD<>phX*P"
     for i, (name, results) in enumerate(all_results.items()):
         tasks = results["tasks"]
@@ -319,7 +319,6 @@ def plot_learn_comparison(all_results: dict[str, dict], path: Path) -> None:
     ax.set_title("class-incremental learning (higher is better)")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
 
 
 COMPARISONS = {"forget": write_comparison, "learn": write_learn_comparison}

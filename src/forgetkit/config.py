@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,11 +19,7 @@ import yaml
 from .errors import ForgetkitError
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _coerce(value: Any, tp, where: str) -> Any:
+def coerce(value: Any, tp, where: str) -> Any:
     """Check/convert ``value`` to the annotated type ``tp`` (the subset of typing the configs use)."""
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -36,7 +33,7 @@ def _coerce(value: Any, tp, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return coerce(value, arg, where)
             except ForgetkitError as err:
                 errors.append(str(err))
         raise ForgetkitError(errors[0] if errors else f"{where}: invalid value {value!r}")
@@ -53,7 +50,7 @@ def _coerce(value: Any, tp, where: str) -> Any:
             raise ForgetkitError(f"{where} must be a list, got {value!r}")
         args = typing.get_args(tp)
         item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
@@ -91,7 +88,7 @@ def from_dict(cls, data: dict | None, where: str = "config"):
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
             raise ForgetkitError(f"unknown config key '{where}.{key}'{hint}")
-    kwargs = {name: _coerce(data[name], hints[name], f"{where}.{name}") for name in names if name in data}
+    kwargs = {name: coerce(data[name], hints[name], f"{where}.{name}") for name in names if name in data}
     return cls(**kwargs)
 
 
@@ -113,7 +110,10 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ForgetkitError(f"{path} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ForgetkitError(f"{path} is not valid YAML{where} ({problem}); fix the file") from None
     if not isinstance(data, dict):
         raise ForgetkitError(f"{path} must hold a mapping of config sections")
     return data
@@ -168,3 +168,18 @@ def describe(cls, prefix: str = "", defaults=None) -> list[tuple[str, str, str]]
             continue
         rows.append((key, repr(to_dict(default)), f.metadata.get("help", "")))
     return rows
+
+
+# ---------------------------------------------------------------------------- checks several configs share
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_threads(threads: int, key: str) -> None:
+    if threads < 0:
+        raise ForgetkitError(f"{key} must be 0 (torch's default, one per core) or a positive number of CPU threads, "
+                             f"got {threads}")
+
+
+def check_device(device: str, key: str) -> None:
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise ForgetkitError(f"unknown device '{device}' in {key}; use auto, cpu, cuda or cuda:N")

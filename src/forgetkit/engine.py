@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import os
 import shutil
 import time
@@ -20,28 +21,27 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .config import from_dict, to_dict
-from .data import DataConfig, load_data
+from .config import to_dict
+from .data import load_data
 from .errors import ForgetkitError
 from .io import read_json, save_weights
 from .kinds import REQUEST_KINDS, RequestKind, forgotten_classes
 from .methods import MethodContext, build_method
-from .methods.base import METHODS, Method, NonFiniteLoss, model_capabilities, resolved_method_config
+from .methods.base import METHODS, Method, NonFiniteLoss, model_capabilities
 from .methods.configs import MethodConfig
 from .metrics import PerClass, evaluate_classes
 from .models import fingerprint, load_model, save_model
+from .models.formats import BUILTIN_MODELS, read_manifest, resolve_model_path  # noqa: F401 (re-exported)
 from .models.presets import ModelSpec
 from .models.vit import ForgetModel
+from .outputs import OutputLock
+from .plan import model_data_config, plan_run  # noqa: F401 (re-exported)
 from .protocol import Protocol, Task, TaskData
 from .run_config import EvalConfig, RunConfig, TrainConfig, VerifyConfig
 from .runstate import RunLog, RunState, crash_point
-from .runtime import balanced_batches, rng, seed_everything, seed_request, setup_device, step_scheduler
+from .runtime import balanced_batches, process_state, rng, seed_everything, seed_request, setup_device, step_scheduler
 
-BUILTIN_MODELS = {"builtin:fmnist_vit": Path(__file__).parent / "assets" / "fmnist_vit",
-                  "builtin:clip_fmnist": Path(__file__).parent / "assets" / "clip_fmnist",
-                  # the class-incremental benchmark's backbone: glyphs60's first 30 classes (docs/learning.md)
-                  "builtin:glyphs30_vit": Path(__file__).parent / "assets" / "glyphs30_vit"}
-
+logger = logging.getLogger("forgetkit")
 
 def _load_zero_shot_clip(source: Path, arch: str | None = None) -> tuple[torch.nn.Module, dict]:
     from .clip import load_clip
@@ -67,48 +67,16 @@ def load_checkpoint(source: str | Path, arch: str | None = None) -> tuple[torch.
     """Any forgetkit checkpoint: a classifier (``forgetkit pretrain``), or a CLIP (``forgetkit clip-pretrain``),
     which becomes a zero-shot classifier over the data's classes. A file (not a folder) is a local open_clip or
     OpenAI-format CLIP state dict; ``arch`` names its open_clip architecture (None: OpenAI format)."""
-    source = Path(source)
-    if source.is_file():
-        return _load_zero_shot_clip(source, arch)
-    manifest = source / "manifest.json"
-    fmt = read_json(manifest).get("format") if manifest.is_file() else None
-    if fmt not in CHECKPOINT_LOADERS:
-        raise ForgetkitError(f"{source} is not a forgetkit checkpoint (no manifest.json of a known format); create "
-                             f"one with `forgetkit pretrain` or `forgetkit import-weights`")
-    return CHECKPOINT_LOADERS[fmt](source)
+    path, manifest = read_manifest(source)
+    if manifest["format"] == "external":
+        return _load_zero_shot_clip(path, arch)
+    return CHECKPOINT_LOADERS[manifest["format"]](path)
 
 
 def save_checkpoint(model: torch.nn.Module, directory: Path, classes: list[str], **extra) -> Path:
     """Save ``model`` as the kind of checkpoint it was loaded from (a model may define ``save_checkpoint``)."""
     own = getattr(model, "save_checkpoint", None)
     return own(directory, classes, **extra) if own else save_model(model, directory, classes, **extra)
-
-
-def resolve_model_path(name: str) -> Path:
-    if name in BUILTIN_MODELS:
-        return BUILTIN_MODELS[name]
-    if name.startswith("builtin:"):
-        raise ForgetkitError(f"unknown built-in model '{name}'; known: {', '.join(BUILTIN_MODELS)}")
-    return Path(name)
-
-
-def model_data_config(manifest: dict, name: str) -> DataConfig:
-    """The data a checkpoint was trained on, as its manifest records it (``forgetkit pretrain`` and every edited
-    model write it)."""
-    recorded = manifest.get("data") or manifest.get("pretrain", {}).get("config", {}).get("data")
-    if not recorded:
-        raise ForgetkitError(f"{name} does not record the data it was trained on; name it with --data/--root (or "
-                             f"data.source and data.root in the config)")
-    return from_dict(DataConfig, recorded, "data")
-
-
-def check_budget(train: TrainConfig) -> None:
-    if min(train.steps, train.batch_size, train.log_every) < 1:
-        raise ForgetkitError(f"train.steps ({train.steps}), train.batch_size ({train.batch_size}) and "
-                             f"train.log_every ({train.log_every}) must be at least 1; the default budget is "
-                             f"train.steps=300")
-    if train.lr is not None and train.lr <= 0:
-        raise ForgetkitError(f"train.lr must be positive, got {train.lr}; leave it unset for the method's default")
 
 
 @dataclass
@@ -127,6 +95,9 @@ class Editor:
     progress: bool = False
     other_images: dict = field(default_factory=dict)
     verifier: Any = None
+    ledger: list = field(default_factory=list)
+    """the model's ledger before the run (what kinds judge some requests against)"""
+    source: Path | None = None
     """a :class:`forgetkit.verify.Verifier` run after every request (eval.verify), or None"""
 
     @classmethod
@@ -141,7 +112,7 @@ class Editor:
         method.check_model(model, kind.name)
         lr = train.lr if train.lr is not None else METHODS.get(method_config.name).default_lr
         return cls(method, kind, classes, eval_images, train, thresholds, seed, lr, device, progress,
-                   other_images or {})
+                   other_images or {}, ledger=list(ledger or []), source=source)
 
     def evaluate(self, model) -> PerClass:
         return evaluate_classes(model, self.eval_images, device=self.device, batch_size=self.eval.batch_size,
@@ -162,6 +133,9 @@ class Editor:
         seed_request(self.seed, task.index)
         method = self.method
         fingerprint_before = fingerprint(model)
+        reference = self.kind.reference(task, self.ledger, self.source, self.classes)
+        if reference is not None:  # measured before the request: it may rebuild weights the method then changes
+            reference["accuracy"] = self.evaluate(reference.pop("model").to(self.device))
         other_before = self.evaluate_other(model)
         original = copy.deepcopy(model) if edit_dir is not None else None
         loss_rows: list[dict] = []
@@ -184,6 +158,8 @@ class Editor:
         seconds = time.time() - start
         after = self.evaluate(model)
         metrics = self.kind.measure(task, before, after, pretrained)
+        if reference is not None:
+            metrics.update(self.kind.against_reference(task, after, fingerprint(model), reference))
         metrics.update(self.kind.model_metrics(task, model, self.eval_images, self.classes, self.device))
         forgotten = self.kind.forgotten_after(task)
         if self.verifier is not None and forgotten:
@@ -299,71 +275,56 @@ def _per_class_from_json(data: dict) -> PerClass:
     return PerClass(torch.tensor(data["correct"]), torch.tensor(data["total"]))
 
 
-def check_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".forgetkit-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ForgetkitError(f"cannot write to {directory} ({err.strerror}); choose another output folder with "
-                             f"--out or output_dir") from None
-
-
 def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = False,
                    model: torch.nn.Module | None = None, resume: bool = False) -> dict:
-    """Run a sequence of forget requests (a protocol) on a model, saving the state after every request; returns
-    the results dict (also written as ``results.json``, the marker of a finished run).
+    """Run a sequence of requests (a protocol) on a model, saving the state after every request; returns the results
+    dict (also written as ``results.json``, the marker of a finished run).
 
-    ``resume`` continues a run killed part-way from its last finished request; the results equal those of an
-    uninterrupted run but for timings. ``model``, when given, replaces ``cfg.model``: any classifier with
-    ``embed``, ``head`` and a ``spec`` giving ``preprocess``, ``lora_targets`` and ``group_pattern``, whose classes
-    are the data's (e.g. CLIP's image tower with a zero-shot head). It is edited in place, and only forgetkit ViTs
-    can be saved (``save_model: false``).
+    Args:
+        cfg: the whole run config (:func:`forgetkit.load_config` makes one).
+        progress: show progress bars.
+        overwrite: replace a finished or unfinished run already in ``cfg.output_dir``.
+        model: when given, replaces ``cfg.model``: any classifier with ``embed``, ``head`` and a ``spec`` giving
+            ``preprocess``, ``lora_targets`` and ``group_pattern``, whose classes are the data's (e.g. CLIP's image
+            tower with a zero-shot head). It is edited in place, and cannot be saved (``save_model: false``).
+        resume: continue a run killed at any point from its last finished request (from the start if none had
+            finished); the results equal those of an uninterrupted run but for timings. A finished run with the
+            same config is returned as it is; another config is refused.
     """
+    plan = plan_run(cfg, overwrite=overwrite, resume=resume, model_given=model is not None)
+    if plan.finished:
+        return read_json(plan.out / "results.json")
+    with OutputLock(plan.out, later=True) as lock, process_state():
+        return _run(cfg, plan, progress, resume, model, lock)
+
+
+def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: OutputLock) -> dict:
     from .report import write_outputs
 
-    out = Path(cfg.output_dir)
-    if (out / "results.json").exists():
-        if resume:  # already finished: nothing to do
-            return read_json(out / "results.json")
-        if not overwrite:
-            raise ForgetkitError(f"{out} already holds results.json; choose another output_dir or pass --overwrite")
-    method_spec = resolved_method_config(cfg.method)
-    check_budget(cfg.train)
-    config = to_dict(cfg) | {"method": method_spec}
-    model_dir = Path(cfg.model_dir) if cfg.model_dir else out / "model"
+    out, model_dir, config = plan.out, plan.model_dir, plan.config
+    method_spec = config["method"]
     device = setup_device(cfg.train.device, cfg.train.threads)
     seed_everything(cfg.seed)
-
-    if model is None:
-        source = resolve_model_path(cfg.model)
-        model, manifest = load_checkpoint(source, cfg.model_arch)
-        if cfg.save_model and manifest.get("format") == "external":
-            raise ForgetkitError(f"{cfg.model} is a weights file, not a forgetkit checkpoint, so no edited "
-                                 f"checkpoint can be written from it; set save_model: false")
-        data_cfg = cfg.data or model_data_config(manifest, cfg.model)
-        splits = load_data(data_cfg)
-    else:
-        if cfg.save_model:
-            raise ForgetkitError("a model passed in directly cannot be saved as a forgetkit checkpoint; set "
-                                 "save_model: false")
-        if cfg.data is None:
-            raise ForgetkitError("a model passed in directly needs its data named (data.source, data.root)")
-        data_cfg = cfg.data
-        splits = load_data(data_cfg)
-        source, manifest = None, {"classes": list(splits.classes), "fingerprint": fingerprint(model), "ledger": []}
     kind = REQUEST_KINDS.get(cfg.kind)()
+    source, data_cfg = plan.source, plan.data
+    if model is None:
+        model, manifest = load_checkpoint(source, cfg.model_arch)
+    else:
+        manifest = None
+    splits = load_data(data_cfg)
+    if manifest is None:
+        manifest = {"classes": list(splits.classes), "fingerprint": fingerprint(model), "ledger": []}
     if manifest["classes"] is None:  # a zero-shot model classifies the data's classes by name
         model.use_classes(list(splits.classes), dataset=splits.name)
         known = len(splits.classes)
     else:  # the kind orders the classes (labels index them) and says how many the model knows
+        splits = kind.complete_data(splits, manifest, cfg.model, cfg.protocol)
         run_classes, known = kind.run_classes(list(manifest["classes"]), list(splits.classes), model, cfg.protocol)
         splits = splits.select(run_classes)
     classes = list(splits.classes)
     prior_ledger = list(manifest.get("ledger", []))
     splits.with_preprocess(model.spec.preprocess)
-    forgotten = [classes.index(name) for name in forgotten_classes(prior_ledger)]
+    forgotten = [classes.index(name) for name in forgotten_classes(prior_ledger) if name in classes]
     protocol = Protocol(cfg.protocol, splits, cfg.seed, forgotten=forgotten, first_index=len(prior_ledger),
                         kind=kind, known=known)
     for task in protocol.tasks:  # every request checked against the model's ledger before any work
@@ -376,9 +337,6 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
     for other_cfg in cfg.eval.other_data:
         other = load_data(other_cfg)
         other_images[other.name] = other.test.with_preprocess(model.spec.preprocess)
-    if cfg.protocol.independent and cfg.save_model:
-        raise ForgetkitError("protocol.independent requests are alternatives, each from the start model: there is no "
-                             "one edited model to save; set save_model: false")
     editor = Editor.create(cfg.method, kind, model, classes, protocol.eval_images, cfg.train, cfg.eval, cfg.seed,
                            device, progress, other_images, ledger=prior_ledger, source=source)
     method = editor.method
@@ -386,10 +344,11 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         editor.verifier = build_verifier(cfg.eval.verify, model, manifest, protocol, classes, cfg.seed, device)
     start_model = copy.deepcopy(model) if cfg.protocol.independent else None
 
-    check_writable(out)  # every input checked: now the run may create its folder
+    lock.acquire()  # every input checked: from here on the run writes its folder
     state = RunState(out)
-    if resume:
-        saved, weights, method_state = state.load(config)
+    saved = state.load(config) if resume else None
+    if saved is not None:
+        saved, weights, method_state = saved
         if start_model is None:  # independent requests start from the loaded model, not from the last one
             model = _with_saved_shape(model, saved.get("spec"), device)
             model.load_state_dict(weights)
@@ -398,10 +357,14 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         pretrained, current, at_start = (_per_class_from_json(saved[k]) for k in (
             "pretrained_counts", "current_counts", "start_counts"))
         log = RunLog(out, keep_rows=saved["log_rows"], purge_step=len(records) * cfg.train.steps)
+        logger.info("resuming %s after %d finished request(s)", out, len(records))
     else:
-        for stale in (state.root, out / "tensorboard"):  # a run started again (--overwrite) starts clean
+        if resume:
+            logger.info("nothing of %s had finished: starting from the first request", out)
+        for stale in (state.root, out / "tensorboard", model_dir / "edits"):  # a run started again starts clean
             shutil.rmtree(stale, ignore_errors=True)
-        if cfg.save_model and source is not None and model_dir.resolve() != source.resolve():
+        state.begin(config)
+        if cfg.save_model and source is not None:
             _copy_edits(source, model_dir, prior_ledger)
         records, loss_log, ledger = [], [], list(prior_ledger)
         current = at_start = editor.evaluate(model)
@@ -443,15 +406,22 @@ def run_forgetting(cfg: RunConfig, progress: bool = True, overwrite: bool = Fals
         "ledger": ledger,
     }
     if cfg.save_model:
-        base = manifest.get("base") or {"path": cfg.model, "fingerprint": manifest["fingerprint"],
+        base = manifest.get("base") or {"path": _recorded_path(cfg.model, source),
+                                        "fingerprint": manifest["fingerprint"],
                                         "accuracy": {"eval_split": cfg.protocol.eval_split,
                                                      **_per_class_to_json(pretrained)}}
         known_after = known + (sum(len(t.forget) for t in protocol.tasks) if kind.adds_classes else 0)
         save_checkpoint(model.cpu(), model_dir, classes[:known_after], ledger=ledger, base=base,
-                        data=to_dict(data_cfg))
+                        data=data_cfg.recorded())
     write_outputs(out, results, config, kind)  # results.json last: the marker of a finished run
     shutil.rmtree(state.root, ignore_errors=True)  # the finished run needs no state (it can be a model's size)
     return results
+
+
+def _recorded_path(name: str, source: Path) -> str:
+    """A model as a checkpoint records it: builtin names as they are, else its checkpoint folder made absolute (so
+    the checkpoint works from any folder)."""
+    return name if name.startswith("builtin:") else str(Path(source).resolve())
 
 
 def _spec_of(model) -> dict | None:

@@ -12,18 +12,20 @@ and ``learn`` with their systems). The kind, not the runner, knows:
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import torch
+import logging
+from typing import TYPE_CHECKING, ClassVar
 
 from .errors import ForgetkitError
-from .metrics import PerClass, h_mean
 from .registry import Registry
+
+if TYPE_CHECKING:  # the kinds themselves need no torch: the run's checks use them before it is imported
+    from .metrics import PerClass
 
 BUDGET_HINT = "try a larger budget (-o train.steps=600) or, if retained classes fell, more replay images"
 """the advice for a forget request that missed its goal; a method may say more (Method.fix_hint)"""
 
 REQUEST_KINDS: Registry = Registry("request kind")
+logger = logging.getLogger("forgetkit")
 
 
 def register_kind(name: str):
@@ -61,6 +63,21 @@ class RequestKind:
                                  f"{data_classes[:5]}... (without {', '.join(repr(n) for n in missing[:3])}); use "
                                  f"the dataset the model was trained on")
         return list(model_classes), len(model_classes)
+
+    def complete_data(self, splits, manifest: dict, model_name: str, cfg):
+        """The run's data, completed with what the request needs that the user did not give (learn: the known
+        classes' images). Default: as given."""
+        return splits
+
+    def reference(self, task, ledger: list[dict], source, classes: list[str]) -> dict | None:
+        """The model a request is judged against besides the one before it, as ``{"label", "fingerprint",
+        "model"}`` (restore: the model before the withdrawn request), or None."""
+        return None
+
+    def against_reference(self, task, after: PerClass, fingerprint_after: str, reference: dict) -> dict:
+        """Metrics of the model after the request against :meth:`reference` (its accuracy is in
+        ``reference["accuracy"]``)."""
+        return {}
 
     def forgotten_after(self, task) -> list[int]:
         """The classes the model should have forgotten after the request (what verification checks)."""
@@ -177,6 +194,8 @@ class Forget(RequestKind):
         return list(task.forget) + list(task.old)
 
     def measure(self, task, before, after, pretrained):
+        from .metrics import h_mean
+
         acc_after, acc_before, acc_pre = (_accuracies(pc, task) for pc in (after, before, pretrained))
         return {
             "before": acc_before,
@@ -205,10 +224,11 @@ class Restore(RequestKind):
     other classes keep theirs, and the classes still forgotten stay forgotten."""
 
     streams = ()
-    ledger_metrics = ("after", "regained", "gap_to_base")
+    ledger_metrics = ("after", "regained", "gap_to_base", "gap_to_reference", "exact")
     default_method = "undo"
-    fix_hint = ("only an undo of the latest request is exact; undoing an older one and LIRF's withdrawal are "
-                "approximate (docs/ledger.md)")
+    fix_hint = ("undoing the latest request is exact (it passes); undoing an older one and LIRF's withdrawal are "
+                "approximate: restore the latest requests first, or forget again with a larger budget "
+                "(docs/ledger.md)")
 
     def make_tasks(self, cfg, classes, forgotten, first_index, known=None):
         from .protocol import Task, resolve_class_names
@@ -249,18 +269,48 @@ class Restore(RequestKind):
                 "regained": acc_after["acc_restored"] - acc_before["acc_restored"],
                 "gap_to_base": acc_base["acc_restored"] - acc_after["acc_restored"]}
 
-    def verdict(self, metrics, thresholds):
-        """Restored classes within ``max_restore_gap`` points of the base model, retained classes within
-        ``max_retain_drop`` of the base model, classes still forgotten at most ``forget_threshold``.
+    def reference(self, task, ledger, source, classes):
+        """The model before the earliest request that forgot one of the restored classes, rebuilt from the ledger's
+        edits (None when they cannot be replayed: the base is then the only reference)."""
+        from .ledger import replay_ledger
 
-        The retained classes are judged against the base, not the model before the restore: forgetting a class often
-        raises the others (one competitor fewer), and an exact undo rightly gives that back too."""
-        after, base = metrics["after"], metrics["pretrained"]
+        done = forgotten_classes(ledger)
+        first = min(done[classes[c]] for c in task.forget if classes[c] in done)
+        if source is None:
+            return None
+        try:
+            model = replay_ledger(source, upto=first)
+        except ForgetkitError as err:  # the verdict then names the base model as its reference
+            logger.debug("restore: the model before request %d cannot be rebuilt (%s)", first + 1, err)
+            return None
+        return {"label": f"the model before request {first + 1}", "request": first + 1, "model": model,
+                "fingerprint": ledger[first]["fingerprint_before"]}
+
+    def against_reference(self, task, after, fingerprint_after, reference):
+        acc = reference["accuracy"]
+        ref = {"acc_restored": acc.accuracy(task.forget), "acc_r": acc.accuracy(task.retain)}
+        return {"reference": {**ref, "label": reference["label"]}, "exact": fingerprint_after == reference[
+            "fingerprint"], "gap_to_reference": ref["acc_restored"] - after.accuracy(task.forget)}
+
+    def verdict(self, metrics, thresholds):
+        """An undo that gives back the weights before the withdrawn request bit for bit (the fingerprint the ledger
+        recorded) passes: it is that model. Any other restore is judged against that model (rebuilt from the
+        ledger; the base model when it cannot be): restored classes within ``max_restore_gap`` points of it,
+        retained classes within ``max_retain_drop`` of it, and classes still forgotten at most
+        ``forget_threshold``.
+
+        Retained classes are not judged against the model just before the restore: forgetting a class often raises
+        the others (one competitor fewer), and an exact undo rightly gives that back too."""
+        after = metrics["after"]
         failed = []
-        if metrics["gap_to_base"] > thresholds.max_restore_gap:
-            failed.append(f"restored classes at {after['acc_restored']:.1f} %, {metrics['gap_to_base']:.1f} points "
-                          f"below the base model (allowed {thresholds.max_restore_gap:g})")
-        failed += retained_drop(after, base, thresholds.max_retain_drop, "the base model")
+        if metrics.get("exact"):
+            return {"pass": True, "failed": [], "exact": True}
+        reference = metrics.get("reference") or {**metrics["pretrained"], "label": "the base model"}
+        gap = reference["acc_restored"] - after["acc_restored"]
+        if gap > thresholds.max_restore_gap:
+            failed.append(f"restored classes at {after['acc_restored']:.1f} %, {gap:.1f} points below "
+                          f"{reference['label']} (allowed {thresholds.max_restore_gap:g})")
+        failed += retained_drop(after, reference, thresholds.max_retain_drop, reference["label"])
         if after["acc_o"] is not None and after["acc_o"] > thresholds.forget_threshold:
             failed.append(f"classes still forgotten came back to {after['acc_o']:.1f} %")
         return {"pass": not failed, "failed": failed}
@@ -280,9 +330,10 @@ class Learn(RequestKind):
     they can, and the classes it forgot stay forgotten.
 
     The run's classes are the model's known classes first, then the classes to learn in the order they are learnt
-    (so the model always knows a prefix of them), then any other class of the data. A classifier whose classes the
-    data does not have is a pre-trained backbone: it starts knowing none (its head is replaced by the prototypes of
-    what it learns)."""
+    (so the model always knows a prefix of them), then any other class of the data. Every class the model knows is
+    kept: images of those the data lacks come from the data the model records (:meth:`complete_data`). Only
+    ``protocol.backbone: true`` starts from the model's features alone, knowing none of its classes (its head is
+    replaced by the prototypes of what it learns)."""
 
     streams = ("forget", "retain")  # the new classes' images; the known classes' (only the joint upper bound reads)
     ledger_metrics = ("after",)
@@ -290,14 +341,38 @@ class Learn(RequestKind):
     adds_classes = True
     fix_hint = "learn longer (-o train.steps=...), or check that the new classes' images are labelled right"
 
+    def complete_data(self, splits, manifest, model_name, cfg):
+        """The data to learn from, plus the images of every class the model knows that it lacks, read from the data
+        the model records: a learn request keeps every class (its prototype is read from its images the first time,
+        and its test images measure what the request cost it). ``protocol.backbone`` drops them instead."""
+        lacking = [name for name in manifest["classes"] if name not in splits.classes]
+        if cfg.backbone or not lacking:
+            return splits
+        from .data import load_data
+        from .plan import model_data_config
+
+        shown = ", ".join(repr(n) for n in lacking[:4]) + (" ..." if len(lacking) > 4 else "")
+        fix = ("add their images to the data (ROOT/train/<class>/ and ROOT/test/<class>/), or pass -o "
+               "protocol.backbone=true to drop the model's classes and learn from its features alone")
+        try:
+            own = load_data(model_data_config(manifest, model_name))
+        except ForgetkitError as err:
+            raise ForgetkitError(f"the data lacks {len(lacking)} class(es) the model knows ({shown}) and the data "
+                                 f"the model records cannot be read ({err}); {fix}") from None
+        if any(name not in own.classes for name in lacking):
+            raise ForgetkitError(f"the data lacks {len(lacking)} class(es) the model knows ({shown}), and so does "
+                                 f"the data it records; {fix}")
+        logger.warning("learn: %d class(es) the model knows are not in the data given (%s); their images come from "
+                    "the data the model records (%s)", len(lacking), shown, own.name)
+        return splits.merged(own.select(lacking))
+
     def run_classes(self, model_classes, data_classes, model, cfg):
         from .protocol import class_order, resolve_class_names
 
-        present = [name for name in model_classes if name in data_classes]
-        if getattr(model.spec, "head", None) == "prototype" or present:
-            known = super().run_classes(model_classes, data_classes, model, cfg)[0]
-        else:  # a backbone: none of its classes is in the data
+        if cfg.backbone:  # asked for: the model's features only, none of its classes
             known = []
+        else:
+            known = super().run_classes(model_classes, data_classes, model, cfg)[0]
         rest = [name for name in data_classes if name not in known]
         if cfg.tasks is not None:
             wanted = [name for names in cfg.tasks for name in names]
@@ -368,18 +443,20 @@ class Learn(RequestKind):
             failed.append(f"forgotten classes came back to {after['acc_o']:.1f} %")
         return {"pass": not failed, "failed": failed}
 
-    @torch.no_grad()
     def model_metrics(self, task, model, images, names, device):
         """Each known class's prototype gap: ``1 − cos`` between its stored prototype and the mean embedding of its
         evaluation images under the model now. The gap when a class was learnt is the train/test difference; how
         much it grew since is the class's feature drift (:meth:`summary`)."""
         if getattr(model.spec, "head", None) != "prototype":
             return {}
+        import torch
+
         from .methods.incremental import class_means
 
         known = sorted(task.retain + task.forget)
         now = class_means(model, images.subset(images.indices_of(known)), known, device)
-        gaps = 1 - torch.nn.functional.cosine_similarity(model.head.prototypes[known], now)
+        with torch.no_grad():
+            gaps = 1 - torch.nn.functional.cosine_similarity(model.head.prototypes[known], now)
         return {"prototype_gap": {names[c]: gap for c, gap in zip(known, gaps.tolist())}}
 
     def summary(self, records):

@@ -15,9 +15,9 @@ import torch
 
 from .errors import ForgetkitError
 from .io import load_weights
+from .methods import METHODS
 from .models import fingerprint
 from .models.checkpoint import load_state_strict
-from .methods import METHODS
 
 
 def read_ledger(model_dir: str | Path) -> tuple[list[dict], dict]:
@@ -38,7 +38,7 @@ def replay_ledger(model_dir: str | Path, base: torch.nn.Module | None = None,
     """
     from .engine import load_checkpoint, resolve_model_path
 
-    model_dir = Path(model_dir)
+    model_dir = resolve_model_path(model_dir)  # a run folder names its model/
     final, manifest = load_checkpoint(model_dir)
     ledger = manifest.get("ledger", [])
     if base is None:

@@ -18,15 +18,33 @@ from .data import load_data
 from .data.datasets import validation_holdout
 from .metrics import evaluate_classes
 from .models import create_model, save_model
+from .errors import ForgetkitError
+from .outputs import OutputLock
+from .plan import plan_pretrain
 from .run_config import PretrainConfig
-from .runtime import adamw, optimizer_step, rng, seed_everything, setup_device, step_scheduler
+from .runtime import adamw, optimizer_step, process_state, rng, seed_everything, setup_device, step_scheduler
 
 
-def pretrain(cfg: PretrainConfig, progress: bool = True):
-    """Train ``cfg.arch`` on ``cfg.data`` and save it to ``cfg.out``; returns ``(model, manifest)``."""
+def pretrain(cfg: PretrainConfig, progress: bool = True, overwrite: bool = False):
+    """Train ``cfg.arch`` on ``cfg.data`` and save it to ``cfg.out``; returns ``(model, info)``.
+
+    Args:
+        cfg: the recipe.
+        progress: progress bars.
+        overwrite: replace a checkpoint already in ``cfg.out`` (refused otherwise, before any work).
+    """
+    plan_pretrain(cfg, overwrite)
+    with OutputLock(Path(cfg.out)), process_state():
+        return _pretrain(cfg, progress)
+
+
+def _pretrain(cfg: PretrainConfig, progress: bool):
     device = setup_device(cfg.device, cfg.threads)
     seed_everything(cfg.seed)
     splits = load_data(cfg.data)
+    if len(splits.classes) < 2:
+        raise ForgetkitError(f"{splits.name} has {len(splits.classes)} class; a classifier needs at least two "
+                             f"(add class folders, or check data.classes)")
     model = create_model(cfg.arch, len(splits.classes)).to(device)
     splits.with_preprocess(model.spec.preprocess)
     held = validation_holdout(splits.train.targets, len(splits.classes), cfg.val_per_class)
@@ -35,6 +53,9 @@ def pretrain(cfg: PretrainConfig, progress: bool = True):
     train = splits.train.subset(torch.nonzero(keep).flatten())
     loader = torch.utils.data.DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                                          generator=rng(cfg.seed, "train_order"))
+    if len(loader) == 0:
+        raise ForgetkitError(f"{len(train)} training images are fewer than one batch (batch_size {cfg.batch_size}), "
+                             f"so no step would train; lower batch_size (-o batch_size=...) or add images")
     opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     scheduler = step_scheduler(opt, cfg.epochs * len(loader), cfg.warmup_steps, warmup_prefix=True)
 
@@ -61,6 +82,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True):
         "pretrain": {"config": to_dict(cfg), "test_accuracy": acc, "seconds": round(seconds, 1),
                      "dataset": splits.name, "train_images": len(train)},
         "ledger": [],
+        "data": cfg.data.recorded(),
     }
     save_model(model.cpu(), Path(cfg.out), splits.classes, **manifest_extra)
     return model, {"test_accuracy": acc, "seconds": seconds, "out": cfg.out, "train_images": len(train)}

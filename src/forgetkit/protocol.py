@@ -13,12 +13,12 @@ Single-step "C-Y" forgetting is the same with T = 1 and K = Y. Deletion requests
 
 from __future__ import annotations
 
-import difflib
 import random
 from dataclasses import dataclass, field
 
 import torch
 
+from .classes import resolve_class_names  # noqa: F401 (re-exported)
 from .data import DataSplits, LabeledImages
 from .data.datasets import validation_holdout
 from .errors import ForgetkitError
@@ -48,22 +48,6 @@ def class_order(num_classes: int, seed: int | None) -> list[int]:
     if seed is not None:
         random.Random(seed).shuffle(order)
     return order
-
-
-def resolve_class_names(names: list[str], classes: list[str], what: str) -> list[int]:
-    if not names:
-        raise ForgetkitError(f"{what} is empty; name at least one class to forget")
-    out = []
-    for name in names:
-        if name not in classes:
-            close = difflib.get_close_matches(str(name), classes, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ForgetkitError(f"unknown class '{name}' in {what}.{hint} Classes are: {', '.join(classes[:12])}"
-                                 f"{' ...' if len(classes) > 12 else ''}")
-        out.append(classes.index(name))
-    if len(set(out)) != len(out):
-        raise ForgetkitError(f"{what} names a class twice; list each class once")
-    return out
 
 
 def make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int] | None = None,
@@ -162,16 +146,6 @@ class Protocol:
 
     def __init__(self, cfg: ProtocolConfig, splits: DataSplits, seed: int, forgotten: list[int] | None = None,
                  first_index: int = 0, kind=None, known: int | None = None):
-        if cfg.eval_split not in ("test", "val"):
-            raise ForgetkitError(f"protocol.eval_split must be test or val, not {cfg.eval_split!r}")
-        if cfg.eval_split == "val" and cfg.val_per_class < 1:
-            raise ForgetkitError("protocol.eval_split is val but protocol.val_per_class is 0; hold out some images")
-        for name in ("forget_ratio", "retain_ratio"):
-            value = getattr(cfg, name)
-            if not 0 < value <= 1:
-                raise ForgetkitError(f"protocol.{name} must be in (0, 1], got {value}")
-        if cfg.shots is not None and cfg.shots < 1:
-            raise ForgetkitError("protocol.shots must be at least 1 (or null for ratio sampling)")
         self.cfg, self.splits, self.seed = cfg, splits, seed
         self.tasks = (kind.make_tasks(cfg, splits.classes, list(forgotten or []), first_index, known)
                       if kind is not None else make_tasks(cfg, splits.classes, forgotten, first_index))

@@ -7,6 +7,15 @@ from pathlib import Path
 from .io import atomic_write, write_json, write_text, write_yaml
 
 
+def new_figure(*grid, figsize):
+    """A matplotlib figure and its axes, made without pyplot: no global backend is set and no figure stays open in
+    the caller's process."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid)
+
+
 def fmt(value, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -125,14 +134,9 @@ def per_class_table(results: dict) -> list[str]:
 
 
 def plot_accuracy(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = results["tasks"]
     xs = list(range(1, len(tasks) + 1))
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = new_figure(figsize=(6, 3.6))
     for key, label, style in (("acc_r", "Acc_r (retained)", "o-"), ("acc_f", "Acc_f (forgotten now)", "s-"),
                               ("acc_o", "Acc_o (forgotten earlier)", "^-")):
         ys = [t["after"][key] for t in tasks]
@@ -151,20 +155,14 @@ def plot_accuracy(results: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
 
 
 def plot_group_norms(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = [t for t in results["tasks"] if "group_norms" in t]
     if not tasks:
         return
     keys = list(tasks[0]["group_norms"])
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = new_figure(figsize=(6, 3.6))
     width = 0.8 / len(tasks)
     for i, t in enumerate(tasks):
         ax.bar([j + i * width for j in range(len(keys))], [max(t["group_norms"][k], 1e-6) for k in keys], width,
@@ -176,7 +174,6 @@ def plot_group_norms(results: dict, path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
 
 
 def write_outputs(out: Path, results: dict, config: dict, kind) -> None:
@@ -235,14 +232,9 @@ def learn_report(results: dict) -> str:
 
 def plot_learning(results: dict, path: Path) -> None:
     """Accuracy on all seen classes after each request, and the accuracy matrix as a heat map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks, matrix = results["tasks"], results["summary"]["accuracy_matrix"]
     xs = list(range(1, len(tasks) + 1))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, (left, right) = new_figure(1, 2, figsize=(9, 3.6))
     left.plot(xs, [t["after"]["acc_seen"] for t in tasks], "o-", label="all seen classes")
     left.plot(xs, [t["after"]["acc_new"] for t in tasks], "s--", label="new classes")
     left.set_xticks(xs)
@@ -262,7 +254,6 @@ def plot_learning(results: dict, path: Path) -> None:
     fig.colorbar(image, ax=right, fraction=0.046)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
 
 
 def verify_table(verify: dict) -> list[str]:
@@ -300,13 +291,8 @@ def verify_comparison(by_name: dict[str, dict]) -> list[str]:
 
 def plot_verify(verify: dict, path: Path) -> None:
     """Probe and k-NN accuracy on the forgotten classes, and the loss attack's AUC, per model checked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [n for n in ("model", "pretrained", "reference") if n in verify]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, (left, right) = new_figure(1, 2, figsize=(9, 3.6))
     pos = list(range(len(names)))
     left.bar([p - 0.2 for p in pos], [verify[n]["probe_forgotten"] for n in names], 0.4, label="linear probe")
     left.bar([p + 0.2 for p in pos], [verify[n]["knn_forgotten"] for n in names], 0.4, label="k-NN")
@@ -324,4 +310,3 @@ def plot_verify(verify: dict, path: Path) -> None:
     right.set_title("membership of forgotten training images")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)

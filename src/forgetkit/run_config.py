@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .config import check_device, check_threads
 from .data.config import DataConfig
+from .errors import ForgetkitError
 from .methods.configs import MethodConfig, default_method_config
 
 
@@ -49,10 +51,27 @@ class ProtocolConfig:
         "help": "every request starts from the model the run started with, instead of from the previous request's "
                 "result: requests are alternatives to compare (the CLIP paper's single- and multi-class "
                 "evaluations), not a sequence, so no edited model is saved"})
+    backbone: bool = field(default=False, metadata={
+        "help": "learn: start from the model's features alone, dropping every class it knows and its head (the "
+                "class-incremental benchmark's pre-trained backbone); default false keeps every known class"})
     val_per_class: int = field(default=0, metadata={
         "help": "training images per class held out as a validation split (never trained on)"})
     eval_split: str = field(default="test", metadata={"help": "test, or val (the held-out training images; for "
                                                               "choosing hyper-parameters without the test set)"})
+
+    def __post_init__(self):
+        if self.eval_split not in ("test", "val"):
+            raise ForgetkitError(f"protocol.eval_split must be test or val, not {self.eval_split!r}")
+        if self.eval_split == "val" and self.val_per_class < 1:
+            raise ForgetkitError("protocol.eval_split is val but protocol.val_per_class is 0; hold out some images")
+        for name in ("forget_ratio", "retain_ratio"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ForgetkitError(f"protocol.{name} must be in (0, 1], got {value}")
+        if self.shots is not None and self.shots < 1:
+            raise ForgetkitError("protocol.shots must be at least 1 (or null for ratio sampling)")
+        if self.val_per_class < 0 or self.missing < 0:
+            raise ForgetkitError("protocol.val_per_class and protocol.missing cannot be negative")
 
 
 @dataclass
@@ -97,6 +116,16 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     threads: int = field(default=0, metadata={
         "help": "CPU threads (0 = torch's default, one per core); use 1 when another process shares the cores"})
+
+    def __post_init__(self):
+        if min(self.steps, self.batch_size, self.log_every) < 1:
+            raise ForgetkitError(f"train.steps ({self.steps}), train.batch_size ({self.batch_size}) and "
+                                 f"train.log_every ({self.log_every}) must be at least 1; the default budget is "
+                                 f"train.steps=300")
+        if self.lr is not None and self.lr <= 0:
+            raise ForgetkitError(f"train.lr must be positive, got {self.lr}; leave it unset for the method's default")
+        check_threads(self.threads, "train.threads")
+        check_device(self.device, "train.device")
 
 
 @dataclass
@@ -174,3 +203,11 @@ class PretrainConfig:
     device: str = "auto"
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default, one per core)"})
     out: str = field(default="checkpoints/model", metadata={"help": "output checkpoint folder"})
+
+    def __post_init__(self):
+        if min(self.epochs, self.batch_size) < 1:
+            raise ForgetkitError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1")
+        if self.lr <= 0:
+            raise ForgetkitError(f"lr must be positive, got {self.lr}")
+        check_threads(self.threads, "threads")
+        check_device(self.device, "device")

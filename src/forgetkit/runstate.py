@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import ForgetkitError
-from .io import load_weights, read_json, save_weights, write_json, write_text
+from .io import load_weights, read_json, save_weights, write_json, write_text, write_yaml
+from .plan import STATE_DIR, config_differences, resume_refusal
 
-STATE_DIR = "state"
 LOG_FIELDS = ["request", "step", "name", "value"]
 
 
@@ -33,27 +32,17 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved configs."""
-    keys = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
-
-
-# Keys that may differ between a run and its resumption: they do not change any number.
-RESUMABLE_CHANGES = ("output_dir", "train.threads")
-
-
 class RunState:
     """Save and load the state of a run at request boundaries."""
 
     def __init__(self, out: Path):
         self.root = Path(out) / STATE_DIR
+
+    def begin(self, config: dict) -> None:
+        """Mark the run as started, with its config (``state/run.yaml``): a run killed before its first request
+        finished is then resumable (from the start) and recognised as unfinished."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_yaml(self.root / "run.yaml", config)
 
     def save(self, completed: int, model: torch.nn.Module, method_state: dict[str, torch.Tensor],
              progress: dict) -> None:
@@ -73,22 +62,20 @@ class RunState:
         crash_point(f"point_{completed}")
         write_json(self.root / "latest.json", {"completed": completed, "dir": name})
         for old in self.root.iterdir():  # earlier states are superseded
-            if old.name != name and old.name != "latest.json":
+            if old.name not in (name, "latest.json", "run.yaml"):
                 shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, config: dict) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def load(self, config: dict) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
         """(progress, model weights, method tensors) of the newest complete state, after checking that it was made
-        by the same config."""
+        by the same config; None when no request had finished (the run starts from the beginning)."""
         pointer = self.root / "latest.json"
         if not pointer.is_file():
-            raise ForgetkitError(f"nothing to resume in {self.root.parent}: no saved state ({pointer} is missing, "
-                                 f"the run ended before its first request finished); run it again without --resume")
+            return None
         where = self.root / read_json(pointer)["dir"]
         progress = read_json(where / "progress.json")
-        differ = [k for k in config_differences(progress["config"], config) if k not in RESUMABLE_CHANGES]
+        differ = config_differences(progress["config"], config)
         if differ:
-            raise ForgetkitError(f"cannot resume {self.root.parent}: it was made by another config (differs in "
-                                 f"{', '.join(differ)}); use the same config, or another output folder")
+            raise resume_refusal(self.root.parent, differ, progress["config"], config)
         method_state = {k: v for k, v in load_weights(where / "method.safetensors").items() if k != "_empty"}
         return progress, load_weights(where / "model.safetensors"), method_state
 

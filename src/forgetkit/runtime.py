@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Callable, Iterable
 
@@ -69,12 +70,7 @@ def seed_request(seed: int, request: int) -> None:
 
 
 def setup_device(device: str = "auto", threads: int = 0) -> torch.device:
-    """Pick the device and, on CPU, the number of threads (0 = leave torch's setting: one per core).
-
-    Denormal floats are flushed to zero: importance weights such as EWC's Fisher (squares of tiny gradients)
-    otherwise fill tensors with subnormal numbers that make CPU arithmetic orders of magnitude slower.
-    """
-    torch.set_flush_denormal(True)
+    """Pick the device and, on CPU, the number of threads (0 = leave torch's setting: one per core)."""
     if threads:
         torch.set_num_threads(threads)
     if device == "auto":
@@ -149,3 +145,27 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+
+
+@contextlib.contextmanager
+def process_state():
+    """Give the caller back the process-wide settings a run changes: torch's thread count, Python's, NumPy's and
+    torch's global random generators (a run seeds them for its own draws), and denormal flushing.
+
+    Denormal floats are flushed to zero during the run: importance weights such as EWC's Fisher (squares of tiny
+    gradients) otherwise fill tensors with subnormal numbers that make CPU arithmetic orders of magnitude slower.
+    torch cannot report the caller's setting, so it is set back to torch's default (off)."""
+    threads = torch.get_num_threads()
+    python, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+        random.setstate(python)
+        np.random.set_state(numpy_state)
+        torch.random.set_rng_state(torch_state)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)

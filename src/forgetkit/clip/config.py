@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config import check_device, check_threads
 from ..data.config import DataConfig
+from ..errors import ForgetkitError
 
 
 @dataclass
@@ -50,3 +52,9 @@ class ClipPretrainConfig:
     weights_dtype: str = field(default="float32", metadata={
         "help": "precision of the saved weights: float32, or float16 (half the file; the model is rounded to it "
                 "before the zero-shot evaluation, so the recorded accuracy is the saved model's)"})
+
+    def __post_init__(self):
+        if min(self.epochs, self.batch_size) < 1:
+            raise ForgetkitError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1")
+        check_threads(self.threads, "threads")
+        check_device(self.device, "device")

@@ -9,6 +9,7 @@ holds many), instead of CLIP's one-positive InfoNCE, which would push apart iden
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,9 @@ from tqdm.auto import tqdm
 from ..config import to_dict
 from ..data import load_data
 from ..errors import ForgetkitError
-from ..runtime import adamw, optimizer_step, rng, seed_everything, setup_device, step_scheduler
+from ..data.config import check_data_config
+from ..outputs import OutputLock, refuse_replacing
+from ..runtime import adamw, optimizer_step, process_state, rng, seed_everything, setup_device, step_scheduler
 from .config import ClipPretrainConfig
 from .model import WEIGHT_DTYPES, create_clip, round_weights, save_clip
 from .names import shipped_names
@@ -55,13 +58,22 @@ def class_aware_clip_loss(img: torch.Tensor, txt: torch.Tensor, labels: torch.Te
                   + torch.sum(-target.T * F.log_softmax(logits.T, 1), 1).mean())
 
 
-def pretrain_clip(cfg: ClipPretrainConfig, progress: bool = True) -> dict:
-    """Train and save the CLIP; returns the zero-shot test accuracy per dataset and the time taken."""
+def pretrain_clip(cfg: ClipPretrainConfig, progress: bool = True, overwrite: bool = False) -> dict:
+    """Train and save the CLIP; returns the zero-shot test accuracy per dataset and the time taken. A checkpoint
+    already in ``cfg.out`` is replaced only with ``overwrite``."""
     if len(cfg.repeats) != len(cfg.datasets):
         raise ForgetkitError(f"repeats has {len(cfg.repeats)} values for {len(cfg.datasets)} datasets; give one "
                              f"per dataset")
     if cfg.weights_dtype not in WEIGHT_DTYPES:  # checked now, not after training
         raise ForgetkitError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, not {cfg.weights_dtype!r}")
+    for data in cfg.datasets:
+        check_data_config(data)
+    refuse_replacing(Path(cfg.out) / "manifest.json", overwrite, "a checkpoint")
+    with OutputLock(Path(cfg.out)), process_state():
+        return _pretrain_clip(cfg, progress)
+
+
+def _pretrain_clip(cfg: ClipPretrainConfig, progress: bool) -> dict:
     device = setup_device(cfg.device, cfg.threads)
     seed_everything(cfg.seed)
     bundle = create_clip(cfg.preset, seed=cfg.seed)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..errors import ForgetkitError
 from .config import TextForgetConfig
 from .model import ClipBundle
-from .zeroshot import prompt_name, projection, text_features
+from .zeroshot import projection, prompt_name, text_features
 
 
 class ProjectionLoRA(torch.nn.Module):

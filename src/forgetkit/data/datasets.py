@@ -120,7 +120,10 @@ class UserImages(LabeledImages):
         self.dataset, self.classes = dataset, list(classes)
         targets = getattr(dataset, "targets", None)
         if targets is None:
-            targets = [int(dataset[i][1]) for i in range(len(dataset))]
+            try:
+                targets = [int(dataset[i][1]) for i in range(len(dataset))]
+            except (TypeError, IndexError, ValueError, KeyError):
+                raise ForgetkitError(f"the {what} must yield (image tensor, integer label) pairs") from None
         self.targets = torch.as_tensor(targets, dtype=torch.long).flatten()
         if len(self.targets) != len(dataset):
             raise ForgetkitError(f"the {what} has {len(dataset)} items but {len(self.targets)} targets")
@@ -173,6 +176,44 @@ class RelabelledImages(LabeledImages):
         return self
 
 
+class ConcatImages(LabeledImages):
+    """The images of several datasets with disjoint class lists, one after the other; a part's labels are shifted
+    past the earlier parts' classes. Shares its preprocessing with every part."""
+
+    def __init__(self, parts: list[LabeledImages]):
+        self.parts, self.classes, targets, self.starts = list(parts), [], [], []
+        start = 0
+        for part in self.parts:
+            clash = set(self.classes) & set(part.classes)
+            if clash:
+                raise ForgetkitError(f"class {sorted(clash)[0]!r} is in two of the datasets being joined")
+            targets.append(part.targets + len(self.classes))
+            self.classes += list(part.classes)
+            self.starts.append(start)
+            start += len(part)
+        self.targets = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.long)
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        for k in range(len(self.parts) - 1, -1, -1):
+            if index >= self.starts[k]:
+                return k, index - self.starts[k]
+        raise IndexError(index)
+
+    def raw(self, index: int) -> torch.Tensor:
+        k, i = self._locate(index)
+        return self.parts[k].raw(i)
+
+    def __getitem__(self, index: int):
+        k, i = self._locate(int(index))
+        return self.parts[k][i][0], int(self.targets[index])
+
+    def with_preprocess(self, preprocess: Preprocess) -> "ConcatImages":
+        for part in self.parts:
+            part.with_preprocess(preprocess)
+        self.preprocess = preprocess
+        return self
+
+
 class FolderImages(LabeledImages):
     """Images on disk, one folder per class (``ROOT/<class>/<image>``), decoded with PIL when read."""
 
@@ -212,3 +253,7 @@ class DataSplits:
         if list(classes) == list(self.classes):
             return self
         return DataSplits(self.name, RelabelledImages(self.train, classes), RelabelledImages(self.test, classes))
+
+    def merged(self, other: "DataSplits") -> "DataSplits":
+        """These images and ``other``'s, whose classes must be new ones: its classes come after these."""
+        return DataSplits(self.name, ConcatImages([self.train, other.train]), ConcatImages([self.test, other.test]))

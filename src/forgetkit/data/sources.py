@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import importlib.util
 import struct
 from pathlib import Path
@@ -12,12 +13,13 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import ForgetkitError
 from ..registry import Registry
-from .config import DataConfig
+
+from .config import FASHION_MNIST_ROOT, DataConfig
 from .datasets import DataSplits, FolderImages, TensorImages
 
+logger = logging.getLogger("forgetkit")
 SOURCES: Registry = Registry("data source")
 
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
@@ -142,21 +144,48 @@ def mnist_5k(cfg: DataConfig) -> DataSplits:
 
 # ---------------------------------------------------------------------------------------------------- image folders
 def _scan_folder(split_root: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """The class folders of one split and their readable images; unreadable files are left out with a warning
+    (checked here, before any work, rather than ending a long run when first drawn)."""
     if not split_root.is_dir():
         raise ForgetkitError(f"dataset path {split_root} does not exist; lay the data out as ROOT/train/<class>/* and "
                              f"ROOT/test/<class>/*")
     classes = sorted(p.name for p in split_root.iterdir() if p.is_dir())
     if not classes:
         raise ForgetkitError(f"{split_root} has no class folders; put each class's images in {split_root}/<class>/")
-    files = {}
+    for name in classes:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise ForgetkitError(f"class folder {shown!r} in {split_root} has a name that is not valid UTF-8; rename "
+                                 f"it (the name is the class name in every report and checkpoint)") from None
+    files, skipped = {}, []
     for name in classes:
         found = sorted(str(p) for p in (split_root / name).rglob("*")
                        if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-        if not found:
-            raise ForgetkitError(f"class folder {split_root / name} is empty (no {', '.join(IMG_EXTENSIONS[:4])}... "
-                                 f"files); add its images or remove the folder")
-        files[name] = found
+        readable = [path for path in found if _readable(path)]
+        skipped += [path for path in found if path not in set(readable)]
+        if not readable:
+            raise ForgetkitError(f"class folder {split_root / name} has no readable image (no "
+                                 f"{', '.join(IMG_EXTENSIONS[:4])}... file that opens); add its images or remove "
+                                 f"the folder")
+        files[name] = readable
+    if skipped:
+        logger.warning("%d unreadable image(s) in %s left out, e.g. %s", len(skipped), split_root, skipped[0])
     return classes, files
+
+
+def _readable(path: str) -> bool:
+    """Whether PIL recognises the file as an image and its structure checks out (``Image.verify``: headers and,
+    for PNG, checksums; a JPEG truncated inside its data still fails later, when decoded, with its name)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:  # PIL raises many types for a bad file; any of them means "not an image we can use"
+        return False
 
 
 @SOURCES.register("image_folder")

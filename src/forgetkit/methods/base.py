@@ -203,10 +203,3 @@ def build_method(config: MethodConfig | dict, ctx: MethodContext) -> Method:
     """Build a method from its typed config (or a ``{"name": ..., **fields}`` mapping)."""
     config = config if isinstance(config, MethodConfig) else MethodConfig.parse(config or {})
     return METHODS.get(config.name)(config, ctx)
-
-
-def resolved_method_config(spec: MethodConfig | dict) -> dict:
-    """The method section with every default filled in, as a plain mapping (for saved configs and the ledger)."""
-    from ..config import to_dict
-
-    return to_dict(spec if isinstance(spec, MethodConfig) else MethodConfig.parse(spec or {}))

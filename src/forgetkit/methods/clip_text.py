@@ -17,7 +17,6 @@ from ..runtime import rng
 from .base import Method, register_method
 
 
-
 @register_method("clip_text")
 class ClipText(Method):
     """Zero-shot CLIP: LoRA on the text projection, trained on names only (no images)."""

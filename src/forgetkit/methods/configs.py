@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..clip.config import TextForgetConfig
-from ..config import from_dict
+from ..config import from_dict, to_dict
 from ..models.lora_config import LoRASettings
 from ..registry import Registry
 
@@ -311,3 +311,8 @@ class JointConfig(MethodConfig):
 
 def default_method_config() -> MethodConfig:
     return MethodConfig.parse({})
+
+
+def resolved_method_config(spec: MethodConfig | dict) -> dict:
+    """The method section with every default filled in, as a plain mapping (for saved configs and the ledger)."""
+    return to_dict(spec if isinstance(spec, MethodConfig) else MethodConfig.parse(spec or {}))

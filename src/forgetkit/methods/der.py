@@ -10,14 +10,12 @@ batch, which is why the default weights are small.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
 from ..runtime import balanced_batches, rng
 from .base import register_method
 from .finetune import FullFinetune
-
 
 
 @register_method("der")

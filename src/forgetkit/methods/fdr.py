@@ -5,12 +5,10 @@
 
 from __future__ import annotations
 
-
 import torch
 
 from .base import register_method
 from .finetune import FullFinetune
-
 
 
 @register_method("fdr")

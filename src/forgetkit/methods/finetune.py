@@ -19,7 +19,6 @@ from ..runtime import rng
 from .base import Method
 
 
-
 class FullFinetune(Method):
     """Base of the baselines that update the whole backbone."""
 

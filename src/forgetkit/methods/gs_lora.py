@@ -26,13 +26,18 @@ import torch.nn.functional as F
 
 from ..errors import ForgetkitError
 from ..kinds import BUDGET_HINT
-from ..losses import (bounded_forget_loss, class_mass_loss, class_mean_gap, group_lasso, group_norms,
-                      group_soft_threshold)
+from ..losses import (
+    bounded_forget_loss,
+    class_mass_loss,
+    class_mean_gap,
+    group_lasso,
+    group_norms,
+    group_soft_threshold,
+)
 from ..models.checkpoint import fingerprint
 from ..models.lora import add_lora, lora_groups, merge_lora, save_adapter
 from .base import Method, register_method
 from .configs import GSLoRAConfig
-
 
 
 @register_method("gs_lora")

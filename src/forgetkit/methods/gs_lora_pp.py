@@ -17,7 +17,6 @@ carried to the next task.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
@@ -26,7 +25,6 @@ from ..runtime import rng
 from .base import register_method
 from .configs import GSLoRAPPConfig
 from .gs_lora import GSLoRA
-
 
 
 def prototype_distance(emb: torch.Tensor, prototypes: torch.Tensor, kind: str) -> torch.Tensor:

@@ -30,7 +30,6 @@ from .base import register_method
 from .finetune import FullFinetune
 
 
-
 def attention_map(tokens: torch.Tensor) -> torch.Tensor:
     """Per-channel energy mean over tokens of x², L2-normalised, entries below 0.005 set to 0."""
     energy = F.normalize(tokens.pow(2).mean(dim=1), dim=1)

@@ -31,7 +31,6 @@ from .base import register_method
 from .incremental import FACTORS, LearnMethod, attach_kv_lora, detach_kv_lora, kv_deltas, stack_factors
 
 
-
 def energy_basis(covariance: torch.Tensor, energy: float) -> torch.Tensor:
     """U: the leading eigenvectors of a symmetric PSD matrix, the fewest whose eigenvalues reach ``energy`` of the
     total (k = min{k : Σ_{i≤k} λ_i ≥ ε Σ λ})."""

@@ -8,13 +8,11 @@ The original's KD term was identically zero (log of a log-softmax, NaNs zeroed);
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
 from .base import register_method
 from .finetune import FullFinetune, kd_loss
-
 
 
 @register_method("lwf")

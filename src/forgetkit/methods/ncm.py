@@ -3,14 +3,12 @@ joint training on every class seen so far (an upper bound, since it reads the ol
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import register_method
 from .incremental import LearnMethod, attach_kv_lora, class_means, detach_kv_lora, stack_factors
-
 
 
 @register_method("ncm")

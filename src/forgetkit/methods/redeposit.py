@@ -18,7 +18,6 @@ from .lirf import save_deposit
 from .withdraw import RecoveredModel
 
 
-
 def without_deposit(model: RecoveredModel, classes: list[int], names: list[str] | None = None):
     """The recover net without the deposit of ``classes`` (the target when no other deposit remains), and the
     index of that deposit. ``names``: the class names, for the error message."""

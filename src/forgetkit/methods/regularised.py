@@ -14,7 +14,6 @@ batch of its shuffled replay loader.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
@@ -22,7 +21,6 @@ from ..errors import ForgetkitError
 from ..runtime import BalancedBatchSampler, rng
 from .base import register_method
 from .finetune import FullFinetune
-
 
 
 class ImportanceRegularised(FullFinetune):

@@ -7,7 +7,6 @@ like every other row; the original's logged H used a random network as reference
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
@@ -15,7 +14,6 @@ from ..errors import ForgetkitError
 from ..models import ForgetModel
 from ..runtime import rng
 from .base import Method, register_method
-
 
 
 @register_method("retrain")

@@ -28,7 +28,6 @@ from .base import register_method
 from .finetune import FullFinetune, kd_loss
 
 
-
 @register_method("scrub")
 class SCRUB(FullFinetune):
     """SCRUB: alternate max (diverge from the teacher on forget data) and min (replay) passes."""

@@ -24,7 +24,6 @@ from ..models import fingerprint
 from .base import Method, register_method
 
 
-
 def lora_deltas(directory: Path) -> dict[str, torch.Tensor]:
     """ΔW = scaling · B · A of every adapted layer of a saved peft adapter, keyed by the layer's module name."""
     from ..io import read_json

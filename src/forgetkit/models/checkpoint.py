@@ -9,6 +9,7 @@ A forgetkit checkpoint is a folder::
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 
 from ..errors import ForgetkitError
 from ..io import load_weights, read_json, save_weights, write_json
+from .formats import resolve_model_path
 from .presets import ModelSpec, model_spec
 from .vit import ForgetModel
 
@@ -79,10 +81,9 @@ def read_manifest(directory: Path, expected_format: str, what: str, fix: str) ->
 
 
 def load_model(directory: str | Path) -> tuple[ForgetModel, dict]:
-    """Load a forgetkit checkpoint folder; returns the model (eval mode) and its manifest."""
-    directory = Path(directory)
-    if directory.is_file():
-        directory = directory.parent
+    """Load a forgetkit checkpoint (its folder, its ``model.safetensors`` or a run folder holding ``model/``); returns
+    the model (eval mode) and its manifest, after checking the weights against the manifest's fingerprint."""
+    directory = resolve_model_path(directory)
     manifest = read_manifest(directory, FORMAT, "forgetkit checkpoint", "create one with `forgetkit pretrain`, or "
                              "load foreign weights with load_external_weights")
     spec = ModelSpec.from_dict(manifest["spec"])
@@ -90,12 +91,17 @@ def load_model(directory: str | Path) -> tuple[ForgetModel, dict]:
     state = load_weights(directory / "model.safetensors")
     _check_no_lora(state, str(directory))
     load_state_strict(model, state, str(directory))
+    recorded = manifest.get("fingerprint")
+    if recorded and fingerprint(model) != recorded:
+        raise ForgetkitError(f"the weights in {directory / 'model.safetensors'} are not the ones its manifest "
+                             f"records (fingerprint {recorded[:12]}): the file was changed after it was written; "
+                             f"restore it from a trusted copy (forgetkit ledger --verify rebuilds it from the base)")
     model.eval()
     return model, manifest
 
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str,
-                      fix: str = "choose the preset and num_classes the weights were trained with") -> None:
+                      fix: str = "load it into the architecture it was saved from") -> None:
     """``load_state_dict(strict=True)`` with one error that says what differs and how to fix it."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -191,25 +197,73 @@ def _face_transformer_to_timm(state: dict[str, torch.Tensor], spec) -> dict[str,
     return out
 
 
+GEOMETRY = ("embed_dim", "depth", "patch_size", "in_chans", "image_size", "mlp_ratio")
+"""the preset fields :func:`infer_geometry` reads from a ViT's weight shapes (``num_heads`` cannot be read)"""
+GEOMETRY_FIX = ("name the preset closest to the weights with --arch (forgetkit models) and set the fields that differ "
+                "with -o field=value (embed_dim, depth, num_heads, patch_size, image_size, in_chans, mlp_ratio)")
+
+
+def infer_geometry(state: dict[str, torch.Tensor]) -> dict:
+    """The ViT geometry a timm-named state dict's shapes give: embed_dim, in_chans and patch_size from the patch
+    embedding, depth from the blocks, mlp_ratio from the first FFN, image_size from the position embedding (when
+    its patch tokens make a square)."""
+    found: dict = {}
+    patch = state.get("patch_embed.proj.weight")
+    if patch is not None and patch.ndim == 4 and patch.shape[2] == patch.shape[3]:
+        found.update(embed_dim=int(patch.shape[0]), in_chans=int(patch.shape[1]), patch_size=int(patch.shape[2]))
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if blocks:
+        found["depth"] = max(blocks) + 1
+    fc1 = state.get("blocks.0.mlp.fc1.weight")
+    if fc1 is not None and "embed_dim" in found:
+        found["mlp_ratio"] = fc1.shape[0] / found["embed_dim"]
+    pos = state.get("pos_embed")
+    if pos is not None and pos.ndim == 3 and "patch_size" in found:
+        tokens = pos.shape[1] - (1 if "cls_token" in state else 0)
+        side = math.isqrt(tokens)
+        if side * side == tokens:
+            found["image_size"] = side * found["patch_size"]
+    return found
+
+
 def load_external_weights(path: str | Path, arch: str, num_classes: int, class_indices: list[int] | None = None,
                           **overrides) -> ForgetModel:
     """Build a preset and fill it from a timm, torchvision or Face Transformer ViT checkpoint (``.safetensors`` or
     ``.pth``).
 
-    ``.pth`` files are read with ``torch.load(weights_only=True)`` only. The classifier rows are taken from the
-    checkpoint's head: all of them when it has ``num_classes`` outputs, or the rows ``class_indices`` (for example
-    the 100 ImageNet-1k indices of ImageNet100, as the GS-LoRA paper restricts the 1000-way head).
+    ``.pth`` files are read with ``torch.load(weights_only=True)`` only. The geometry the weight shapes give
+    (:func:`infer_geometry`) replaces the preset's where the two differ; an override (``-o field=value``) that
+    contradicts the weights is refused, and a width other than the preset's needs ``num_heads``, which no shape
+    shows. The classifier rows are taken from the checkpoint's head: all of them when it has ``num_classes``
+    outputs, or the rows ``class_indices`` (``--class-index-file``: for example the 100 ImageNet-1k indices of
+    ImageNet100, as the GS-LoRA paper restricts the 1000-way head). The geometry read from the weights is recorded
+    as ``model.imported_geometry``.
     """
     spec = model_spec(arch, num_classes, **overrides)
-    model = ForgetModel(spec)
     state = {k.removeprefix("module."): v for k, v in load_weights(path).items()}  # nn.DataParallel saves
     if "patch_to_embedding.weight" in state:
         state = _face_transformer_to_timm(state, spec)
     elif any(k.startswith("encoder.layers.") for k in state):
         state = _torchvision_to_timm(state)
+    inferred = infer_geometry(state)
+    for key, value in inferred.items():
+        if key in overrides and getattr(spec, key) != value:
+            raise ForgetkitError(f"-o {key}={overrides[key]} contradicts the weights in {path}, whose {key} is "
+                                 f"{value:g}; drop the override (the weights' value is read from them)")
+    preset = model_spec(arch, num_classes)
+    adopted = {k: v for k, v in inferred.items() if k not in overrides and getattr(preset, k) != v}
+    width = adopted.get("embed_dim", spec.embed_dim)
+    if width != preset.embed_dim and "num_heads" not in overrides:
+        raise ForgetkitError(f"the weights in {path} have embed_dim {width}, not the {arch} preset's "
+                             f"{preset.embed_dim}, and the number of attention heads cannot be read from weight "
+                             f"shapes; pass -o num_heads=H (ViT-Ti 3, ViT-S 6, ViT-B 12, ViT-L 16)")
+    if adopted:
+        spec = model_spec(arch, num_classes, **{**overrides, **adopted})
+    model = ForgetModel(spec)
+    model.imported_geometry = {"from_weights": inferred, "adopted": adopted, "overrides": dict(overrides)}
     head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     body = {k: v for k, v in state.items() if not k.startswith("head.")}
-    load_state_strict(model.backbone, body, str(path))
+    load_state_strict(model.backbone, body, str(path), GEOMETRY_FIX)
     if head:
         target = model.head.fc if spec.head == "linear" else model.head
         weight, bias = head["weight"], head.get("bias")
@@ -217,8 +271,8 @@ def load_external_weights(path: str | Path, arch: str, num_classes: int, class_i
             weight, bias = weight[class_indices], (bias[class_indices] if bias is not None else None)
         if weight.shape != target.weight.shape:
             raise ForgetkitError(f"head of {path} has shape {tuple(weight.shape)}, the model's "
-                                 f"{tuple(target.weight.shape)} ({num_classes} classes); pass class_indices to pick "
-                                 f"the rows of the classes you use")
+                                 f"{tuple(target.weight.shape)} ({num_classes} classes); pass --class-index-file "
+                                 f"with the head's class names in order, to pick the rows of the classes you use")
         target.weight.data.copy_(weight)
         if bias is not None and getattr(target, "bias", None) is not None:
             target.bias.data.copy_(bias)

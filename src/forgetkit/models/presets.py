@@ -78,11 +78,20 @@ class ModelSpec:
 
 def model_spec(arch: str, num_classes: int, **overrides) -> ModelSpec:
     """The spec of a registered preset, with any field overridden."""
+    import difflib
+    import typing
+
+    from ..config import coerce
+
     spec = PRESETS.get(arch)(num_classes)
+    hints = typing.get_type_hints(ModelSpec)
     for key, value in overrides.items():
-        if not hasattr(spec, key):
-            raise ForgetkitError(f"unknown model field '{key}' for preset {arch}")
-        setattr(spec, key, value)
+        if key not in hints or key in ("arch", "num_classes"):
+            names = [f.name for f in fields(ModelSpec) if f.name not in ("arch", "num_classes")]
+            close = difflib.get_close_matches(key, names, n=1)
+            raise ForgetkitError(f"unknown model field '{key}' for preset {arch}"
+                                 + (f"; did you mean '{close[0]}'?" if close else f"; fields: {', '.join(names)}"))
+        setattr(spec, key, coerce(value, hints[key], f"model field {key}"))
     return spec
 
 

@@ -1,0 +1,170 @@
+"""Every check of a run's inputs that needs neither torch nor the data, made once before any slow work.
+
+:func:`plan_run` reads only the config, the checkpoint's ``manifest.json`` and the output folder's listing, so a
+wrong model, data folder, class name, budget or output folder answers in a fraction of a second with one line. The
+runner (``engine.run_forgetting``) calls it first and then only runs; the CLI calls it before it imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .classes import resolve_class_names
+from .config import from_dict, to_dict
+from .data.config import DataConfig, check_data_config
+from .errors import ForgetkitError
+from .kinds import REQUEST_KINDS
+from .methods.configs import resolved_method_config
+from .models.formats import RUN_MODEL_DIR, read_manifest, recorded_data
+from .models.presets import PRESETS
+from .outputs import refuse_input_as_output, refuse_replacing
+from .run_config import PretrainConfig, RunConfig
+
+STATE_DIR = "state"
+RESUMABLE_CHANGES = ("output_dir", "train.threads")
+"""keys that may differ between a run and its resumption: they change no number"""
+
+
+@dataclass
+class RunPlan:
+    """What :func:`plan_run` decided: where everything is, and whether the run starts, resumes or is finished."""
+
+    config: dict
+    """the whole resolved config (every default filled in), as config.yaml saves it"""
+    out: Path
+    model_dir: Path
+    data: DataConfig
+    source: Path | None = None
+    """the checkpoint the run starts from (None: a model passed in directly)"""
+    manifest: dict = field(default_factory=dict)
+    finished: bool = False
+    """``--resume`` on a run that already finished, with the same config: nothing to do"""
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, but those :data:`RESUMABLE_CHANGES` allows."""
+    keys = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += config_differences(a, b, f"{prefix}{key}.")
+        elif _normal(a) != _normal(b) and f"{prefix}{key}" not in RESUMABLE_CHANGES:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _normal(value):
+    """A value as YAML and JSON give it back (tuples come back as lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    return value
+
+
+def resume_refusal(out: Path, differ: list[str], saved: dict, current: dict) -> ForgetkitError:
+    def value(config, key):
+        for part in key.split("."):
+            config = config.get(part) if isinstance(config, dict) else None
+        return config
+
+    shown = "; ".join(f"{k}: {value(saved, k)!r} then, {value(current, k)!r} now" for k in differ[:3])
+    return ForgetkitError(f"cannot resume {out}: it was started with another config ({shown}); use the same config "
+                          f"and requests, or --overwrite to start again")
+
+
+def plan_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, model_given: bool = False) -> RunPlan:
+    """Check a run before any work and decide where its outputs go (``model_given``: the model is passed in)."""
+    REQUEST_KINDS.get(cfg.kind)  # an unknown kind: the registry's one-line error
+    out = Path(cfg.output_dir)
+    model_dir = Path(cfg.model_dir) if cfg.model_dir else out / RUN_MODEL_DIR
+    config = to_dict(cfg) | {"method": resolved_method_config(cfg.method)}
+    source, manifest = None, {}
+    if model_given:
+        if cfg.save_model:
+            raise ForgetkitError("a model passed in directly cannot be saved as a forgetkit checkpoint; set "
+                                 "save_model: false")
+        if cfg.data is None:
+            raise ForgetkitError("a model passed in directly needs its data named (data.source, data.root)")
+        data = cfg.data
+    else:
+        source, manifest = read_manifest(cfg.model)
+        if cfg.save_model and manifest.get("format") == "external":
+            raise ForgetkitError(f"{cfg.model} is a weights file, not a forgetkit checkpoint, so no edited "
+                                 f"checkpoint can be written from it; set save_model: false")
+        data = cfg.data or model_data_config(manifest, cfg.model)
+        refuse_input_as_output(out, [source], "the output folder")
+        if cfg.save_model:
+            refuse_input_as_output(model_dir, [source], "the model folder")
+    if cfg.protocol.independent and cfg.save_model:
+        raise ForgetkitError("protocol.independent requests are alternatives, each from the start model: there is no "
+                             "one edited model to save; set save_model: false")
+    check_data_config(data)
+    if cfg.protocol.tasks is not None and cfg.kind in ("forget", "restore") and manifest.get("classes"):
+        # a classifier forgets and restores its own classes: a misspelt name answers before anything loads
+        for i, names in enumerate(cfg.protocol.tasks):
+            resolve_class_names(list(names), list(manifest["classes"]), f"request {i + 1}")
+    finished = _check_output(out, config, overwrite, resume)
+    return RunPlan(config, out, model_dir, data, source, manifest, finished)
+
+
+def model_data_config(manifest: dict, name: str) -> DataConfig:
+    """The data a checkpoint was trained on, as its manifest records it."""
+    recorded = recorded_data(manifest)
+    if not recorded:
+        raise ForgetkitError(f"{name} does not record the data it was trained on; name it with --data/--root (or "
+                             f"data.source and data.root in the config)")
+    return from_dict(DataConfig, recorded, "data")
+
+
+def _check_output(out: Path, config: dict, overwrite: bool, resume: bool) -> bool:
+    """Refuse to replace or mix runs; True when ``resume`` finds the same run already finished."""
+    results = out / "results.json"
+    state = out / STATE_DIR
+    unfinished = (state / "latest.json").is_file()  # a request finished: work a fresh start would throw away
+    if resume:
+        saved = _saved_config(out)
+        if saved is not None:
+            differ = config_differences(saved, config)
+            if differ:
+                raise resume_refusal(out, differ, saved, config)
+        return results.is_file()
+    if overwrite:
+        return False
+    if results.is_file():
+        raise ForgetkitError(f"{out} already holds a finished run (results.json); pass --overwrite to replace it, "
+                             f"--resume to keep it, or choose another --out")
+    if unfinished:
+        done = _completed(state)
+        raise ForgetkitError(f"{out} holds an unfinished run ({done} request(s) finished); pass --resume to continue "
+                             f"it, or --overwrite to start again")
+    return False
+
+
+def _saved_config(out: Path) -> dict | None:
+    """The config a run in ``out`` was started with: its state's (unfinished) or its config.yaml (finished)."""
+    for path in (out / STATE_DIR / "run.yaml", out / "config.yaml"):
+        if path.is_file():
+            try:
+                return yaml.safe_load(path.read_text())
+            except yaml.YAMLError:
+                raise ForgetkitError(f"{path} is not valid YAML; the run in {out} cannot be resumed: "
+                                     f"--overwrite starts it again") from None
+    return None
+
+
+def _completed(state: Path) -> int:
+    import json
+
+    try:
+        return int(json.loads((state / "latest.json").read_text())["completed"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def plan_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> None:
+    """What can be checked before torch or the data load: the preset, the data section, the output folder."""
+    PRESETS.get(cfg.arch)  # an unknown preset: the registry's one-line error, with the closest name
+    check_data_config(cfg.data)
+    refuse_replacing(Path(cfg.out) / "manifest.json", overwrite, "a checkpoint")
