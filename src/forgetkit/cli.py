@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from .config import apply_overrides
@@ -14,7 +15,7 @@ class RequestFailed(Exception):
     """A finished run in which at least one request missed its goal (exit status 3)."""
 
 
-def _print_table(results: dict) -> None:
+def _print_table(results: dict, wall: float) -> None:
     from .kinds import REQUEST_KINDS
     from .report import results_table
 
@@ -24,7 +25,8 @@ def _print_table(results: dict) -> None:
     print(results_table([(results["method"], results["tasks"])]))
     s = results["summary"]
     print(f"\naverage cumulative H {s['h_cumulative_avg']:.2f}  H {s['h_mean_avg']:.2f}  Acc_f {s['acc_f_avg']:.2f}  "
-          f"Acc_r {s['acc_r_avg']:.2f}  ({s['seconds_total']:.0f} s of training and evaluation)")
+          f"Acc_r {s['acc_r_avg']:.2f}  ({s['seconds_total']:.0f} s of training, {wall:.0f} s in all with "
+          f"loading, evaluation and saving)")
 
 
 def cmd_forget(args) -> None:
@@ -62,8 +64,9 @@ def cmd_forget(args) -> None:
     from .engine import run_forgetting
     from .methods import METHODS
 
+    start = time.monotonic()
     results = run_forgetting(cfg, progress=_progress(args), overwrite=args.overwrite, resume=args.resume)
-    _print_table(results)
+    _print_table(results, time.monotonic() - start)
     print(f"\nresults, report.md and plots in {cfg.output_dir}/" + (
         f"; the edited model and its ledger in {plan.model_dir}/ (--model {cfg.output_dir} names it)"
         if cfg.save_model else ""))

@@ -1,4 +1,4 @@
-"""Verification that forgotten classes cannot be cheaply recovered (issue 14; docs/verify.md).
+"""Verification that forgotten classes cannot be cheaply recovered (docs/verify.md).
 
 Top-1 accuracy of the edited model's own head says little about what its features still hold. For the classes a
 model forgot (and its retained classes as the control), :func:`verify_forgetting` measures:

@@ -1,6 +1,6 @@
 """``glyphs60``: a 60-class dataset of rendered characters, made offline from the fonts matplotlib ships.
 
-forgetkit needs a dataset of many classes to choose its defaults on (issue 10: at least 50 classes, and the papers'
+forgetkit needs a dataset of many classes to choose its defaults on (at least 50 classes, and the papers'
 protocol shape of 20 % of the classes per request), and no such dataset can be downloaded here. This one is
 generated, deterministically, from a package forgetkit already depends on:
 

@@ -1,0 +1,25 @@
+"""The README's commands and the walkthrough that runs them (bench/readme_walkthrough.py) cannot drift apart."""
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def walkthrough():
+    spec = importlib.util.spec_from_file_location("readme_walkthrough", REPO / "bench" / "readme_walkthrough.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_walkthrough_command_is_in_the_readme_word_for_word():
+    readme = (REPO / "README.md").read_text()
+    missing = [command for command, _, _ in walkthrough().COMMANDS
+               if command not in readme and command.replace(".venv/bin/", "") not in readme]
+    assert not missing
+
+
+def test_the_readme_opens_with_the_two_set_up_commands():
+    first = (REPO / "README.md").read_text().split("```")[1]
+    assert "./setup.sh && .venv/bin/forgetkit demo" in first and "./setup.sh && .venv/bin/python -m pytest -q" in first
