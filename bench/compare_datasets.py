@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 
+from benchdata import dataset_overrides
+
 from forgetkit.bench import load_bench_spec, report_only, run_bench
 from forgetkit.io import write_text
 from forgetkit.report import fmt
-from benchdata import dataset_overrides
 
 
 def main() -> None:

@@ -19,11 +19,12 @@ import argparse
 import json
 from pathlib import Path
 
+from benchdata import dataset_overrides
+
 import forgetkit as fk
 from forgetkit.io import write_json, write_text
 from forgetkit.metrics import h_mean
 from forgetkit.report import fmt
-from benchdata import dataset_overrides
 
 WAYS = {  # way -> (forgetting method, the restore method: None = retraining on everything, i.e. T0)
     "lirf_eccv": ("lirf_eccv", "withdraw"),

@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import itertools
 
+from benchdata import dataset_overrides
+from gs_lora_quality import ISSUE_10_CHECKS, check
+
 import forgetkit as fk
 from forgetkit.io import write_text
 from forgetkit.methods.configs import resolved_method_config
 from forgetkit.report import fmt, task_label
-from benchdata import dataset_overrides
-from gs_lora_quality import ISSUE_10_CHECKS, check
+
 
 def parse_grid(items: list[str]) -> list[list[str]]:
     """``key=v1,v2`` items -> every combination, as override lists (lists in values: ``[0.2,0.4]`` stays whole)."""

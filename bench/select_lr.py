@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import time
 
+from benchdata import dataset_overrides
+
 import forgetkit as fk
 from forgetkit.bench import method_overrides
 from forgetkit.io import write_json, write_text
 from forgetkit.report import fmt
-from benchdata import dataset_overrides
 
 # The paper's learning rate (gs-lora.md §5, §3.6) and one decade around it.
 GRID = {

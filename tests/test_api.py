@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import SYNTH
 from torch.utils.data import TensorDataset
 
 import forgetkit as fk
-
-from conftest import SYNTH
 
 TINY = dict(train={"steps": 48, "batch_size": 16, "threads": 1},
             method={"name": "gs_lora", "bnd": 5, "alpha": 0.01, "alpha_warmup_steps": 8})

@@ -1,10 +1,9 @@
 import json
 
 import pytest
+from conftest import tiny_run_overrides
 
 from forgetkit.cli import main
-
-from conftest import tiny_run_overrides
 
 
 def test_forget_command_runs_and_prints_table(tiny_model_dir, tmp_path, capsys):
@@ -50,6 +49,7 @@ def test_pretrain_command(tmp_path, capsys):
 
 def test_image_folder_pretrain_then_forget_by_name(tmp_path, capsys):
     from conftest import make_image_folder
+
     import forgetkit as fk
 
     root = make_image_folder(tmp_path / "imgs", classes=("cat", "dog", "fox", "owl"), per_class=6, size=(18, 18))
@@ -65,8 +65,9 @@ def test_image_folder_pretrain_then_forget_by_name(tmp_path, capsys):
 
 def test_import_weights_from_torchvision_pth(tmp_path, capsys):
     import torch
-    from torchvision.models.vision_transformer import VisionTransformer
     from conftest import make_image_folder
+    from torchvision.models.vision_transformer import VisionTransformer
+
     import forgetkit as fk
 
     root = make_image_folder(tmp_path / "imgs", classes=("b", "a"), per_class=2, size=(16, 16))
@@ -184,8 +185,8 @@ def test_a_request_that_forgets_nothing_fails_loudly(tiny_model_dir, tmp_path, c
 
 
 def test_a_request_that_reaches_its_goal_passes(tiny_model_dir, tmp_path):
-    from forgetkit.run_config import EvalConfig
     from forgetkit.kinds import REQUEST_KINDS
+    from forgetkit.run_config import EvalConfig
 
     results = fk_run(tiny_model_dir, tmp_path)
     assert all(t["verdict"] == {"pass": True, "failed": []} for t in results["tasks"])

@@ -8,8 +8,18 @@ import math
 import pytest
 import torch
 
-from forgetkit.clip import (ProjectionLoRA, TextForgetConfig, ZeroShotClassifier, create_clip, empty_prompt_target,
-                            forget_text_classes, load_clip, read_names, save_clip, text_forget_loss)
+from forgetkit.clip import (
+    ProjectionLoRA,
+    TextForgetConfig,
+    ZeroShotClassifier,
+    create_clip,
+    empty_prompt_target,
+    forget_text_classes,
+    load_clip,
+    read_names,
+    save_clip,
+    text_forget_loss,
+)
 from forgetkit.clip.pretrain import class_aware_clip_loss
 from forgetkit.clip.text_forget import fit_projection_lora
 from forgetkit.clip.zeroshot import projection
@@ -332,8 +342,8 @@ def test_clip_demo_command_and_alias(tiny_clip, tmp_path, names_file, capsys):
 @pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
                     reason="needs Debian's dataset-fashion-mnist")
 def test_shipped_clip_is_a_working_zero_shot_classifier():
-    from forgetkit.engine import BUILTIN_MODELS
     from forgetkit.clip.zeroshot import accuracy_over, class_weights, image_features
+    from forgetkit.engine import BUILTIN_MODELS
 
     bundle = load_clip(BUILTIN_MODELS["builtin:clip_fmnist"])
     test = load_data(DataConfig(source="fashion_mnist")).test

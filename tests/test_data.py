@@ -1,13 +1,13 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from conftest import make_image_folder, write_idx
 
 from forgetkit.data import DataConfig, Preprocess, load_data
 from forgetkit.data.sources import FASHION_MNIST_ROOT, read_idx
 from forgetkit.errors import ForgetkitError
-from pathlib import Path
-
-from conftest import make_image_folder, write_idx
 
 
 def test_idx_reader_roundtrip_gz_and_raw(tmp_path):
@@ -82,9 +82,8 @@ def test_corrupt_image_names_the_file(image_folder):
     inside its data passes that check, and fails when decoded, naming the file."""
     import io
 
-    from PIL import Image
-
     import numpy as np
+    from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")

@@ -2,12 +2,11 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_run_overrides
 
 import forgetkit as fk
 from forgetkit.errors import ForgetkitError
 from forgetkit.methods.gs_lora import GSLoRA
-
-from conftest import tiny_run_overrides
 
 
 def run(model_dir, out, *extra, overwrite=False):

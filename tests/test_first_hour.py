@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SYNTH, tiny_run_overrides
 from PIL import Image
 
 import forgetkit as fk
 from forgetkit.cli import main
-
-from conftest import SYNTH, tiny_run_overrides
 
 QUICK = ["-q", "--allow-fail", "-o", "train.steps=8", "-o", "train.batch_size=8", "-o", "train.threads=1"]
 

@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import tiny_run_overrides
+from test_methods import PAPER_FORM, setup
 
 import forgetkit as fk
 from forgetkit.methods.gs_lora_pp import class_prototypes, prototype_distance
-
-from test_methods import PAPER_FORM, setup
-from conftest import tiny_run_overrides
 
 
 def test_prototypes_are_class_mean_embeddings(tiny_model_dir):

@@ -213,6 +213,7 @@ def test_the_python_api_learns_like_the_command(tiny_model_dir, tmp_path):
 
 def test_bench_compares_learn_runs_and_runs_variants_under_their_own_names(tiny_model_dir, tmp_path):
     from conftest import make_image_folder
+
     from forgetkit.bench import BenchSpec, run_bench
 
     make_image_folder(tmp_path / "d", classes=("ant", "bee", "cow", "elk"), per_class=6, size=(16, 16), mode="L")

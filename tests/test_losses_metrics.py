@@ -3,8 +3,14 @@ import math
 import pytest
 import torch
 
-from forgetkit.losses import (bounded_forget_loss, class_mass_loss, class_mean_gap, group_lasso, group_norms,
-                             group_soft_threshold)
+from forgetkit.losses import (
+    bounded_forget_loss,
+    class_mass_loss,
+    class_mean_gap,
+    group_lasso,
+    group_norms,
+    group_soft_threshold,
+)
 from forgetkit.metrics import PerClass, evaluate_classes, h_mean
 
 

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_run_overrides
 
 import forgetkit as fk
 from forgetkit.errors import ForgetkitError
@@ -13,8 +14,6 @@ from forgetkit.methods import METHODS, MethodContext, build_method
 from forgetkit.methods.finetune import kd_loss
 from forgetkit.methods.lirf import attention_map
 from forgetkit.protocol import Protocol, ProtocolConfig
-
-from conftest import tiny_run_overrides
 
 FULL_FINETUNE = ["l2", "ewc", "mas", "lwf", "der", "der_pp", "fdr", "scrub", "scrub_s"]
 
@@ -320,9 +319,9 @@ def test_mas_importance_and_retrain_loss_by_hand(tiny_model_dir):
 
 
 def test_bench_inherits_shared_method_settings_only():
-    from forgetkit.bench import method_overrides
-
     import yaml
+
+    from forgetkit.bench import method_overrides
 
     def parsed(overrides):
         return [(o.split("=", 1)[0], yaml.safe_load(o.split("=", 1)[1])) for o in overrides]

@@ -7,7 +7,7 @@ import torch
 import forgetkit as fk
 from forgetkit.errors import ForgetkitError
 from forgetkit.io import load_weights
-from forgetkit.models import CosFaceHead, ForgetModel, PRESETS, load_model, model_spec, save_model
+from forgetkit.models import PRESETS, CosFaceHead, ForgetModel, load_model, model_spec, save_model
 from forgetkit.models.checkpoint import load_external_weights
 
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SYNTH
 
 import forgetkit as fk
 from forgetkit.io import load_weights, save_weights
-
-from conftest import SYNTH
 
 TIMING = {"seconds", "seconds_total", "time"}
 

@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_image_folder
 
 from forgetkit.cli import main
-
-from conftest import make_image_folder
 
 
 def checksums(*roots: Path) -> dict[str, str]:

@@ -27,11 +27,11 @@ from typing import Any
 from .api import load_config
 from .config import from_dict, read_yaml, to_dict
 from .engine import run_forgetting
-from .plan import plan_run
 from .errors import ForgetkitError
 from .io import atomic_write, write_json, write_text
 from .methods import METHODS
 from .methods.configs import MethodConfig
+from .plan import plan_run
 from .report import fmt, new_figure, results_table, task_label, verify_comparison
 from .runstate import crash_point
 

@@ -178,9 +178,8 @@ def cmd_import_weights(args) -> None:
 def cmd_ledger(args) -> None:
     from .ledger import read_ledger, replay_ledger
     from .models import fingerprint
-    from .report import ledger_table
-
     from .models.formats import read_manifest
+    from .report import ledger_table
 
     read_manifest(args.model)  # a wrong path answers before torch
     ledger, manifest = read_ledger(args.model)

@@ -43,6 +43,7 @@ from .runtime import balanced_batches, process_state, rng, seed_everything, seed
 
 logger = logging.getLogger("forgetkit")
 
+
 def _load_zero_shot_clip(source: Path, arch: str | None = None) -> tuple[torch.nn.Module, dict]:
     from .clip import load_clip
     from .clip.classifier import ZeroShotClassifier

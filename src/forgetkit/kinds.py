@@ -363,7 +363,7 @@ class Learn(RequestKind):
             raise ForgetkitError(f"the data lacks {len(lacking)} class(es) the model knows ({shown}), and so does "
                                  f"the data it records; {fix}")
         logger.warning("learn: %d class(es) the model knows are not in the data given (%s); their images come from "
-                    "the data the model records (%s)", len(lacking), shown, own.name)
+                       "the data the model records (%s)", len(lacking), shown, own.name)
         return splits.merged(own.select(lacking))
 
     def run_classes(self, model_classes, data_classes, model, cfg):

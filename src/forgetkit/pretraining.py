@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from .config import to_dict
 from .data import load_data
 from .data.datasets import validation_holdout
+from .errors import ForgetkitError
 from .metrics import evaluate_classes
 from .models import create_model, save_model
-from .errors import ForgetkitError
 from .outputs import OutputLock
 from .plan import plan_pretrain
 from .run_config import PretrainConfig

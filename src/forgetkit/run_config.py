@@ -145,8 +145,8 @@ class EvalConfig:
     min_learn_accuracy: float = field(default=50.0, metadata={
         "help": "a learn request passes only if its new classes' held-out accuracy is at least this (percent)"})
     max_restore_gap: float = field(default=2.0, metadata={
-        "help": "a restore request passes only if the restored classes come within this many points of the base "
-                "model's accuracy on them"})
+        "help": "a restore request passes if it gives back the weights before the withdrawn request bit for bit, "
+                "else only if the restored classes come within this many points of that model's accuracy on them"})
     verify: VerifyConfig = field(default_factory=VerifyConfig, metadata={
         "help": "membership inference, feature probes, relearning and CKA on the forgotten classes after every "
                 "request (docs/verify.md)"})
@@ -160,7 +160,8 @@ class RunConfig:
     """A whole forgetting run; saved as ``config.yaml`` next to its results."""
 
     model: str = field(default="builtin:fmnist_vit", metadata={
-        "help": "forgetkit checkpoint folder; builtin:fmnist_vit (the shipped Fashion-MNIST ViT) or "
+        "help": "forgetkit checkpoint folder (or a run folder holding model/, or its model.safetensors); "
+                "builtin:fmnist_vit (the shipped Fashion-MNIST ViT) or "
                 "builtin:clip_fmnist (the shipped CLIP); or a local open_clip / OpenAI CLIP state-dict file"})
     model_arch: str | None = field(default=None, metadata={
         "help": "open_clip architecture of a CLIP state-dict file given as model (e.g. ViT-B-16); null = "
@@ -174,8 +175,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     kind: str = field(default="forget", metadata={
-        "help": "what every request of the run does: forget, or restore (give back classes forgotten earlier; "
-                "method undo)"})
+        "help": "what every request of the run does: forget, restore (give back classes forgotten earlier; method "
+                "undo) or learn (new classes; method lora_sub_drs)"})
     seed: int = field(default=0, metadata={"help": "seed of every random choice of the run"})
     output_dir: str = field(default="runs/forget", metadata={"help": "where results, report, logs and state go"})
     model_dir: str | None = field(default=None, metadata={

@@ -6,7 +6,7 @@ it becomes a :class:`ZeroShotClassifier` over the data's classes, and the ``clip
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 # public name -> module that defines it, imported on first use (PEP 562): importing the package loads no torch
 _EXPORTS = {
@@ -18,9 +18,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from ..config import to_dict
 from ..data import load_data
-from ..errors import ForgetkitError
 from ..data.config import check_data_config
+from ..errors import ForgetkitError
 from ..outputs import OutputLock, refuse_replacing
 from ..runtime import adamw, optimizer_step, process_state, rng, seed_everything, setup_device, step_scheduler
 from .config import ClipPretrainConfig

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import logging
 import importlib.util
+import logging
 import struct
 from pathlib import Path
 
@@ -13,7 +13,6 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import ForgetkitError
 from ..registry import Registry
-
 from .config import FASHION_MNIST_ROOT, DataConfig
 from .datasets import DataSplits, FolderImages, TensorImages
 

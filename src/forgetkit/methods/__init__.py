@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+from ..lazy import lazy_exports
+
 # public name -> module that defines it, imported on first use (PEP 562): importing the package loads no torch
 _EXPORTS = {
     "METHODS": "base", "Method": "base", "MethodContext": "base", "register_method": "base", "build_method": "base",
@@ -24,9 +26,4 @@ def load_methods() -> None:
         importlib.import_module(f".{module}", __name__)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
