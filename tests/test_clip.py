@@ -343,7 +343,7 @@ def test_clip_demo_command_and_alias(tiny_clip, tmp_path, names_file, capsys):
                     reason="needs Debian's dataset-fashion-mnist")
 def test_shipped_clip_is_a_working_zero_shot_classifier():
     from forgetkit.clip.zeroshot import accuracy_over, class_weights, image_features
-    from forgetkit.engine import BUILTIN_MODELS
+    from forgetkit.models.formats import BUILTIN_MODELS
 
     bundle = load_clip(BUILTIN_MODELS["builtin:clip_fmnist"])
     test = load_data(DataConfig(source="fashion_mnist")).test

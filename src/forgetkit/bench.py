@@ -73,8 +73,8 @@ def registered(name: str, fields: dict | None) -> str:
 
 def methods_for(model_name: str, kind: str = "forget") -> list[str]:
     """The registered methods of a request kind whose required capabilities the model has."""
-    from .engine import load_checkpoint, resolve_model_path
     from .methods.base import model_capabilities
+    from .models.formats import load_checkpoint, resolve_model_path
 
     model, _ = load_checkpoint(resolve_model_path(model_name))
     found = model_capabilities(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -194,11 +195,10 @@ def cmd_ledger(args) -> None:
 def cmd_verify(args) -> None:
     from .classes import resolve_class_names
     from .config import check_threads, from_dict
-    from .data.config import DataConfig, check_data_config
+    from .data.config import DataConfig, check_data_config, model_data_config
     from .kinds import forgotten_classes
     from .models.formats import read_manifest
     from .outputs import OutputLock, refuse_input_as_output, refuse_replacing
-    from .plan import model_data_config
     from .run_config import VerifyConfig
 
     # every check that needs no torch first
@@ -229,8 +229,9 @@ def cmd_verify(args) -> None:
 
     from .data import load_data
     from .data.datasets import validation_holdout
-    from .engine import load_checkpoint, verification_models
+    from .engine import verification_models
     from .io import write_json, write_text
+    from .models.formats import load_checkpoint
     from .report import plot_verify, verify_table
     from .runtime import process_state, setup_device
     from .verify import Verifier
@@ -441,25 +442,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a message comes (a test may have replaced it since)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(quiet: bool, verbose: bool) -> None:
     """forgetkit's messages (``logging.getLogger("forgetkit")``) on standard error: info by default, warnings only
     with -q, debug with -v. A library caller keeps its own logging: only the CLI calls this."""
-    import logging
-
-    class Stderr(logging.StreamHandler):
-        """Writes to whatever ``sys.stderr`` is when a message comes (a test may have replaced it since)."""
-
-        @property
-        def stream(self):
-            return sys.stderr
-
-        @stream.setter
-        def stream(self, value):
-            pass
-
     logger = logging.getLogger("forgetkit")
-    if not any(isinstance(h, logging.StreamHandler) and type(h).__name__ == "Stderr" for h in logger.handlers):
-        handler = Stderr()
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)

@@ -30,48 +30,18 @@ from .methods import MethodContext, build_method
 from .methods.base import METHODS, Method, NonFiniteLoss, model_capabilities
 from .methods.configs import MethodConfig
 from .metrics import PerClass, evaluate_classes
-from .models import fingerprint, load_model, save_model
-from .models.formats import BUILTIN_MODELS, read_manifest, resolve_model_path  # noqa: F401 (re-exported)
+from .models import fingerprint, save_model
+from .models.formats import load_checkpoint, resolve_model_path
 from .models.presets import ModelSpec
 from .models.vit import ForgetModel
 from .outputs import OutputLock
-from .plan import model_data_config, plan_run  # noqa: F401 (re-exported)
+from .plan import plan_run
 from .protocol import Protocol, Task, TaskData
 from .run_config import EvalConfig, RunConfig, TrainConfig, VerifyConfig
 from .runstate import RunLog, RunState, crash_point
 from .runtime import balanced_batches, process_state, rng, seed_everything, seed_request, setup_device, step_scheduler
 
 logger = logging.getLogger("forgetkit")
-
-
-def _load_zero_shot_clip(source: Path, arch: str | None = None) -> tuple[torch.nn.Module, dict]:
-    from .clip import load_clip
-    from .clip.classifier import ZeroShotClassifier
-
-    model = ZeroShotClassifier(load_clip(source, arch), [])
-    # a CLIP classifies any class names: it takes the data's classes (classes: None)
-    return model, {**model.bundle.manifest, "classes": None, "fingerprint": fingerprint(model)}
-
-
-# manifest format -> loader returning (model, manifest)
-def _load_recovered(directory: Path) -> tuple[torch.nn.Module, dict]:
-    from .methods.withdraw import load_recovered
-
-    return load_recovered(directory)
-
-
-CHECKPOINT_LOADERS = {"forgetkit-model": load_model, "forgetkit-clip": _load_zero_shot_clip,
-                      "forgetkit-recovered": _load_recovered}
-
-
-def load_checkpoint(source: str | Path, arch: str | None = None) -> tuple[torch.nn.Module, dict]:
-    """Any forgetkit checkpoint: a classifier (``forgetkit pretrain``), or a CLIP (``forgetkit clip-pretrain``),
-    which becomes a zero-shot classifier over the data's classes. A file (not a folder) is a local open_clip or
-    OpenAI-format CLIP state dict; ``arch`` names its open_clip architecture (None: OpenAI format)."""
-    path, manifest = read_manifest(source)
-    if manifest["format"] == "external":
-        return _load_zero_shot_clip(path, arch)
-    return CHECKPOINT_LOADERS[manifest["format"]](path)
 
 
 def save_checkpoint(model: torch.nn.Module, directory: Path, classes: list[str], **extra) -> Path:
@@ -96,9 +66,6 @@ class Editor:
     progress: bool = False
     other_images: dict = field(default_factory=dict)
     verifier: Any = None
-    ledger: list = field(default_factory=list)
-    """the model's ledger before the run (what kinds judge some requests against)"""
-    source: Path | None = None
     """a :class:`forgetkit.verify.Verifier` run after every request (eval.verify), or None"""
 
     @classmethod
@@ -113,7 +80,7 @@ class Editor:
         method.check_model(model, kind.name)
         lr = train.lr if train.lr is not None else METHODS.get(method_config.name).default_lr
         return cls(method, kind, classes, eval_images, train, thresholds, seed, lr, device, progress,
-                   other_images or {}, ledger=list(ledger or []), source=source)
+                   other_images or {})
 
     def evaluate(self, model) -> PerClass:
         return evaluate_classes(model, self.eval_images, device=self.device, batch_size=self.eval.batch_size,
@@ -134,7 +101,7 @@ class Editor:
         seed_request(self.seed, task.index)
         method = self.method
         fingerprint_before = fingerprint(model)
-        reference = self.kind.reference(task, self.ledger, self.source, self.classes)
+        reference = self.kind.reference(task, method.ctx.ledger, method.ctx.source, self.classes)
         if reference is not None:  # measured before the request: it may rebuild weights the method then changes
             reference["accuracy"] = self.evaluate(reference.pop("model").to(self.device))
         other_before = self.evaluate_other(model)

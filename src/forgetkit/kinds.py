@@ -349,7 +349,7 @@ class Learn(RequestKind):
         if cfg.backbone or not lacking:
             return splits
         from .data import load_data
-        from .plan import model_data_config
+        from .data.config import model_data_config
 
         shown = ", ".join(repr(n) for n in lacking[:4]) + (" ..." if len(lacking) > 4 else "")
         fix = ("add their images to the data (ROOT/train/<class>/ and ROOT/test/<class>/), or pass -o "

@@ -18,12 +18,11 @@ from .io import load_weights
 from .methods import METHODS
 from .models import fingerprint
 from .models.checkpoint import load_state_strict
+from .models.formats import load_checkpoint, resolve_model_path
 
 
 def read_ledger(model_dir: str | Path) -> tuple[list[dict], dict]:
     """The ledger and manifest of a forgetkit checkpoint."""
-    from .engine import load_checkpoint
-
     _, manifest = load_checkpoint(model_dir)
     return list(manifest.get("ledger", [])), manifest
 
@@ -36,8 +35,6 @@ def replay_ledger(model_dir: str | Path, base: torch.nn.Module | None = None,
     (the weights before that request). Raises :class:`ForgetkitError` at the first entry whose fingerprint before or
     after does not match, naming the entry.
     """
-    from .engine import load_checkpoint, resolve_model_path
-
     model_dir = resolve_model_path(model_dir)  # a run folder names its model/
     final, manifest = load_checkpoint(model_dir)
     ledger = manifest.get("ledger", [])

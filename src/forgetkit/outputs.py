@@ -12,11 +12,12 @@ from .errors import ForgetkitError
 LOCK_NAME = ".forgetkit.lock"
 
 
-def refuse_replacing(path: Path, overwrite: bool, what: str) -> None:
-    """Refuse to replace ``path`` (a file or a folder holding ``what``) unless ``overwrite``."""
-    if path.exists() and not overwrite:
-        where = path.parent if path.name in ("results.json", "manifest.json", "verify.json") else path
-        raise ForgetkitError(f"{where} already holds {what}; pass --overwrite to replace it, or choose another --out")
+def refuse_replacing(marker: Path, overwrite: bool, what: str) -> None:
+    """Refuse to write over the output whose ``marker`` file (a checkpoint's manifest.json, verify.json) exists,
+    unless ``overwrite``."""
+    if marker.exists() and not overwrite:
+        raise ForgetkitError(f"{marker.parent} already holds {what}; pass --overwrite to replace it, or choose "
+                             f"another --out")
 
 
 def refuse_input_as_output(output: Path, inputs: list[Path | None], what: str = "--out") -> None:

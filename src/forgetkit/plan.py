@@ -7,18 +7,19 @@ runner (``engine.run_forgetting``) calls it first and then only runs; the CLI ca
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .classes import resolve_class_names
-from .config import from_dict, to_dict
-from .data.config import DataConfig, check_data_config
+from .config import to_dict
+from .data.config import DataConfig, check_data_config, model_data_config
 from .errors import ForgetkitError
 from .kinds import REQUEST_KINDS
 from .methods.configs import resolved_method_config
-from .models.formats import RUN_MODEL_DIR, read_manifest, recorded_data
+from .models.formats import RUN_MODEL_DIR, read_manifest
 from .models.presets import PRESETS
 from .outputs import refuse_input_as_output, refuse_replacing
 from .run_config import PretrainConfig, RunConfig
@@ -109,15 +110,6 @@ def plan_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, mode
     return RunPlan(config, out, model_dir, data, source, manifest, finished)
 
 
-def model_data_config(manifest: dict, name: str) -> DataConfig:
-    """The data a checkpoint was trained on, as its manifest records it."""
-    recorded = recorded_data(manifest)
-    if not recorded:
-        raise ForgetkitError(f"{name} does not record the data it was trained on; name it with --data/--root (or "
-                             f"data.source and data.root in the config)")
-    return from_dict(DataConfig, recorded, "data")
-
-
 def _check_output(out: Path, config: dict, overwrite: bool, resume: bool) -> bool:
     """Refuse to replace or mix runs; True when ``resume`` finds the same run already finished."""
     results = out / "results.json"
@@ -155,8 +147,6 @@ def _saved_config(out: Path) -> dict | None:
 
 
 def _completed(state: Path) -> int:
-    import json
-
     try:
         return int(json.loads((state / "latest.json").read_text())["completed"])
     except (OSError, ValueError, KeyError):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..data import LabeledImages, Preprocess
 from ..models.checkpoint import fingerprint
-from .model import ClipBundle, save_clip
+from .model import ClipBundle, load_clip, save_clip
 from .names import NameList, shipped_names
 from .zeroshot import class_weights, projection, set_projection
 
@@ -102,3 +102,11 @@ class ZeroShotClassifier(torch.nn.Module):
         """Save the edited CLIP in float32 (rounding an edit to float16 would save another model than the one
         evaluated); its fingerprint is this classifier's, as the ledger records it."""
         return save_clip(self.bundle, directory, "float32", **{**extra, "fingerprint": fingerprint(self)})
+
+
+def load_zero_shot_clip(source: Path, arch: str | None = None) -> tuple[ZeroShotClassifier, dict]:
+    """A CLIP checkpoint (or a local open_clip / OpenAI state-dict file; ``arch`` names its open_clip architecture,
+    None: OpenAI format) as a zero-shot classifier, with its manifest. It classifies any class names, so it takes the
+    data's classes (``classes: None``)."""
+    model = ZeroShotClassifier(load_clip(source, arch), [])
+    return model, {**model.bundle.manifest, "classes": None, "fingerprint": fingerprint(model)}

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import from_dict
 from ..errors import ForgetkitError
 
 SOURCE_NAMES = ("fashion_mnist", "mnist_5k", "image_folder", "synthetic", "glyphs60")
@@ -64,3 +65,13 @@ def check_data_config(cfg: DataConfig) -> None:
     elif cfg.source == "fashion_mnist" and not Path(cfg.root or FASHION_MNIST_ROOT).is_dir():
         raise ForgetkitError(f"dataset path {cfg.root or FASHION_MNIST_ROOT} does not exist; install Debian's "
                              f"dataset-fashion-mnist package or set data.root (--root)")
+
+
+def model_data_config(manifest: dict, name: str) -> DataConfig:
+    """The data a checkpoint was trained on, as its manifest records it (every command that writes a checkpoint
+    records it)."""
+    recorded = manifest.get("data") or (manifest.get("pretrain") or {}).get("config", {}).get("data")
+    if not recorded:
+        raise ForgetkitError(f"{name} does not record the data it was trained on; name it with --data/--root (or "
+                             f"data.source and data.root in the config)")
+    return from_dict(DataConfig, recorded, "data")

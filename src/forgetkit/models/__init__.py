@@ -6,7 +6,7 @@ from ..lazy import lazy_exports
 
 # public name -> module that defines it, imported on first use (PEP 562): importing the package loads no torch
 _EXPORTS = {
-    "PRESETS": "presets", "ModelSpec": "presets", "create_model": "presets", "model_spec": "presets",
+    "PRESETS": "presets", "ModelSpec": "presets", "create_model": "vit", "model_spec": "presets",
     "ForgetModel": "vit", "CosFaceHead": "vit", "LinearHead": "vit", "save_model": "checkpoint",
     "load_model": "checkpoint", "load_external_weights": "checkpoint", "fingerprint": "checkpoint"}
 __all__ = sorted(_EXPORTS)

@@ -11,6 +11,7 @@ A model can be named by any of:
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -22,8 +23,15 @@ BUILTIN_MODELS = {"builtin:fmnist_vit": ASSETS / "fmnist_vit",
                   # the class-incremental benchmark's backbone: glyphs60's first 30 classes (docs/learning.md)
                   "builtin:glyphs30_vit": ASSETS / "glyphs30_vit"}
 
-CHECKPOINT_FORMATS = ("forgetkit-model", "forgetkit-clip", "forgetkit-recovered")
-"""the manifest formats forgetkit writes (engine.CHECKPOINT_LOADERS loads each)"""
+CHECKPOINT_LOADERS = {
+    "forgetkit-model": "forgetkit.models.checkpoint:load_model",           # a classifier (pretrain, import-weights)
+    "forgetkit-clip": "forgetkit.clip.classifier:load_zero_shot_clip",      # a CLIP, as a zero-shot classifier
+    "forgetkit-recovered": "forgetkit.methods.withdraw:load_recovered",     # a LIRF recover net
+    "external": "forgetkit.clip.classifier:load_zero_shot_clip",            # a CLIP state-dict file
+}
+"""manifest format -> the function that loads it, as ``module:name``: a format's module is imported only when a
+checkpoint of that format is loaded (reading a manifest needs none of them, nor torch)"""
+CHECKPOINT_FORMATS = tuple(name for name in CHECKPOINT_LOADERS if name != "external")
 
 RUN_MODEL_DIR = "model"
 """where every run writes its edited checkpoint: ``<output_dir>/model`` (CLI and API alike)"""
@@ -69,6 +77,11 @@ def read_manifest(name: str | Path) -> tuple[Path, dict]:
     return path, manifest
 
 
-def recorded_data(manifest: dict) -> dict | None:
-    """The data section a checkpoint records (every forgetkit command that writes a checkpoint records it)."""
-    return manifest.get("data") or (manifest.get("pretrain") or {}).get("config", {}).get("data")
+def load_checkpoint(source: str | Path, arch: str | None = None):
+    """Any forgetkit checkpoint as ``(model, manifest)``, by its manifest's format: a classifier, a CLIP (a zero-shot
+    classifier over the data's classes) or a recover net. A file outside a checkpoint folder is a local open_clip or
+    OpenAI-format CLIP state dict; ``arch`` names its open_clip architecture (None: OpenAI format)."""
+    path, manifest = read_manifest(source)
+    module, name = CHECKPOINT_LOADERS[manifest["format"]].split(":")
+    loader = getattr(importlib.import_module(module), name)
+    return loader(path, arch) if manifest["format"] == "external" else loader(path)

@@ -95,13 +95,6 @@ def model_spec(arch: str, num_classes: int, **overrides) -> ModelSpec:
     return spec
 
 
-def create_model(arch: str, num_classes: int, **overrides):
-    """Build a randomly initialised model of a preset (``forgetkit.create_model("vit_fmnist", 10)``)."""
-    from .vit import ForgetModel
-
-    return ForgetModel(model_spec(arch, num_classes, **overrides))
-
-
 @PRESETS.register("vit_fmnist")
 def vit_fmnist(num_classes: int) -> ModelSpec:
     """Small ViT for 28×28 grey images: patch 7 (16 tokens), dim 128, depth 6, 4 heads (1.2 M parameters)."""

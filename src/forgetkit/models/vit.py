@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from .presets import ModelSpec
+from .presets import ModelSpec, model_spec
 
 
 class LinearHead(nn.Module):
@@ -120,3 +120,8 @@ class ForgetModel(nn.Module):
         prefixes = ("backbone.patch_embed.", "backbone.cls_token", "backbone.pos_embed", "backbone.reg_token") + tuple(
             f"backbone.blocks.{i}." for i in range(split))
         return {n for n, _ in self.named_parameters() if n.startswith(prefixes)}
+
+
+def create_model(arch: str, num_classes: int, **overrides) -> ForgetModel:
+    """Build a randomly initialised model of a preset (``forgetkit.create_model("vit_fmnist", 10)``)."""
+    return ForgetModel(model_spec(arch, num_classes, **overrides))
