@@ -1,4 +1,4 @@
-"""Verification (issue 14): each check on cases whose answer is known, determinism, and the command and run option."""
+"""Verification: each check on cases whose answer is known, determinism, and the command and run option."""
 
 import copy
 import json
@@ -10,9 +10,20 @@ import torch.nn.functional as F
 
 import forgetkit as fk
 from forgetkit.cli import main
-from forgetkit.verify import Verifier, VerifyConfig, align_head, confidence_features, linear_cka, loss_attack_auc
+from forgetkit.verify import (
+    Verifier,
+    VerifyConfig,
+    align_head,
+    cka_null,
+    confidence_features,
+    linear_cka,
+    loss_attack_accuracy,
+    loss_attack_auc,
+    macro_f1,
+)
 
-FAST = VerifyConfig(images_per_class=20, probe_per_class=20, relearn_shots=[1], relearn_max_steps=20, folds=3)
+FAST = VerifyConfig(images_per_class=20, probe_per_class=20, relearn_shots=[1], relearn_max_steps=20, folds=3,
+                    rebound_steps=10, rebound_per_class=10)
 
 
 @pytest.fixture
@@ -39,8 +50,10 @@ def test_a_model_that_memorised_its_training_images_is_caught_by_the_loss_attack
         member_loss = F.cross_entropy(net(members), labels[:30], reduction="none").numpy()
         other_loss = F.cross_entropy(net(others), labels[30:], reduction="none").numpy()
     assert loss_attack_auc(member_loss, other_loss, folds=3, seed=0) > 0.9
+    assert loss_attack_accuracy(member_loss, other_loss, seed=0) > 0.8     # the kit's form: accuracy over splits
     same = np.random.default_rng(0).normal(size=400)   # two samples of one distribution: chance
     assert abs(loss_attack_auc(same[:200], same[200:], folds=5, seed=0) - 0.5) < 0.1
+    assert abs(loss_attack_accuracy(same[:200], same[200:], seed=0) - 0.5) < 0.12
 
 
 def test_an_untouched_model_s_features_separate_the_classes_and_match_themselves(tiny):
@@ -75,7 +88,8 @@ def test_noise_features_give_chance_everywhere(tiny):
                                                                                  [2, 3, 4, 5])
     row = result["model"]
     assert row["probe_forgotten"] <= 45 and row["knn_forgotten"] <= 45     # 6-way: chance is 17 %
-    assert abs(row["mia_loss_auc"] - 0.5) < 0.2 and row["cka_to_pretrained"] < 0.3
+    assert row["prototype_forgotten"] <= 45
+    assert abs(row["loss_attack_auc"] - 0.5) < 0.2 and row["cka_to_pretrained"] < 0.3
 
 
 def test_verification_is_deterministic_under_a_seed_and_cka_is_invariant_to_rotation(tiny):
@@ -90,16 +104,88 @@ def test_verification_is_deterministic_under_a_seed_and_cka_is_invariant_to_rota
     assert linear_cka(x, 3 * x @ rotation) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_the_early_stopping_accuracy_check_gives_the_full_pass_answer():
-    from forgetkit.verify import reaches
+class Constant(torch.nn.Module):
+    """A head that calls every image class ``c``."""
 
-    gen = torch.Generator().manual_seed(0)
-    net = torch.nn.Linear(5, 4)
-    x, y = torch.randn(300, 5, generator=gen), torch.randint(0, 4, (300,), generator=gen)
-    with torch.no_grad():
-        accuracy = 100.0 * float((net(x).argmax(1) == y).sum()) / len(y)
-    for target in (0.0, accuracy - 0.5, accuracy, accuracy + 0.5, 50.0, 100.0):
-        assert reaches(net, x, y, target, batch_size=32) == (accuracy >= target), target
+    def __init__(self, c: int, classes: int):
+        super().__init__()
+        self.c, self.classes = c, classes
+
+    def forward(self, x, labels=None):
+        return F.one_hot(torch.full((len(x),), self.c), self.classes).float()
+
+
+def test_a_head_biased_to_one_forgotten_class_does_not_count_as_relearnt():
+    y = torch.tensor([0] * 20 + [1] * 20 + [2] * 40 + [3] * 40)   # forgotten 0 and 1; retained 2 and 3
+    x = torch.zeros(len(y), 1)
+    # top-1 accuracy on the forgotten images reads 50 %: half the pre-trained model's 100 %, the old bar
+    assert float((Constant(0, 4)(x).argmax(1)[:40] == y[:40]).float().mean()) == 0.5
+    # per class it is one class at low precision and one at zero: far below half of a perfect model's F1
+    perfect = type("Perfect", (torch.nn.Module,), {"forward": lambda self, x: F.one_hot(y, 4).float()})()
+    assert macro_f1(perfect, x, y, [0, 1]) == pytest.approx(100.0)
+    assert macro_f1(Constant(0, 4), x, y, [0, 1]) < 0.5 * 100.0 / 2
+
+
+def test_cka_s_null_is_far_from_zero_at_small_samples_and_shrinks_with_more():
+    small, large = cka_null(40, 64, 64, seed=0), cka_null(1000, 64, 64, seed=0)
+    assert small > 0.4 and large < 0.15 and small > 2 * large
+
+
+def test_a_head_only_edit_keeps_probe_k_nn_and_prototype_attack_high_and_is_judged_so(tiny):
+    from forgetkit.kinds import deep_failures
+
+    model, data = tiny
+    edited = copy.deepcopy(model)
+    with torch.no_grad():   # the forgotten classes' head rows silenced: the head forgets, the features do not
+        edited.head.fc.weight[[0, 1]] = 0.0
+        edited.head.fc.bias[[0, 1]] = -100.0
+    result = Verifier(FAST, data.train, data.test, 0, torch.device("cpu"), model,
+                      reference=NoiseFeatures(model))(edited, [0, 1], [2, 3, 4, 5])
+    row, pre = result["model"], result["pretrained"]
+    assert row["acc_forgotten"] == 0.0
+    for key in ("probe_forgotten", "knn_forgotten", "prototype_forgotten"):
+        assert row[key] >= 50 and abs(row[key] - pre[key]) < 1e-6, key    # the features are the pre-trained ones
+        assert result["reference"][key] <= 45, key                         # noise features: chance
+    failed = deep_failures(result, FAST)
+    assert any("linear probe" in line for line in failed) and any("prototype" in line for line in failed)
+    # against itself as the reference, the same model passes the feature checks
+    assert not [line for line in deep_failures({"model": row, "reference": row}, FAST) if "relearn" not in line]
+
+
+def test_the_reference_free_check_judges_the_retain_only_rebound():
+    from forgetkit.kinds import deep_failures
+
+    row = {"retain_rebound": {"rebound": 12.0}}
+    assert "back by 12.0 points" in deep_failures({"model": row}, FAST)[0]
+    row["retain_rebound"]["rebound"] = 1.0
+    assert deep_failures({"model": row}, FAST) == []
+
+
+def test_non_members_are_images_the_pre_trained_model_never_saw(tiny):
+    from forgetkit.data.datasets import held_out_mask
+    from forgetkit.verify import membership_images
+
+    _, data = tiny
+    members, nonmembers = membership_images(data.train, data.test, "test", 5, 0)
+    assert len(members) == len(data.train) - 5 * 6 and nonmembers is data.test
+    members, val = membership_images(data.train, data.test, "val", 5, 5)
+    held = set(torch.nonzero(held_out_mask(data.train, 5)).flatten().tolist())
+    assert len(val) == 30 and not held & set(members.indices.tolist())
+    with pytest.raises(fk.ForgetkitError, match="pre-trained on this run's validation images"):
+        membership_images(data.train, data.test, "val", 0, 5)    # it trained on them: they are not non-members
+    with pytest.raises(fk.ForgetkitError, match="reference was pre-trained"):
+        membership_images(data.train, data.test, "val", 5, 5, reference_held_per_class=2)
+
+
+def test_a_reference_holds_out_the_images_the_full_model_holds_out(tiny):
+    from forgetkit.data.datasets import held_out_mask
+
+    _, data = tiny
+    some = data.select(["class_4", "class_1"])
+    full = torch.nonzero(held_out_mask(data.train, 5)).flatten()
+    chosen = torch.nonzero(held_out_mask(some.train, 5)).flatten()
+    picked = set(some.train.indices[chosen].tolist())
+    assert picked == {int(i) for i in full if int(data.train.targets[i]) in (4, 1)}
 
 
 def test_a_second_verifier_reuses_the_pre_trained_row_and_relearns_only_the_model(tiny, monkeypatch):
@@ -111,9 +197,10 @@ def test_a_second_verifier_reuses_the_pre_trained_row_and_relearns_only_the_mode
         edited.head.fc.weight.mul_(0.5)
     monkeypatch.setattr(verify, "_CONTEXT_ROWS", {})          # whatever earlier tests computed
     calls = []
-    relearn = verify.relearn_steps
-    monkeypatch.setattr(verify, "relearn_steps", lambda net, *a: calls.append(net) or relearn(net, *a))
-    cfg = VerifyConfig(images_per_class=10, probe_per_class=10, relearn_shots=[1], relearn_max_steps=5, folds=2)
+    relearn = verify.relearn_curve
+    monkeypatch.setattr(verify, "relearn_curve", lambda net, *a, **k: calls.append(net) or relearn(net, *a, **k))
+    cfg = VerifyConfig(images_per_class=10, probe_per_class=10, relearn_shots=[1], relearn_max_steps=5, folds=2,
+                       rebound_steps=3, rebound_per_class=5, knn_k=5)
     first = Verifier(cfg, data.train, data.test, 5, torch.device("cpu"), model)(edited, [1], [0, 2, 3, 4, 5])
     assert len(calls) == 2                                   # the model's and the pre-trained model's
     second = Verifier(cfg, data.train, data.test, 5, torch.device("cpu"), copy.deepcopy(model))(
@@ -141,21 +228,26 @@ def test_a_reference_head_covers_the_run_s_classes_with_zero_rows_for_the_missin
 
 
 def test_verify_command_and_run_option_on_a_forgotten_checkpoint(tiny_model_dir, tmp_path, capsys):
+    fast = ["images_per_class=15", "probe_per_class=15", "relearn_shots=[1]", "relearn_max_steps=10", "folds=3",
+            "rebound_steps=5", "rebound_per_class=5"]
     run = ["-q", "--allow-fail", "-o", "train.steps=16", "-o", "train.threads=1", "-o", "eval.verify.enabled=true",
-           "-o", "eval.verify.images_per_class=15", "-o", "eval.verify.probe_per_class=15",
-           "-o", "eval.verify.relearn_shots=[1]", "-o", "eval.verify.relearn_max_steps=10", "-o", "eval.verify.folds=3"]
+           *[a for o in fast for a in ("-o", f"eval.verify.{o}")]]
     assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_0", "--out", str(tmp_path / "m"),
                  *run]) == 0
     task = json.loads((tmp_path / "m" / "results.json").read_text())["tasks"][0]
     assert set(task["verify"]) >= {"model", "pretrained", "relearn_target"}
     assert "Verification after request 1" in (tmp_path / "m" / "report.md").read_text()
     capsys.readouterr()
+    # the pre-trained model as the "reference" knows the forgotten class: refused in one line
     assert main(["verify", "--model", str(tmp_path / "m"), "--reference", str(tiny_model_dir), "--out",
-                 str(tmp_path / "v"), "--threads", "1", "-o", "images_per_class=15", "-o", "probe_per_class=15",
-                 "-o", "relearn_shots=[1]", "-o", "relearn_max_steps=10", "-o", "folds=3"]) == 0
+                 str(tmp_path / "v"), "--threads", "1", *[a for o in fast for a in ("-o", o)]]) == 2
+    assert "knows the forgotten class" in capsys.readouterr().err
+    code = main(["verify", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "v"), "--threads", "1",
+                 *[a for o in fast for a in ("-o", o)]])
     saved = json.loads((tmp_path / "v" / "verify.json").read_text())
-    assert saved["classes"] == ["class_0"] and {"model", "pretrained", "reference"} <= set(saved)
-    assert (tmp_path / "v" / "verify.png").is_file() and "| reference |" in capsys.readouterr().out
+    assert saved["classes"] == ["class_0"] and {"model", "pretrained", "verdict"} <= set(saved)
+    assert code == (0 if saved["verdict"]["pass"] else 3) and saved["verdict"]["reference"] is False
+    assert (tmp_path / "v" / "verify.png").is_file() and "| pretrained |" in capsys.readouterr().out
     # a model whose ledger forgot nothing: one line, exit 2
     assert main(["verify", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x")]) == 2
     assert "forgotten no class" in capsys.readouterr().err

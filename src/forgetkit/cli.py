@@ -196,7 +196,7 @@ def cmd_verify(args) -> None:
     from .classes import resolve_class_names
     from .config import check_threads, from_dict
     from .data.config import DataConfig, check_data_config, model_data_config
-    from .kinds import forgotten_classes
+    from .kinds import deep_failures, forgotten_classes
     from .models.formats import read_manifest
     from .outputs import OutputLock, refuse_input_as_output, refuse_replacing
     from .run_config import VerifyConfig
@@ -219,6 +219,12 @@ def cmd_verify(args) -> None:
     if not names:
         raise ForgetkitError(f"{args.model}'s ledger has forgotten no class; name the classes to check with --classes")
     forgotten = resolve_class_names(names, classes, "--classes")
+    if args.reference:
+        known = [n for n in read_manifest(args.reference)[1].get("classes") or [] if n in names]
+        if known:
+            raise ForgetkitError(f"the reference {args.reference} knows the forgotten class {known[0]!r}; a reference "
+                                 f"is a model trained without the forgotten classes (forgetkit pretrain -o "
+                                 f"data.classes=[the retained classes])")
     if not (args.base or (manifest.get("base") or {}).get("path")):
         raise ForgetkitError(f"{args.model} names no base model; give the model before forgetting with --base")
     out = Path(args.out)
@@ -228,13 +234,12 @@ def cmd_verify(args) -> None:
     import torch
 
     from .data import load_data
-    from .data.datasets import validation_holdout
     from .engine import verification_models
     from .io import write_json, write_text
     from .models.formats import load_checkpoint
     from .report import plot_verify, verify_table
     from .runtime import process_state, setup_device
-    from .verify import Verifier
+    from .verify import Verifier, held_per_class, membership_images
 
     with OutputLock(out), process_state():
         device = setup_device("auto", args.threads)
@@ -246,21 +251,27 @@ def cmd_verify(args) -> None:
                                  f"(--data, --root)")
         splits = splits.select(classes).with_preprocess(model.spec.preprocess)
         retained = [c for c in range(len(classes)) if c not in forgotten]
-        pretrained, base_manifest, reference = verification_models(manifest, classes, device, args.base,
-                                                                   args.reference)
-        # members are the images the model was trained on: the pre-training's validation hold-out is not
-        held_out = (base_manifest.get("pretrain") or {}).get("config", {}).get("val_per_class", 0)
-        members = splits.train.subset(torch.nonzero(~torch.isin(torch.arange(len(splits.train)), validation_holdout(
-            splits.train.targets, len(classes), held_out))).flatten())
-        verifier = Verifier(cfg, members, splits.test, args.seed, device, pretrained, reference)
+        pretrained, base_manifest, references = verification_models(manifest, classes, device, args.base,
+                                                                    args.reference)
+        members, nonmembers = membership_images(splits.train, splits.test, "test", held_per_class(base_manifest) or 0,
+                                                0)
+        verifier = Verifier(cfg, members, nonmembers, args.seed, device, pretrained, references=references)
         results = verifier(model.to(device), forgotten, retained)
         results["classes"] = names
+        failed = deep_failures(results, cfg)
+        results["verdict"] = {"pass": not failed, "failed": failed, "reference": "reference" in results}
+        verdict = (["", f"**{'PASS' if not failed else 'FAIL'}**" + (" (judged without a reference: the retain-only "
+                                                                     "rebound only)" if "reference" not in results
+                                                                     else "")] + [f"- {line}" for line in failed])
         write_text(out / "verify.md", "\n".join([f"# Verification of {args.model}: {', '.join(names)}", ""]
-                                                 + verify_table(results)) + "\n")
+                                                 + verify_table(results) + verdict) + "\n")
         plot_verify(results, out / "verify.png")
         write_json(out / "verify.json", results)
-    print("\n".join(verify_table(results)))
+    print("\n".join(verify_table(results) + verdict))
     print(f"\nverify.json, verify.md and verify.png in {out}/ (docs/verify.md says how to read them)")
+    if failed:
+        raise RequestFailed(f"the forgotten classes can be recovered more than from a model that never learnt them: "
+                            f"{failed[0]}")
 
 
 def cmd_methods(args) -> None:

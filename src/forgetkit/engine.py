@@ -407,28 +407,37 @@ def _with_saved_shape(model, saved_spec: dict | None, device):
 
 def build_verifier(cfg: VerifyConfig, model, manifest: dict, protocol: Protocol, classes: list[str], seed: int,
                    device):
-    """The run's :class:`~forgetkit.verify.Verifier`: members are the training images the protocol may use, held-out
-    images its evaluation images; the pre-trained row is the ledger's base model (or the model at the start)."""
-    from .verify import Verifier
+    """The run's :class:`~forgetkit.verify.Verifier`, on the members and non-members of
+    :func:`~forgetkit.verify.membership_images` (non-members from the run's evaluation split); the pre-trained row is
+    the ledger's base model (or the model at the start), the references those of ``eval.verify.reference``."""
+    from .verify import Verifier, held_per_class, membership_images
 
-    pretrained, _, reference = verification_models(manifest, classes, device, reference=cfg.reference)
+    pretrained, base_manifest, references = verification_models(manifest, classes, device, reference=cfg.reference)
+    base_manifest = base_manifest if pretrained is not None else manifest
     pretrained = pretrained if pretrained is not None else copy.deepcopy(model)
-    return Verifier(cfg, protocol.train_images(), protocol.eval_images, seed, device, pretrained.eval(), reference)
+    reference_held = [held_per_class(r.manifest) for r in references]
+    members, nonmembers = membership_images(
+        protocol.splits.train, protocol.splits.test, protocol.cfg.eval_split, held_per_class(base_manifest) or 0,
+        protocol.cfg.val_per_class, min((h for h in reference_held if h is not None), default=None))
+    return Verifier(cfg, members, nonmembers, seed, device, pretrained.eval(), references=references)
 
 
 def verification_models(manifest: dict, classes: list[str], device, base: str | None = None,
-                        reference: str | None = None) -> tuple:
+                        reference: str | list[str] | None = None) -> tuple:
     """The rows a verification reads a model against: the pre-trained model (``base``, else the ledger's base; None
-    when there is neither) with its manifest, and the reference with its head aligned to ``classes`` (or None)."""
+    when there is neither) with its manifest, and the references (one checkpoint or a list), each with its head
+    aligned to ``classes`` and its manifest as ``.manifest``."""
     from .verify import align_head
 
     base = base or (manifest.get("base") or {}).get("path")
     pretrained, base_manifest = load_checkpoint(resolve_model_path(base)) if base else (None, {})
-    aligned = None
-    if reference:
-        aligned, ref_manifest = load_checkpoint(resolve_model_path(reference))
+    references = []
+    for path in ([reference] if isinstance(reference, str) else reference or []):
+        aligned, ref_manifest = load_checkpoint(resolve_model_path(path))
         aligned = align_head(aligned, list(ref_manifest["classes"]), classes).to(device)
-    return (pretrained.to(device) if pretrained is not None else None), base_manifest, aligned
+        aligned.manifest = ref_manifest
+        references.append(aligned)
+    return (pretrained.to(device) if pretrained is not None else None), base_manifest, references
 
 
 def _base_accuracy(manifest: dict, start: PerClass, eval_split: str) -> PerClass:

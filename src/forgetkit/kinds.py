@@ -136,6 +136,39 @@ def retained_drop(after: dict, reference: dict, limit: float, reference_name: st
             f"(allowed drop {limit:g} points)"]
 
 
+def deep_failures(verify: dict | None, cfg) -> list[str]:
+    """The verdict's deep checks on a verification (``eval.verify``, ``forgetkit verify``; ``cfg``: a VerifyConfig):
+    failure lines when the forgotten classes are recoverable from the features more than from a model that never
+    learnt them. With a reference row: probe, k-NN and prototype attack at most ``deep_tolerance`` points above the
+    reference's, the retain-only rebound at most that many above its, relearning at least as many steps. Without one:
+    the rebound at most ``rebound_limit`` points (docs/verify.md says how far that check can be trusted)."""
+    if not verify:
+        return []
+    model, reference, failed = verify["model"], verify.get("reference"), []
+    rebound = model["retain_rebound"]["rebound"]
+    if reference is None:
+        if cfg.rebound_limit is not None and rebound > cfg.rebound_limit:
+            failed.append(f"retain-only fine-tuning brings the forgotten classes back by {rebound:.1f} points "
+                          f"(allowed {cfg.rebound_limit:g}; no reference given)")
+        return failed
+    tol = cfg.deep_tolerance
+    for key, label in (("probe_forgotten", "a linear probe"), ("knn_forgotten", "k-NN"),
+                       ("prototype_forgotten", "the prototype attack")):
+        if model[key] > reference[key] + tol:
+            failed.append(f"{label} recognises the forgotten classes at {model[key]:.1f} % (a model that never "
+                          f"learnt them: {reference[key]:.1f} %, allowed +{tol:g})")
+    ref_rebound = reference["retain_rebound"]["rebound"]
+    if rebound > ref_rebound + tol:
+        failed.append(f"retain-only fine-tuning brings the forgotten classes back by {rebound:.1f} points (the "
+                      f"reference: {ref_rebound:.1f}, allowed +{tol:g})")
+    for k, steps in model["relearn_steps"].items():
+        ref_steps = reference["relearn_steps"][k]
+        if steps is not None and (ref_steps is None or steps < ref_steps):
+            failed.append(f"{k} images per class relearn the forgotten classes in {steps} steps (the reference: "
+                          f"{'more than the cap' if ref_steps is None else ref_steps})")
+    return failed
+
+
 def _accuracies(pc: PerClass, task) -> dict[str, float | None]:
     accs = {"acc_f": pc.accuracy(task.forget), "acc_r": pc.accuracy(task.retain),
             "acc_o": pc.accuracy(task.old) if task.old else None,
@@ -215,6 +248,7 @@ class Forget(RequestKind):
             failed.append(f"forgotten classes still at {after['acc_f']:.1f} % (goal ≤ "
                           f"{thresholds.forget_threshold:g} %)")
         failed += retained_drop(after, before, thresholds.max_retain_drop, "the model before the request")
+        failed += deep_failures(metrics.get("verify"), thresholds.verify)
         return {"pass": not failed, "failed": failed}
 
 

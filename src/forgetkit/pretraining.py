@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .config import to_dict
 from .data import load_data
-from .data.datasets import validation_holdout
+from .data.datasets import held_out_mask
 from .errors import ForgetkitError
 from .metrics import evaluate_classes
 from .models import create_model, save_model
@@ -47,10 +47,7 @@ def _pretrain(cfg: PretrainConfig, progress: bool):
                              f"(add class folders, or check data.classes)")
     model = create_model(cfg.arch, len(splits.classes)).to(device)
     splits.with_preprocess(model.spec.preprocess)
-    held = validation_holdout(splits.train.targets, len(splits.classes), cfg.val_per_class)
-    keep = torch.ones(len(splits.train), dtype=torch.bool)
-    keep[held] = False
-    train = splits.train.subset(torch.nonzero(keep).flatten())
+    train = splits.train.subset(torch.nonzero(~held_out_mask(splits.train, cfg.val_per_class)).flatten())
     loader = torch.utils.data.DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                                          generator=rng(cfg.seed, "train_order"))
     if len(loader) == 0:

@@ -20,7 +20,7 @@ import torch
 
 from .classes import resolve_class_names  # noqa: F401 (re-exported)
 from .data import DataSplits, LabeledImages
-from .data.datasets import validation_holdout
+from .data.datasets import held_out_mask
 from .errors import ForgetkitError
 from .run_config import ProtocolConfig
 from .runtime import rng
@@ -165,9 +165,8 @@ class Protocol:
         """Per-class pools of trainable indices, and the validation indices held out of them (the same for every
         seed, and the ones ``forgetkit pretrain --val-per-class`` leaves out)."""
         targets = self.splits.train.targets
-        val = validation_holdout(targets, len(self.splits.classes), self.cfg.val_per_class)
-        held = torch.zeros(len(targets), dtype=torch.bool)
-        held[val] = True
+        held = held_out_mask(self.splits.train, self.cfg.val_per_class)
+        val = torch.nonzero(held).flatten()
         pools = {c: torch.nonzero((targets == c) & ~held).flatten() for c in range(len(self.splits.classes))}
         return pools, val
 

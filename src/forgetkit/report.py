@@ -257,23 +257,27 @@ def plot_learning(results: dict, path: Path) -> None:
 
 
 def verify_table(verify: dict) -> list[str]:
-    """Verification of one model (``forgetkit verify`` or a request's ``verify``): a row per model checked."""
+    """Verification of one model (``forgetkit verify`` or a request's ``verify``): a row per model checked; the
+    CKA null and the relearning target in the header."""
     def steps(value):
         return "> cap" if value is None else str(value)
 
     shots = list(verify["model"]["relearn_steps"])
-    lines = ["| model | Acc_f | MIA AUC (train vs held-out) | MIA AUC (vs retained) | MIA AUC retained (control) | "
-             "SalUn efficacy | probe F | k-NN F | probe R | k-NN R | CKA to pre-trained | CKA to reference | "
-             + " | ".join(f"relearn steps k={k}" for k in shots) + " | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * (len(shots) + 1)]
+    target = verify.get("relearn_target") or {}
+    lines = ["| model | Acc_f | loss attack acc. | loss attack AUC | loss AUC retained (control) | SalUn efficacy | "
+             "probe F | k-NN F | prototype F | probe R | retain-only rebound | "
+             f"CKA to pre-trained (null {fmt(verify.get('cka_null'), 3)}) | CKA to reference | "
+             + " | ".join(f"relearn steps k={k} (F1 ≥ {fmt(target.get(k), 1)})" for k in shots) + " | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * (len(shots) + 1)]
     for name in ("model", "pretrained", "reference"):
         if name not in verify:
             continue
         r = verify[name]
-        lines.append(f"| {name} | {fmt(r['acc_forgotten'], 1)} | {fmt(r['mia_loss_auc'], 3)} | "
-                     f"{fmt(r['mia_loss_auc_vs_retained'], 3)} | {fmt(r['mia_loss_auc_retained'], 3)} | "
+        lines.append(f"| {name} | {fmt(r['acc_forgotten'], 1)} | {fmt(r['loss_attack_accuracy'], 3)} | "
+                     f"{fmt(r['loss_attack_auc'], 3)} | {fmt(r['loss_attack_auc_retained'], 3)} | "
                      f"{fmt(r['mia_confidence_efficacy'], 3)} | {fmt(r['probe_forgotten'], 1)} | "
-                     f"{fmt(r['knn_forgotten'], 1)} | {fmt(r['probe_retained'], 1)} | {fmt(r['knn_retained'], 1)} | "
+                     f"{fmt(r['knn_forgotten'], 1)} | {fmt(r['prototype_forgotten'], 1)} | "
+                     f"{fmt(r['probe_retained'], 1)} | {fmt(r['retain_rebound']['rebound'], 1)} | "
                      f"{fmt(r['cka_to_pretrained'], 3)} | {fmt(r.get('cka_to_reference'), 3)} | "
                      + " | ".join(steps(r["relearn_steps"][k]) for k in shots) + f" | {fmt(r.get('seconds'), 1)} |")
     return lines
@@ -290,23 +294,28 @@ def verify_comparison(by_name: dict[str, dict]) -> list[str]:
 
 
 def plot_verify(verify: dict, path: Path) -> None:
-    """Probe and k-NN accuracy on the forgotten classes, and the loss attack's AUC, per model checked."""
+    """Probe, k-NN and prototype attack on the forgotten classes, and each row's relearning curve against the
+    target."""
     names = [n for n in ("model", "pretrained", "reference") if n in verify]
-    fig, (left, right) = new_figure(1, 2, figsize=(9, 3.6))
+    fig, (left, right) = new_figure(1, 2, figsize=(10, 3.8))
     pos = list(range(len(names)))
-    left.bar([p - 0.2 for p in pos], [verify[n]["probe_forgotten"] for n in names], 0.4, label="linear probe")
-    left.bar([p + 0.2 for p in pos], [verify[n]["knn_forgotten"] for n in names], 0.4, label="k-NN")
+    for offset, key, label in ((-0.27, "probe_forgotten", "linear probe"), (0.0, "knn_forgotten", "k-NN"),
+                               (0.27, "prototype_forgotten", "prototype attack")):
+        left.bar([p + offset for p in pos], [verify[n][key] for n in names], 0.27, label=label)
     left.set_xticks(pos, names)
     left.set_ylabel("accuracy on forgotten classes (%)")
     left.set_ylim(0, 105)
     left.legend(fontsize=7)
     left.set_title("what the features still separate")
-    right.bar(pos, [verify[n]["mia_loss_auc"] for n in names], 0.5)
-    right.axhline(0.5, color="grey", linestyle="--", label="chance")
-    right.set_xticks(pos, names)
-    right.set_ylim(0.3, 1.0)
-    right.set_ylabel("loss attack AUC")
+    for n in names:
+        for k, curve in verify[n]["relearn_curve"].items():
+            right.plot([c[0] for c in curve], [c[1] for c in curve], marker=".", label=f"{n} (k={k})")
+    for k, value in (verify.get("relearn_target") or {}).items():
+        right.axhline(value, color="grey", linestyle="--", linewidth=0.8)
+    right.set_xlabel("relearning steps (forgotten and retained images)")
+    right.set_ylabel("macro-F1 on forgotten classes (%)")
+    right.set_ylim(0, 105)
     right.legend(fontsize=7)
-    right.set_title("membership of forgotten training images")
+    right.set_title("relearning curve (dashed: target)")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))

@@ -80,22 +80,51 @@ class VerifyConfig:
 
     enabled: bool = field(default=False, metadata={
         "help": "run the checks after every forget request (costs about a request's time; docs/verify.md)"})
-    reference: str | None = field(default=None, metadata={
+    reference: list[str] | str | None = field(default=None, metadata={
         "help": "checkpoint of a model trained without the forgotten classes (forgetkit pretrain on the retained "
-                "classes): the target row of every check"})
+                "classes), or a list of them: each request is checked against the one trained on exactly the "
+                "classes it retains (bench/references.py makes one per request); the target row of every check"})
     images_per_class: int = field(default=100, metadata={
         "help": "images drawn per class and split for the attacks, the probes' scoring and CKA"})
     probe_per_class: int = field(default=30, metadata={"help": "training images per class for the probe and k-NN"})
     knn_k: int = 5
-    relearn_shots: list[int] = field(default_factory=lambda: [1, 5], metadata={
-        "help": "k: training images per forgotten class the relearning fine-tune sees"})
-    relearn_max_steps: int = field(default=60, metadata={"help": "cap of the relearning fine-tune"})
+    prototype_shots: int = field(default=5, metadata={
+        "help": "prototype attack: images per class whose mean feature is the class prototype"})
+    prototype_draws: int = field(default=5, metadata={"help": "prototype attack: seeded draws averaged"})
+    relearn_shots: list[int] = field(default_factory=lambda: [5], metadata={
+        "help": "k: training images per class (forgotten and retained, balanced) the relearning fine-tune sees"})
+    relearn_max_steps: int = field(default=100, metadata={
+        "help": "cap of the relearning fine-tune; the pre-trained and reference curves always run to it"})
+    relearn_batch: int = field(default=64, metadata={"help": "images per relearning (and rebound) step"})
     relearn_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the relearning fine-tune"})
     relearn_threshold: float = field(default=0.5, metadata={
-        "help": "relearnt once held-out accuracy on the forgotten classes reaches this share of the pre-trained "
-                "model's"})
-    relearn_eval_every: int = 5
-    folds: int = field(default=5, metadata={"help": "cross-validation folds of the loss attack"})
+        "help": "relearnt once the macro-F1 over the forgotten classes reaches this share of what the reference "
+                "reaches at the cap (without a reference: of the pre-trained model's F1)"})
+    relearn_eval_every: int = field(default=10, metadata={"help": "steps between two points of a relearning curve"})
+    relearn_full_curve: bool = field(default=False, metadata={
+        "help": "run the model's relearning to the cap, not only until the target (the whole curve, at up to the "
+                "cap's cost)"})
+    rebound_per_class: int = field(default=20, metadata={
+        "help": "retain-only rebound: training images per retained class of the fine-tune"})
+    rebound_steps: int = field(default=50, metadata={"help": "retain-only rebound: fine-tuning steps"})
+    deep_tolerance: float = field(default=5.0, metadata={
+        "help": "with a reference, a request passes only if probe, k-NN and prototype attack on the forgotten "
+                "classes are at most this many points above the reference's, the retain-only rebound at most this "
+                "many above its, and relearning takes at least as many steps (docs/verify.md)"})
+    rebound_limit: float | None = field(default=5.0, metadata={
+        "help": "without a reference, a request passes only if the retain-only rebound is at most this many points "
+                "(null = not judged)"})
+    folds: int = field(default=5, metadata={"help": "cross-validation folds of the loss attack's AUC"})
+
+    def __post_init__(self):
+        if min(self.images_per_class, self.probe_per_class, self.prototype_shots, self.prototype_draws,
+               self.relearn_max_steps, self.relearn_batch, self.relearn_eval_every, self.rebound_per_class,
+               self.rebound_steps) < 1 or not self.relearn_shots or min(self.relearn_shots) < 1:
+            raise ForgetkitError("eval.verify's image counts, shots, steps and batch must be at least 1 (forgetkit "
+                                 "config eval.verify lists them)")
+        if self.knn_k > self.probe_per_class:
+            raise ForgetkitError(f"eval.verify.knn_k ({self.knn_k}) exceeds probe_per_class "
+                                 f"({self.probe_per_class}); lower knn_k")
 
 
 @dataclass

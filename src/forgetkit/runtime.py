@@ -42,7 +42,8 @@ STREAMS = {
     # verification (per check; the relearning shots per k)
     "verify_images": 101,      # the attacks' and probes' scoring images
     "verify_probe": 102,       # the probe's and k-NN's training images
-    "verify_shots": 103,       # relearning: the k images per forgotten class
+    "verify_shots": 103,       # relearning: the k images per class (forgotten and retained)
+    "verify_rebound": 104,     # retain-only rebound: the retained images of its fine-tune
     # per run (no request index)
     "train_order": 1,          # pre-training: order of the training images
     "augment": 2,              # pre-training: flips (ViT) and caption choice (CLIP)

@@ -1,22 +1,30 @@
 """Verification that forgotten classes cannot be cheaply recovered (docs/verify.md).
 
 Top-1 accuracy of the edited model's own head says little about what its features still hold. For the classes a
-model forgot (and its retained classes as the control), :func:`verify_forgetting` measures:
+model forgot (and its retained classes as the control), :class:`Verifier` measures:
 
-* **membership inference**, loss-based (the NeurIPS 2023 unlearning kit's ``simple_mia``: logistic regression on
-  per-image losses, cross-validated AUC; 0.5 = the attacker cannot tell), on forgotten training vs held-out images
-  and on forgotten training vs held-out retained images;
-* **membership inference with SalUn's confidence features** (true-class confidence, entropy, modified entropy): an
-  RBF SVC fitted on retained training (members) vs held-out retained (non-members) images, applied to the forgotten
-  classes' training images; *efficacy* is the share it calls non-members (higher = more forgotten);
-* a **linear probe** and **k-NN** on frozen penultimate features, trained on a few images per class and scored on
-  held-out images of the forgotten classes: a model that only moved its head still separates them;
-* **relearn steps**: full fine-tuning on k images per forgotten class until held-out accuracy on them reaches a
-  share of the pre-trained model's, capped;
-* **CKA** (linear) of the forgotten classes' features to the pre-trained model's and to a reference's.
+* the **loss attack** (the NeurIPS 2023 unlearning kit's ``simple_mia``: logistic regression on per-image losses),
+  reported in the kit's own form (accuracy over 10 stratified shuffle splits) and as cross-validated ROC AUC; 0.5 =
+  the attacker cannot tell members from non-members;
+* **SalUn's confidence attack** (true-class confidence, entropy, modified entropy): an RBF SVC fitted on retained
+  members vs non-members, applied to the forgotten classes' members; *efficacy* is the share called non-members;
+* a **linear probe** and **k-NN** on frozen penultimate features, fitted on a few images per class and scored on
+  non-member images of the forgotten classes;
+* the **prototype attack**: a few images per class give class prototypes on the frozen features; nearest-prototype
+  accuracy on non-member images of the forgotten classes;
+* **relearning**: full fine-tuning on a few images of every class (forgotten and retained, balanced), read per class
+  (macro-F1 over the forgotten classes, so a head biased to one of them does not count), as a curve; the steps to
+  reach a target set by the reference's own curve;
+* the **retain-only rebound**: fine-tuning on retained images only, and how far the forgotten classes' accuracy
+  comes back (it needs no reference: a model that never learnt them has nothing to come back);
+* **CKA** (linear) of the forgotten classes' features to the pre-trained model's and the reference's, beside its
+  null: the CKA of independent random features at the same sample size.
 
-A *reference* is a model trained without the forgotten classes (``forgetkit pretrain`` on the retained classes,
-``data.classes``): the target every number is read against. Every draw flows from the seed.
+Members and non-members follow one rule (:func:`membership_images`): members are the training images the
+pre-trained model trained on; non-members are images it never saw (the test split, or the validation hold-out when
+the pre-training left it out). A *reference* is a model trained without the forgotten classes (``forgetkit
+pretrain`` on the retained classes, ``data.classes``): the target every number is read against. Every draw flows
+from the seed.
 """
 
 from __future__ import annotations
@@ -66,21 +74,38 @@ def confidence_features(out: dict) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------------ checks
+def _balanced(members: np.ndarray, nonmembers: np.ndarray, seed: int, at_least: int):
+    n = min(len(members), len(nonmembers))
+    if n < at_least:
+        raise ForgetkitError(f"the attack needs at least {at_least} images on each side, got {n}; lower "
+                             f"eval.verify.folds or raise eval.verify.images_per_class")
+    pick = np.random.default_rng(seed)
+    members, nonmembers = pick.permutation(members)[:n], pick.permutation(nonmembers)[:n]
+    return np.concatenate([members, nonmembers]).reshape(-1, 1), np.concatenate([np.ones(n), np.zeros(n)])
+
+
 def loss_attack_auc(members: np.ndarray, nonmembers: np.ndarray, folds: int, seed: int) -> float:
-    """Cross-validated ROC AUC of logistic regression telling members from non-members by their loss (the NeurIPS
-    2023 unlearning kit's ``simple_mia``), on equal numbers of each (the larger set subsampled)."""
+    """Cross-validated ROC AUC of logistic regression telling members from non-members by their loss, on equal
+    numbers of each (the larger set subsampled). The attack is the kit's ``simple_mia``; the AUC is forgetkit's
+    reading of it (threshold-free)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    n = min(len(members), len(nonmembers))
-    if n < folds:
-        raise ForgetkitError(f"the attack needs at least {folds} images on each side, got {n}; lower eval.verify.folds")
-    pick = np.random.default_rng(seed)
-    members, nonmembers = pick.permutation(members)[:n], pick.permutation(nonmembers)[:n]
-    x = np.concatenate([members, nonmembers]).reshape(-1, 1)
-    y = np.concatenate([np.ones(n), np.zeros(n)])
+    x, y = _balanced(members, nonmembers, seed, folds)
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return float(cross_val_score(LogisticRegression(), x, y, cv=cv, scoring="roc_auc").mean())
+
+
+def loss_attack_accuracy(members: np.ndarray, nonmembers: np.ndarray, seed: int, splits: int = 10) -> float:
+    """The NeurIPS 2023 unlearning kit's ``simple_mia`` as the kit reports it: mean accuracy of logistic regression
+    on the loss over ``splits`` stratified shuffle splits (10 % held out each), on balanced members and
+    non-members."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
+
+    x, y = _balanced(members, nonmembers, seed, 10)
+    cv = StratifiedShuffleSplit(n_splits=splits, test_size=0.1, random_state=seed)
+    return float(cross_val_score(LogisticRegression(), x, y, cv=cv, scoring="accuracy").mean())
 
 
 def confidence_attack_efficacy(shadow_members: np.ndarray, shadow_nonmembers: np.ndarray,
@@ -110,6 +135,25 @@ def probe_accuracy(train_x, train_y, test_x, test_y, knn_k: int) -> dict[str, fl
             "knn": 100.0 * float((knn.predict(test_x) == test_y).mean())}
 
 
+def prototype_attack(pool_x: torch.Tensor, pool_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                     shots: int, draws: int, seed: int) -> float:
+    """The prototype relearning attack: ``shots`` images per class (drawn from ``pool``) give each class a prototype
+    (the mean of their L2-normalised features); the accuracy (percent) of the nearest prototype (cosine) on
+    ``test``, averaged over ``draws`` seeded draws. Nothing is trained: it reads what the frozen features hold."""
+    gen = torch.Generator().manual_seed(seed)
+    pool_x, test_x = F.normalize(pool_x.double(), dim=1), F.normalize(test_x.double(), dim=1)
+    classes = torch.unique(pool_y)
+    scores = []
+    for _ in range(draws):
+        protos = []
+        for c in classes:
+            idx = torch.nonzero(pool_y == c).flatten()
+            protos.append(pool_x[idx[torch.randperm(len(idx), generator=gen)[:shots]]].mean(0))
+        predicted = classes[(test_x @ F.normalize(torch.stack(protos), dim=1).T).argmax(1)]
+        scores.append(float((predicted == test_y).double().mean()))
+    return 100.0 * sum(scores) / len(scores)
+
+
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """Linear CKA of two feature matrices of the same images (n × d1, n × d2): 1 = the same up to rotation and
     scale, 0 = unrelated."""
@@ -118,131 +162,259 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(cross / ((x.T @ x).norm() * (y.T @ y).norm()))
 
 
-def relearn_steps(model, shots, held_out, target: float, cfg: VerifyConfig, device, seed: int) -> int | None:
-    """Optimisation steps of full fine-tuning (Adam, one batch of all ``shots``) until accuracy on ``held_out``
-    reaches ``target`` percent, checked every ``relearn_eval_every`` steps; None when the cap comes first."""
-    with torch.random.fork_rng(devices=[]):  # dropout draws from a fixed seed, leaving the caller's generators be
-        torch.manual_seed(seed)
-        return _relearn(model, shots, held_out, target, cfg, device)
-
-
-def _relearn(model, shots, held_out, target: float, cfg: VerifyConfig, device) -> int | None:
-    model = copy.deepcopy(model).to(device)
-    params = [p for n, p in model.named_parameters() if not n.startswith("head.prototypes")]
-    for p in params:
-        p.requires_grad_(True)
-    x, y = (torch.stack([shots[i][0] for i in range(len(shots))]).to(device),
-            torch.tensor([shots[i][1] for i in range(len(shots))], device=device))
-    optimizer = torch.optim.Adam(params, lr=cfg.relearn_lr)
-    held_x, held_y = (t.to(device) for t in next(iter(torch.utils.data.DataLoader(held_out,
-                                                                                  batch_size=len(held_out)))))
-    if reaches(model, held_x, held_y, target):
-        return 0
-    for step in range(1, cfg.relearn_max_steps + 1):
-        model.train()
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % cfg.relearn_eval_every == 0 and reaches(model, held_x, held_y, target):
-            return step
-    return None
+def cka_null(n: int, dim_x: int, dim_y: int, seed: int, draws: int = 5) -> float:
+    """Linear CKA of independent Gaussian features of the same shapes, averaged over ``draws``: what CKA reads for
+    unrelated features at this sample size (far from 0 when ``n`` is not much larger than the widths)."""
+    gen = torch.Generator().manual_seed(seed)
+    return sum(linear_cka(torch.randn(n, dim_x, generator=gen, dtype=torch.float64),
+                          torch.randn(n, dim_y, generator=gen, dtype=torch.float64)) for _ in range(draws)) / draws
 
 
 @torch.no_grad()
-def reaches(model, x: torch.Tensor, y: torch.Tensor, target: float, batch_size: int = 128) -> bool:
-    """Whether accuracy on (x, y) is at least ``target`` percent. Stops as soon as the answer is certain (enough
-    right, or too many wrong), so relearning's frequent checks cost a fraction of a full pass; the answer is the
-    full pass's."""
+def macro_f1(model, x: torch.Tensor, y: torch.Tensor, classes: list[int], batch_size: int = 256) -> float:
+    """Mean per-class F1 (percent) over ``classes``, predictions over every image of ``x`` (forgotten and retained
+    classes): a head that calls every image one forgotten class scores a low F1 on it (low precision) and 0 on the
+    others, so biasing the head is not relearning."""
     model.eval()
-    needed, right = target / 100.0 * len(y), 0
-    for start in range(0, len(y), batch_size):
-        right += int((model(x[start:start + batch_size]).argmax(1) == y[start:start + batch_size]).sum())
-        unseen = max(len(y) - start - batch_size, 0)
-        if right >= needed or right + unseen < needed:
-            break
-    return right >= needed
+    pred = torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    scores = []
+    for c in classes:
+        tp = int(((pred == c) & (y == c)).sum())
+        fp, fn = int(((pred == c) & (y != c)).sum()), int(((pred != c) & (y == c)).sum())
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return 100.0 * sum(scores) / len(scores)
+
+
+def _fine_tune(model, x: torch.Tensor, y: torch.Tensor, cfg: VerifyConfig, steps: int, seed: int, device,
+               check=None) -> list:
+    """Full fine-tuning (Adam, ``relearn_lr``) on minibatches of ``relearn_batch`` images drawn from (x, y) with a
+    seeded generator; ``check(model, step)`` runs at step 0 and every ``relearn_eval_every`` steps and returns a
+    value, or ``(value, stop)``. Returns the checks' values."""
+    with torch.random.fork_rng(devices=[]):  # dropout draws from a fixed seed, leaving the caller's generators be
+        torch.manual_seed(seed)
+        model = copy.deepcopy(model).to(device)
+        params = [p for n, p in model.named_parameters() if not n.startswith("head.prototypes")]
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(params, lr=cfg.relearn_lr)
+        gen = torch.Generator().manual_seed(seed)
+        x, y = x.to(device), y.to(device)
+        values = []
+        for step in range(steps + 1):
+            if check is not None and (step % cfg.relearn_eval_every == 0 or step == steps):
+                value = check(model, step)
+                value, stop = value if isinstance(value, tuple) else (value, False)
+                values.append(value)
+                if stop:
+                    break
+            if step == steps:
+                break
+            pick = (torch.randperm(len(y), generator=gen)[:cfg.relearn_batch] if len(y) > cfg.relearn_batch
+                    else torch.arange(len(y)))
+            model.train()
+            loss = F.cross_entropy(model(x[pick.to(device)]), y[pick.to(device)])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return values
+
+
+def relearn_curve(model, shots, held_out, forgotten: list[int], cfg: VerifyConfig, device, seed: int,
+                  stop_at: float | None = None) -> list[list[float]]:
+    """Relearning on ``shots`` (images of the forgotten and the retained classes, balanced): ``[step, macro-F1 over
+    the forgotten classes on held_out]`` every ``relearn_eval_every`` steps up to ``relearn_max_steps``; stops once
+    ``stop_at`` is reached (None: the whole curve)."""
+    x, y = _stack(shots)
+    held_x, held_y = (t.to(device) for t in _stack(held_out))
+
+    def check(net, step):
+        value = macro_f1(net, held_x, held_y, forgotten)
+        return [step, round(value, 2)], stop_at is not None and value >= stop_at
+
+    return _fine_tune(model, x, y, cfg, cfg.relearn_max_steps, seed, device, check)
+
+
+def steps_to(curve: list[list[float]], target: float) -> int | None:
+    """The first step of ``curve`` at or above ``target``; None when it never gets there."""
+    return next((int(step) for step, value in curve if value >= target), None)
+
+
+def retain_rebound(model, retained_shots, forget_held, cfg: VerifyConfig, device, seed: int) -> dict[str, float]:
+    """Fine-tune on retained images only (``rebound_steps``) and measure the forgotten classes' top-1 accuracy
+    (percent) on held-out images before and after: knowledge that is hidden, not removed, comes back from data that
+    never shows the forgotten classes."""
+    x, y = _stack(retained_shots)
+    held_x, held_y = (t.to(device) for t in _stack(forget_held))
+
+    @torch.no_grad()
+    def accuracy(net, step):
+        net.eval()
+        return 100.0 * float((net(held_x).argmax(1) == held_y).float().mean())
+
+    values = _fine_tune(model, x, y, cfg, cfg.rebound_steps, seed, device, accuracy)
+    return {"before": values[0], "after": values[-1], "rebound": values[-1] - values[0]}
+
+
+def _stack(images) -> tuple[torch.Tensor, torch.Tensor]:
+    return next(iter(torch.utils.data.DataLoader(images, batch_size=max(1, len(images)), shuffle=False)))
 
 
 # ------------------------------------------------------------------------------------------------------ the suite
+def membership_images(train, test, split: str, base_held_per_class: int, val_per_class: int,
+                      reference_held_per_class: int | None = None):
+    """The one member/non-member rule of every verification, returned as ``(members, non-members)``.
+
+    Members are the training images the pre-trained model trained on: the training split less the validation
+    hold-out its pre-training left out (``base_held_per_class``; 0 for a model whose pre-training is not recorded:
+    then every training image may have been seen). Non-members are images it never saw: the test split
+    (``split="test"``), or the validation images of a run evaluated on its validation split (``val``), which its
+    pre-training, and the reference's, must have left out."""
+    from .data.datasets import held_out_mask
+
+    members = train.subset(torch.nonzero(~held_out_mask(train, base_held_per_class)).flatten())
+    if split == "test":
+        return members, test
+    for name, held in (("pre-trained model", base_held_per_class), ("reference", reference_held_per_class)):
+        if held is not None and held < val_per_class:
+            raise ForgetkitError(
+                f"the {name} was pre-trained on this run's validation images (it held out {held} per class, the "
+                f"run {val_per_class}), so they are not non-members; verify on the test split, or pre-train with "
+                f"-o val_per_class={val_per_class}")
+    return members, train.subset(torch.nonzero(held_out_mask(train, val_per_class)).flatten())
+
+
+def held_per_class(manifest: dict) -> int | None:
+    """Validation images per class a checkpoint's pre-training left out (0 when it records none; None when it
+    records no pre-training, as for imported weights)."""
+    pretrain = manifest.get("pretrain")
+    return None if pretrain is None else int((pretrain.get("config") or {}).get("val_per_class", 0))
+
+
 class Verifier:
     """The checks of one model's forgotten classes, with the draws and the reference rows fixed once.
 
-    ``train`` are the images the models were trained on (members), ``test`` held-out images of every class;
-    ``pretrained`` the model before any forgetting; ``reference`` (optional) a model trained without the forgotten
-    classes, with its head aligned to the run's classes (:func:`align_head`)."""
+    ``train`` are the images the models were trained on (members), ``test`` images none of them saw (non-members);
+    see :func:`membership_images`. ``pretrained`` is the model before any forgetting; ``reference`` (optional) a
+    model trained without the forgotten classes, with its head aligned to the run's classes (:func:`align_head`)."""
 
-    def __init__(self, cfg: VerifyConfig, train, test, seed: int, device, pretrained, reference=None):
+    def __init__(self, cfg: VerifyConfig, train, test, seed: int, device, pretrained, reference=None,
+                 references: list | None = None):
         self.cfg, self.train, self.test, self.seed, self.device = cfg, train, test, seed, device
-        self.pretrained, self.reference = pretrained, reference
+        self.pretrained = pretrained
+        self.references = list(references or []) + ([reference] if reference is not None else [])
+        self.reference = None
 
-    def _draw(self, images, classes: list[int], per_class: int, purpose: str, part: int | None = None):
+    def reference_for(self, forgotten: list[int], retained: list[int]):
+        """The reference of a request: among those that know none of the forgotten classes, the one trained on
+        exactly the retained classes; else the only one given; else None. (:func:`align_head` records the classes
+        a reference knows; a model without that record serves every request.)"""
+        fit = [r for r in self.references if not set(forgotten) & getattr(r, "reference_classes", set())]
+        exact = [r for r in fit if getattr(r, "reference_classes", None) == set(retained)]
+        return exact[0] if exact else fit[0] if len(self.references) == 1 and fit else None
+
+    def _pick(self, images, classes: list[int], per_class: int, purpose: str, part: int | None = None):
         gen = rng(self.seed, purpose, part)
         chosen = []
         for c in sorted(classes):
             idx = images.indices_of([c])
             chosen.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
-        return images.subset(torch.sort(torch.cat(chosen)).values)
+        return torch.sort(torch.cat(chosen)).values
+
+    def _draw(self, images, classes: list[int], per_class: int, purpose: str, part: int | None = None):
+        return images.subset(self._pick(images, classes, per_class, purpose, part))
 
     def __call__(self, model, forgotten: list[int], retained: list[int]) -> dict:
         cfg = self.cfg
         if not forgotten:
             raise ForgetkitError("nothing to verify: the model has forgotten no class")
+        self.reference = self.reference_for(forgotten, retained)
         per = cfg.images_per_class
-        forget_train = self._draw(self.train, forgotten, per, "verify_images")
-        forget_test = self._draw(self.test, forgotten, per, "verify_images")
-        retain_train = self._draw(self.train, retained, max(1, per // 2), "verify_images")
-        retain_test = self._draw(self.test, retained, max(1, per // 2), "verify_images")
-        probe_train = self._draw(self.train, forgotten + retained, cfg.probe_per_class, "verify_probe")
-        rows = {"model": model, "pretrained": self.pretrained}
-        if self.reference is not None:
-            rows["reference"] = self.reference
-        pre_ft = outputs(self.pretrained, forget_test, self.device)
-        target = cfg.relearn_threshold * 100.0 * float((pre_ft["logits"].argmax(1) == pre_ft["labels"]).float().mean())
-        results = {"forgotten_classes": len(forgotten), "relearn_target": target}
+        draws = {
+            "forget_train": self._draw(self.train, forgotten, per, "verify_images"),
+            "forget_test": self._draw(self.test, forgotten, per, "verify_images"),
+            "retain_train": self._draw(self.train, retained, max(1, per // 2), "verify_images"),
+            "retain_test": self._draw(self.test, retained, max(1, per // 2), "verify_images"),
+            "probe_train": self._draw(self.train, forgotten + retained, cfg.probe_per_class, "verify_probe"),
+            "rebound": self._draw(self.train, retained, cfg.rebound_per_class, "verify_rebound"),
+        }
+        # relearning reads its curve on forgotten and retained held-out images: a class's F1 needs both
+        draws["relearn_held"] = self.test.subset(torch.sort(torch.cat([
+            self._pick(self.test, forgotten, per, "verify_images"),
+            self._pick(self.test, retained, max(1, per // 2), "verify_images")])).values)
+        for k in cfg.relearn_shots:
+            draws[f"shots_{k}"] = self._draw(self.train, forgotten + retained, k, "verify_shots", part=k)
+        pre_ft = outputs(self.pretrained, draws["forget_test"], self.device)
+        results = {"forgotten_classes": len(forgotten),
+                   "cka_null": cka_null(len(draws["forget_test"]), pre_ft["features"].shape[1],
+                                        pre_ft["features"].shape[1], self.seed)}
         # The pre-trained and reference rows depend on their weights and the draws only: a bench verifies every
         # method on the same requests, and computes them once per request (in one process).
-        draws = [forget_train, forget_test, retain_train, retain_test, probe_train]
-        context = (self.seed, repr(cfg), tuple(forgotten), tuple(retained), _digest(draws),
+        context = (self.seed, repr(cfg), tuple(forgotten), tuple(retained), _digest(list(draws.values())),
                    _fingerprint(self.pretrained), _fingerprint(self.reference))
-        for name, net in rows.items():
+        rows = [("pretrained", self.pretrained)] + ([("reference", self.reference)] if self.reference is not None
+                                                     else []) + [("model", model)]
+        for name, net in rows:
             start = time.perf_counter()
             key = (name, *context) if name != "model" else None
             if key in _CONTEXT_ROWS:
                 results[name] = {**_CONTEXT_ROWS[key], "seconds": round(time.perf_counter() - start, 2)}
-                continue
-            ft, fte = outputs(net, forget_train, self.device), outputs(net, forget_test, self.device)
-            rt, rte = outputs(net, retain_train, self.device), outputs(net, retain_test, self.device)
-            pt = outputs(net, probe_train, self.device)
-            probes_forgotten = probe_accuracy(pt["features"].numpy(), pt["labels"].numpy(),
-                                              fte["features"].numpy(), fte["labels"].numpy(), cfg.knn_k)
-            probes_retained = probe_accuracy(pt["features"].numpy(), pt["labels"].numpy(),
-                                             rte["features"].numpy(), rte["labels"].numpy(), cfg.knn_k)
-            row = {
-                "acc_forgotten": 100.0 * float((fte["logits"].argmax(1) == fte["labels"]).float().mean()),
-                "mia_loss_auc": loss_attack_auc(losses_of(ft), losses_of(fte), cfg.folds, self.seed),
-                "mia_loss_auc_vs_retained": loss_attack_auc(losses_of(ft), losses_of(rte), cfg.folds, self.seed),
-                "mia_loss_auc_retained": loss_attack_auc(losses_of(rt), losses_of(rte), cfg.folds, self.seed),
-                "mia_confidence_efficacy": confidence_attack_efficacy(confidence_features(rt),
-                                                                      confidence_features(rte),
-                                                                      confidence_features(ft)),
-                "probe_forgotten": probes_forgotten["probe"], "knn_forgotten": probes_forgotten["knn"],
-                "probe_retained": probes_retained["probe"], "knn_retained": probes_retained["knn"],
-                "cka_to_pretrained": linear_cka(fte["features"], pre_ft["features"]),
-                "relearn_steps": {},
-            }
-            if "reference" in rows:
-                row["cka_to_reference"] = linear_cka(fte["features"],
-                                                     outputs(self.reference, forget_test, self.device)["features"])
-            for k in cfg.relearn_shots:
-                shots = self._draw(self.train, forgotten, k, "verify_shots", part=k)
-                row["relearn_steps"][str(k)] = relearn_steps(net, shots, forget_test, target, cfg, self.device,
-                                                             self.seed)
-            row["seconds"] = round(time.perf_counter() - start, 2)  # the cost claim of docs/verify.md
-            results[name] = row
-            if key is not None:
-                _CONTEXT_ROWS[key] = copy.deepcopy(row)
+            else:
+                results[name] = self._row(name, net, draws, forgotten, retained, pre_ft, results)
+                results[name]["seconds"] = round(time.perf_counter() - start, 2)  # docs/verify.md's cost claim
+                if key is not None:
+                    _CONTEXT_ROWS[key] = copy.deepcopy(results[name])
+            if name == "reference" or (name == "pretrained" and self.reference is None):
+                results["relearn_target"] = self._relearn_target(results)
+        for name, _ in rows:  # steps to the target, read off each curve
+            results[name]["relearn_steps"] = {k: steps_to(curve, results["relearn_target"][k])
+                                              for k, curve in results[name]["relearn_curve"].items()}
         return results
+
+    def _relearn_target(self, results: dict) -> dict[str, float]:
+        """Macro-F1 that counts as relearnt, per shot count: ``relearn_threshold`` of what the reference reaches at
+        the end of its own curve (it learns the classes from scratch), or, without a reference, of the pre-trained
+        model's."""
+        row = results.get("reference") or results["pretrained"]
+        end = "reference" in results
+        return {k: round(self.cfg.relearn_threshold * (curve[-1][1] if end else curve[0][1]), 2)
+                for k, curve in row["relearn_curve"].items()}
+
+    def _row(self, name: str, net, draws: dict, forgotten: list[int], retained: list[int], pre_ft: dict,
+             results: dict) -> dict:
+        cfg, device = self.cfg, self.device
+        ft, fte = outputs(net, draws["forget_train"], device), outputs(net, draws["forget_test"], device)
+        rt, rte = outputs(net, draws["retain_train"], device), outputs(net, draws["retain_test"], device)
+        pt = outputs(net, draws["probe_train"], device)
+        probes_forgotten = probe_accuracy(pt["features"].numpy(), pt["labels"].numpy(),
+                                          fte["features"].numpy(), fte["labels"].numpy(), cfg.knn_k)
+        probes_retained = probe_accuracy(pt["features"].numpy(), pt["labels"].numpy(),
+                                         rte["features"].numpy(), rte["labels"].numpy(), cfg.knn_k)
+        row = {
+            "acc_forgotten": 100.0 * float((fte["logits"].argmax(1) == fte["labels"]).float().mean()),
+            "loss_attack_accuracy": loss_attack_accuracy(losses_of(ft), losses_of(fte), self.seed),
+            "loss_attack_auc": loss_attack_auc(losses_of(ft), losses_of(fte), cfg.folds, self.seed),
+            "loss_attack_auc_vs_retained": loss_attack_auc(losses_of(ft), losses_of(rte), cfg.folds, self.seed),
+            "loss_attack_auc_retained": loss_attack_auc(losses_of(rt), losses_of(rte), cfg.folds, self.seed),
+            "mia_confidence_efficacy": confidence_attack_efficacy(confidence_features(rt), confidence_features(rte),
+                                                                  confidence_features(ft)),
+            "probe_forgotten": probes_forgotten["probe"], "knn_forgotten": probes_forgotten["knn"],
+            "probe_retained": probes_retained["probe"], "knn_retained": probes_retained["knn"],
+            "prototype_forgotten": prototype_attack(pt["features"], pt["labels"], fte["features"], fte["labels"],
+                                                    cfg.prototype_shots, cfg.prototype_draws, self.seed),
+            "cka_to_pretrained": linear_cka(fte["features"], pre_ft["features"]),
+            "retain_rebound": retain_rebound(net, draws["rebound"], draws["forget_test"], cfg, device, self.seed),
+        }
+        if self.reference is not None:
+            row["cka_to_reference"] = linear_cka(fte["features"],
+                                                 outputs(self.reference, draws["forget_test"], device)["features"])
+        # the pre-trained and reference curves run to the cap (they set the target); the model's stops once it is
+        # reached, unless the whole curve is asked for
+        target = results.get("relearn_target") if name == "model" and not cfg.relearn_full_curve else None
+        row["relearn_curve"] = {str(k): relearn_curve(net, draws[f"shots_{k}"], draws["relearn_held"], forgotten,
+                                                      cfg, device, self.seed,
+                                                      stop_at=target[str(k)] if target else None)
+                                for k in cfg.relearn_shots}
+        return row
 
 
 _CONTEXT_ROWS: dict[tuple, dict] = {}
@@ -283,4 +455,5 @@ def align_head(reference, reference_classes: list[str], classes: list[str]):
             head.fc.weight[classes.index(name)] = old.weight[i]
             head.fc.bias[classes.index(name)] = old.bias[i]
     aligned.head = head
+    aligned.reference_classes = {classes.index(name) for name in reference_classes}
     return aligned.eval()

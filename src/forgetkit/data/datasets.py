@@ -61,6 +61,18 @@ def validation_holdout(targets: torch.Tensor, num_classes: int, per_class: int) 
     return torch.sort(torch.cat(held)).values if held else torch.zeros(0, dtype=torch.long)
 
 
+def held_out_mask(images: "LabeledImages", per_class: int) -> torch.Tensor:
+    """Which of ``images`` are validation images, as a boolean mask: the same images of a class whichever other
+    classes the data holds. A model pre-trained on some classes of a source (a reference trained without the
+    forgotten classes, ``data.classes``) thus holds out exactly the images the model trained on all of them holds
+    out, and the two are scored on images neither saw."""
+    if isinstance(images, RelabelledImages):
+        return held_out_mask(images.parent, per_class)[images.indices]
+    mask = torch.zeros(len(images.targets), dtype=torch.bool)
+    mask[validation_holdout(images.targets, len(images.classes), per_class)] = True
+    return mask
+
+
 class LabeledImages(torch.utils.data.Dataset):
     """A dataset with a class list and integer targets; items are ``(image tensor, label)``.
 
