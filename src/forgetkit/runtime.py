@@ -36,6 +36,7 @@ STREAMS = {
     "retrain_init": 51,        # Retrain's fresh initialisation
     "importance_images": 61,   # EWC*/MAS* importance images
     "prototype_images": 71,    # GS-LoRA++ prototype images
+    "subspace_images": 72,     # FG-OrIU: the images its subspaces are computed from (per request and stream)
     "lora_init": 81,           # learning: the new LoRA factors' initialisation (LoRA-Sub-DRS)
     "request_global": 91,      # torch's, NumPy's and Python's global generators during a request (dropout)
     "clip_targets": None,      # CLIP text forgetting's random targets (no salt: the documented numbers' draw)

@@ -123,13 +123,22 @@ class Method:
         self.apply(losses["loss"], optimizer)
         return losses
 
-    @staticmethod
-    def apply(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    def apply(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backward and update, with the method's hooks on the gradients (:meth:`before_update`) and on the updated
+        weights (:meth:`after_update`)."""
         if not torch.isfinite(loss):
             raise NonFiniteLoss(loss.item())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.before_update()
         optimizer.step()
+        self.after_update()
+
+    def before_update(self) -> None:
+        """Called between backward and the optimiser step (gradient clipping or projection)."""
+
+    def after_update(self) -> None:
+        """Called after the optimiser step (constraints on the weights)."""
 
     def make_optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
         """AdamW over :meth:`parameters`, decay on ≥2-d tensors only (as timm's optimiser factory)."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..clip.config import TextForgetConfig
 from ..config import from_dict, to_dict
+from ..errors import ForgetkitError
 from ..models.lora_config import LoRASettings
 from ..registry import Registry
 
@@ -107,6 +108,60 @@ class GSLoRAPPConfig(GSLoRAConfig):
                 "replay images; 0 = all)"})
     ema_every: int = field(default=25, metadata={"help": "steps between two EMA updates (the original: one epoch)"})
     ema_start_step: int = field(default=0, metadata={"help": "no EMA update before this step"})
+
+
+@method_config("fg_oriu")
+@dataclass
+class FGOrIUConfig(GSLoRAConfig):
+    """FG-OrIU (Feng et al., ICCV 2025): LoRA on every FFN trained with retain CE, a nuclear-norm push of the forget
+    features out of their own subspace and a pull of the retain features into theirs, and LoRA updates projected off
+    the retained inputs' subspace. GS-LoRA's terms are inherited and off (β 0, α 0, γ 0: the paper's code runs
+    without them); turning them on gives "FG-OrIU's terms on GS-LoRA". The released code differs from the paper in
+    four places; ``faithful: true`` reproduces it (docs/fg-oriu.md lists every difference)."""
+
+    beta: list[float] = field(default_factory=lambda: [0.0], metadata={
+        "help": "β per task: GS-LoRA's bounded forget CE on the forget labels (0: FG-OrIU's, which has none)"})
+    forgotten_mass_weight: float = field(default=0.0, metadata={
+        "help": "γ: forgetkit's forgotten-mass term of GS-LoRA (0 = off, FG-OrIU's)"})
+    alpha: float = field(default=0.0, metadata={"help": "α: GS-LoRA's group lasso (0 = off, FG-OrIU's)"})
+    retain_ce_weight: float = field(default=1.0, metadata={
+        "help": "λ_ce: weight of the CE on the replay images (paper: 1 face, 0.1 ImageNet100)"})
+    forget_subspace_weight: float = field(default=0.1, metadata={
+        "help": "λ_f: weight of Σ_l ||F_f^l P_f^l||_*, the nuclear norm of the normalised forget features' part in "
+                "the forget subspace (paper: 0.1 face, 0.05 ImageNet100)"})
+    retain_subspace_weight: float = field(default=0.01, metadata={
+        "help": "λ_r: weight of Σ_l ||F_r^l − F_r^l P_r^l P_r^lᵀ||_F, the normalised retain features' part outside "
+                "the retain subspace (paper: 0.01 face, 0.1 ImageNet100)"})
+    feature_blocks: str = field(default="all", metadata={
+        "help": "blocks whose output features the two subspace terms use: all (paper, face) or last (ImageNet100)"})
+    energy: float = field(default=0.99, metadata={
+        "help": "τ: a subspace keeps the fewest directions holding this share of its features' energy"})
+    subspace_images: int = field(default=512, metadata={
+        "help": "images per stream (forget, replay) the subspaces are computed from, a seeded sample (0 = all)"})
+    subspace_tokens: str = field(default="cls", metadata={
+        "help": "tokens whose inputs span the protected subspace of each adapted layer: cls (the paper's) or all "
+                "(every token the layer sees)"})
+    project_forget: bool = field(default=False, metadata={
+        "help": "add the gradient's part in the forget subspace to its projection off the retain subspace (the "
+                "paper's 'backward disturbing', on for ImageNet100)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip before the projection (0 = off)"})
+    faithful: bool = field(default=False, metadata={
+        "help": "the released code: subspaces of block outputs (not of each layer's inputs) rebuilt every request, "
+                "σ⁴ energy, fc2.A and fc2.B projected through a reshape, fc1.B not at all, no weight re-projection"})
+    faithful_block_mixup: bool = field(default=False, metadata={
+        "help": "with faithful: the ImageNet100 script's block index, which gives every fc1 block 0's subspaces and "
+                "every fc2 block 3's"})
+
+    def __post_init__(self):
+        for name, value, choices in (("feature_blocks", self.feature_blocks, ("all", "last")),
+                                     ("subspace_tokens", self.subspace_tokens, ("cls", "all"))):
+            if value not in choices:
+                raise ForgetkitError(f"method.{name} must be {' or '.join(choices)}, not {value!r}")
+        if not 0.0 < self.energy <= 1.0:
+            raise ForgetkitError(f"method.energy must be in (0, 1], got {self.energy}")
+        if self.faithful_block_mixup and not self.faithful:
+            raise ForgetkitError("method.faithful_block_mixup reproduces a bug of the released code; it needs "
+                                 "method.faithful=true")
 
 
 @method_config("l2")
