@@ -19,3 +19,30 @@ def dataset_overrides(name: str | None, split: str) -> list[str]:
     entry = entries[name]
     held = [f"protocol.val_per_class={entry['val_per_class']}"]
     return entry["overrides"] + held + (["protocol.eval_split=val"] if split == "val" else [])
+
+
+def reference_paths(name: str, requests: int = 4) -> list[str]:
+    """The references bench/references.py made for dataset ``name`` (one per request), those that exist."""
+    return [str(p) for p in (Path("checkpoints") / f"ref_{name}_r{t}" for t in range(1, requests + 1))
+            if (p / "model.safetensors").exists()]
+
+
+def deep_overrides(name: str | None) -> list[str]:
+    """Overrides that verify every request against the dataset's references (``eval.verify``)."""
+    refs = reference_paths(name) if name else []
+    if not refs:
+        raise SystemExit(f"error: no references for {name}; make them with bench/references.py --dataset {name}")
+    return ["eval.verify.enabled=true", f"eval.verify.reference=[{', '.join(refs)}]"]
+
+
+def deep_row(task: dict) -> dict | None:
+    """A request's deep checks as gaps to its reference (points; relearn steps side by side), or None."""
+    v = task.get("verify")
+    if not v or "reference" not in v:
+        return None
+    m, r = v["model"], v["reference"]
+    k = next(iter(m["relearn_steps"]))
+    return {"probe": m["probe_forgotten"] - r["probe_forgotten"], "knn": m["knn_forgotten"] - r["knn_forgotten"],
+            "proto": m["prototype_forgotten"] - r["prototype_forgotten"],
+            "relearn": (m["relearn_steps"][k], r["relearn_steps"][k]),
+            "rebound": m["retain_rebound"]["rebound"] - r["retain_rebound"]["rebound"]}

@@ -13,8 +13,10 @@ and its rank. ``--report-only`` rebuilds the table from finished runs.
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from benchdata import dataset_overrides
+from benchdata import dataset_overrides, deep_overrides, deep_row
 
 from forgetkit.bench import load_bench_spec, report_only, run_bench
 from forgetkit.io import write_text
@@ -30,13 +32,18 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-datasets")
     parser.add_argument("-o", "--override", action="append", default=[], help="key=value for every run")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--deep", action="store_true", help="verify every request against the dataset's references "
+                        "(bench/references.py; requests without one are judged by the reference-free rebound) and "
+                        "write OUT/deep.md and OUT/front.png: the deep checks of every method, and cumulative H "
+                        "against the probe gap to the reference")
     args = parser.parse_args()
     methods = args.methods.split(",") if args.methods else None
     table: dict[str, dict[str, list[dict]]] = {}
     for dataset in args.datasets.split(","):
         for seed in args.seeds.split(","):
             spec = load_bench_spec(args.spec, methods, f"{args.out}/{dataset}/seed{seed}",
-                                   dataset_overrides(dataset, "test") + [f"seed={seed}"] + args.override)
+                                   dataset_overrides(dataset, "test") + [f"seed={seed}"]
+                                   + (deep_overrides(dataset) if args.deep else []) + args.override)
             runs = report_only(spec) if args.report_only else run_bench(spec, progress=True)
             for row in runs:
                 table.setdefault(dataset, {}).setdefault(row["method"], []).append(row)
@@ -60,6 +67,71 @@ def main() -> None:
         lines.append("")
     write_text(f"{args.out}/datasets.md", "\n".join(lines))
     print("\n".join(lines))
+    if args.deep:
+        deep = deep_report(Path(args.out), list(table), args.seeds.split(","), methods or None)
+        write_text(f"{args.out}/deep.md", "\n".join(deep))
+        print("\n".join(deep))
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def deep_report(out: Path, datasets: list[str], seeds: list[str], methods: list[str] | None) -> list[str]:
+    """Per dataset, every method's deep checks averaged over its requests and seeds (points above the reference;
+    requests without a reference left out of the gaps), its requests that pass the deep verdict, the blocks its
+    edits leave at zero and its edits' size; and OUT/front.png: average cumulative H against the probe gap."""
+    from forgetkit.io import atomic_write
+    from forgetkit.report import new_figure
+
+    lines = ["# Deep checks: every request against the reference trained without the classes forgotten so far", "",
+             "Gaps in points above the reference (probe, k-NN and prototype attack on the forgotten classes; the "
+             "retain-only rebound), averaged over requests with a reference and seeds; relearn: the share of "
+             "requests whose model needed at least the reference's steps; deep verdict: requests passing it (all "
+             "requests; those without a reference are judged by the rebound alone).", ""]
+    front: dict[str, dict[str, tuple]] = {}
+    for dataset in datasets:
+        lines += [f"## {dataset}", "", "| method | avg cumulative H | probe gap | k-NN gap | prototype gap | "
+                  "rebound gap | relearn ≥ reference | deep verdict passed | Acc_f ≤ 2 and Acc_o ≤ 2 | blocks zeroed "
+                  "per request | edit bytes per request |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        names = methods or sorted({p.name for s in seeds for p in (out / dataset / f"seed{s}").iterdir()
+                                   if (p / "results.json").is_file()})
+        for name in names:
+            tasks = []
+            for seed in seeds:
+                path = out / dataset / f"seed{seed}" / name / "results.json"
+                if path.is_file():
+                    tasks += json.loads(path.read_text())["tasks"]
+            if not tasks:
+                continue
+            rows = [r for r in (deep_row(t) for t in tasks) if r is not None]
+            relearn = [m is None or (r is not None and m >= r) for m, r in (row["relearn"] for row in rows)]
+            passed = sum(not t["verdict"].get("deep_failed", []) for t in tasks)
+            strict = sum(t["after"]["acc_f"] <= 2 and (t["after"]["acc_o"] or 0) <= 2 for t in tasks)
+            zeroed = _mean([t.get("groups_zeroed") for t in tasks])
+            size = _mean([t.get("edit_bytes") for t in tasks])
+            h = _mean([t["h_cumulative"] for t in tasks])
+            gaps = {k: _mean([row[k] for row in rows]) for k in ("probe", "knn", "proto", "rebound")}
+            front.setdefault(dataset, {})[name] = (h, gaps["probe"])
+            lines.append(f"| {name} | {fmt(h)} | {fmt(gaps['probe'], 1)} | {fmt(gaps['knn'], 1)} | "
+                         f"{fmt(gaps['proto'], 1)} | {fmt(gaps['rebound'], 1)} | "
+                         f"{sum(relearn)}/{len(relearn)} | {passed}/{len(tasks)} | {strict}/{len(tasks)} | "
+                         f"{fmt(zeroed, 1)} | {fmt(size, 0)} |")
+        lines.append("")
+    fig, axes = new_figure(1, max(1, len(front)), figsize=(4.2 * max(1, len(front)), 3.8))
+    for ax, (dataset, points) in zip(axes if len(front) > 1 else [axes], front.items()):
+        for name, (h, gap) in points.items():
+            if h is not None and gap is not None:
+                ax.scatter(gap, h)
+                ax.annotate(name, (gap, h), fontsize=7)
+        ax.axvline(5.0, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("probe gap to the reference (points)")
+        ax.set_ylabel("average cumulative H")
+        ax.set_title(dataset)
+    fig.tight_layout()
+    atomic_write(out / "front.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    return lines
 
 
 if __name__ == "__main__":

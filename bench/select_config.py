@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 
-from benchdata import dataset_overrides
+from benchdata import dataset_overrides, deep_overrides, deep_row
 from gs_lora_quality import ISSUE_10_CHECKS, check
 
 import forgetkit as fk
@@ -54,7 +54,11 @@ def main() -> None:
     parser.add_argument("-o", "--override", action="append", default=[], help="fixed key=value for every run")
     parser.add_argument("--dataset", help="a dataset of bench/datasets.yaml (default: the config's own data)")
     parser.add_argument("--seeds", default="0", help="comma-separated run seeds")
+    parser.add_argument("--deep", action="store_true", help="verify every request against the dataset's references "
+                        "(bench/references.py) and add the deep checks: probe, k-NN and prototype attack minus the "
+                        "reference's, relearn steps beside the reference's, rebound minus the reference's")
     args = parser.parse_args()
+    deep = deep_overrides(args.dataset) if args.deep else []
     seeds = [int(s) for s in args.seeds.split(",")]
     lines = [f"# {args.config} on {args.dataset or 'its own data'}: validation split, whole continual protocol", "",
              "Fixed overrides: " + (" ".join(args.override) or "none"), "",
@@ -62,12 +66,16 @@ def main() -> None:
              "failed checks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = ["", "| setting | mean avg H | mean avg cumulative H | failed checks (of all seeds) |",
                "|---|---|---|---|"]
+    deep_lines = ["", "Deep checks after each request (points above the reference; relearn steps model / reference):",
+                  "", "| setting | seed | task | probe F | k-NN F | prototype F | relearn steps | rebound | deep "
+                  "verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for i, combo in enumerate(parse_grid(args.grid) if args.grid else [[]]):
         name = " ".join(combo) or "as configured"
         h, h_cum, failures = [], [], []
         for seed in seeds:
             cfg = fk.load_config(args.config, dataset_overrides(args.dataset, "val") + ["save_model=false"]
-                                 + args.override + combo + [f"seed={seed}", f"output_dir={args.out}/run-{i}-{seed}"])
+                                 + deep + args.override + combo
+                                 + [f"seed={seed}", f"output_dir={args.out}/run-{i}-{seed}"])
             results = fk.run_forgetting(cfg, progress=False, overwrite=True)
             checks = check(results, resolved_method_config(cfg.method).get("alpha", 0.0))
             for t, row in zip(results["tasks"], checks):
@@ -78,13 +86,23 @@ def main() -> None:
                 lines.append(f"| {name} | {seed} | {task_label(t)} | {fmt(t['h_mean'])} | {fmt(t['h_cumulative'])} | "
                              f"{fmt(a['acc_r'])} ({fmt(t['pretrained']['acc_r'])}) | {fmt(a['acc_f'])} | "
                              f"{fmt(a['acc_o'])} | {fmt(a.get('acc_m'))} | {zeroed} | {', '.join(failed) or '–'} |")
+                d = deep_row(t)
+                if d is not None:
+                    deep_failed = t["verdict"]["deep_failed"]
+                    deep_lines.append(
+                        f"| {name} | {seed} | {task_label(t)} | {d['probe']:+.1f} | {d['knn']:+.1f} | "
+                        f"{d['proto']:+.1f} | {d['relearn'][0] if d['relearn'][0] is not None else '> cap'} / "
+                        f"{d['relearn'][1] if d['relearn'][1] is not None else '> cap'} | {d['rebound']:+.1f} | "
+                        f"{'pass' if not deep_failed else f'{len(deep_failed)} missed'} |")
             h.append(results["summary"]["h_mean_avg"])
             h_cum.append(results["summary"]["h_cumulative_avg"])
             print("\n".join(lines[-len(results['tasks']):]), flush=True)
         summary.append(f"| {name} | {fmt(sum(h) / len(h))} | {fmt(sum(h_cum) / len(h_cum))} | "
                        f"{len(failures)}{': ' + '; '.join(failures) if failures else ''} |")
         print(summary[-1], flush=True)
-        write_text(f"{args.out}/selection.md", "\n".join(lines + summary) + "\n")
+        write_text(f"{args.out}/selection.md", "\n".join(lines + summary + (deep_lines if args.deep else [])) + "\n")
+    if args.deep:
+        print("\n".join(deep_lines))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from forgetkit.report import fmt
 # The paper's learning rate (gs-lora.md §5, §3.6) and one decade around it.
 GRID = {
     "gs_lora": [1e-2, 3e-3],
+    "fg_oriu": [1e-2, 3e-3, 1e-3],   # the released code's 1e-2 and below it
     "retrain": [3e-4, 3e-3],
     "l2": [1e-4, 1e-3], "ewc": [1e-4, 1e-3], "mas": [1e-4, 1e-3], "lwf": [1e-4, 1e-3],
     "der": [1e-3, 1e-4], "der_pp": [1e-3, 1e-4], "fdr": [1e-3, 1e-4],

@@ -110,12 +110,12 @@ def test_the_block_mixup_needs_faithful_and_the_forget_subspaces_merge_across_re
     with pytest.raises(fk.ForgetkitError, match="needs method.faithful"):
         fk.load_config(None, ["method.name=fg_oriu", "method.faithful_block_mixup=true"])
     method, module, *_ = setup(tiny_model_dir, "fg_oriu")
-    dims = {l: b.shape[1] for l, b in method.forget_bases.items()}
+    dims = {blk: b.shape[1] for blk, b in method.forget_bases.items()}
     state = copy.deepcopy(method.state_dict())
-    assert set(state) == {f"forget_basis.{l}" for l in dims}
+    assert set(state) == {f"forget_basis.{blk}" for blk in dims}
     fresh, *_ = setup(tiny_model_dir, "fg_oriu")
     fresh.load_state_dict(state)
-    assert all(torch.equal(fresh.forget_bases[l], state[f"forget_basis.{l}"]) for l in dims)
+    assert all(torch.equal(fresh.forget_bases[blk], state[f"forget_basis.{blk}"]) for blk in dims)
 
 
 def test_a_tiny_fg_oriu_run_forgets(tiny_model_dir, tmp_path):

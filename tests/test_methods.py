@@ -24,7 +24,8 @@ VIT_METHODS = [n for n in METHODS.names() if "forget" in METHODS.get(n).supports
 
 
 def test_registry_has_gs_lora_pp_fg_oriu_and_the_eleven_baselines():
-    assert set(METHODS.names()) == {"gs_lora", "gs_lora_pp", "fg_oriu", "retrain", "l2", "ewc", "mas", "lwf", "der", "der_pp",
+    assert set(METHODS.names()) == {"gs_lora", "gs_lora_pp", "fg_oriu", "retrain", "l2", "ewc", "mas", "lwf", "der",
+                                    "der_pp",
                                     "fdr", "scrub", "scrub_s", "lirf", "lirf_eccv", "clip_text", "undo", "withdraw",
                                     "redeposit", "lora_sub_drs", "seq_lora", "ncm", "joint"}
     assert set(VIT_METHODS) == set(METHODS.names()) - {"clip_text", "undo", "withdraw", "redeposit", "lora_sub_drs",
@@ -267,7 +268,8 @@ def test_lirf_terms_use_the_real_class_indices(tiny_model_dir):
 # LIRF's ECCV form forgets only through a random-label CE weighted 1 − α (0.05), which flattens the target's output
 # before it moves its argmax: 48 steps take this toy's Acc_f from 77.5 to 75, 200 steps below 57.5.
 # fg_oriu: on a 32-wide, 2-block toy the 0.99 subspaces leave LoRA almost no direction to move in
-TOY_OVERRIDES = {"fdr": ["method.fdr_weight=1.0"], "fg_oriu": ["method.energy=0.9"], "lirf": ["train.steps=96"], "lirf_eccv": ["train.steps=200"]}
+TOY_OVERRIDES = {"fdr": ["method.fdr_weight=1.0"], "fg_oriu": ["method.energy=0.9"], "lirf": ["train.steps=96"],
+                 "lirf_eccv": ["train.steps=200"]}
 
 
 @pytest.mark.parametrize("name", VIT_METHODS)

@@ -231,7 +231,6 @@ def cmd_verify(args) -> None:
     refuse_input_as_output(out, [source])
     refuse_replacing(out / "verify.json", args.overwrite, "a verification (verify.json)")
 
-    import torch
 
     from .data import load_data
     from .engine import verification_models

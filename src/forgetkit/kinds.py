@@ -248,8 +248,10 @@ class Forget(RequestKind):
             failed.append(f"forgotten classes still at {after['acc_f']:.1f} % (goal ≤ "
                           f"{thresholds.forget_threshold:g} %)")
         failed += retained_drop(after, before, thresholds.max_retain_drop, "the model before the request")
-        failed += deep_failures(metrics.get("verify"), thresholds.verify)
-        return {"pass": not failed, "failed": failed}
+        if "verify" not in metrics:
+            return {"pass": not failed, "failed": failed}
+        deep = deep_failures(metrics["verify"], thresholds.verify)
+        return {"pass": not failed and not deep, "failed": failed + deep, "deep_failed": deep}
 
 
 @register_kind("restore")

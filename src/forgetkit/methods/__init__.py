@@ -17,8 +17,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 # the modules whose decorators register the methods; imported when METHODS is first looked up
-METHOD_MODULES = ("gs_lora", "gs_lora_pp", "fg_oriu", "regularised", "lwf", "der", "fdr", "scrub", "lirf", "retrain", "clip_text",
-                  "undo", "withdraw", "redeposit", "lora_sub_drs", "ncm")
+METHOD_MODULES = ("gs_lora", "gs_lora_pp", "fg_oriu", "regularised", "lwf", "der", "fdr", "scrub", "lirf", "retrain",
+                  "clip_text", "undo", "withdraw", "redeposit", "lora_sub_drs", "ncm")
 
 
 def load_methods() -> None:

@@ -5,7 +5,8 @@ request's forget and replay images: for every block ``l``, orthonormal bases ``P
 output's CLS features (the fewest singular directions holding ``energy`` of their energy, uncentred). LoRA on every
 FFN then trains on::
 
-    L = λ_ce · CE(x_r) + λ_f · Σ_l ||F̂_f^l P_f^l||_*  +  λ_r · Σ_l ||F̂_r^l − F̂_r^l P_r^l P_r^lᵀ||_F   [+ GS-LoRA's terms]
+    L = λ_ce · CE(x_r) + λ_f · Σ_l ||F̂_f^l P_f^l||_*
+        + λ_r · Σ_l ||F̂_r^l − F̂_r^l P_r^l P_r^lᵀ||_F   [+ GS-LoRA's terms]
 
 (F̂: L2-normalised CLS features of the step's forget and replay batches; the nuclear norm pushes every direction of
 the forget features out of their old subspace; the second term keeps the retain features in theirs), and every
@@ -98,8 +99,8 @@ def _blocks(model) -> list:
 
 @contextmanager
 def _capture(blocks: list, outputs: bool = True, inputs: bool = False, detach: bool = True):
-    """Record, for every block, its output's CLS token (``out[l]``) and, with ``inputs``, the inputs of its fc1 and
-    fc2 (``fc1[l]``, ``fc2[l]``: every token). Lists of tensors, one per forward pass."""
+    """Record, for every block, its output's CLS token (``out[blk]``) and, with ``inputs``, the inputs of its fc1 and
+    fc2 (``fc1[blk]``, ``fc2[blk]``: every token). Lists of tensors, one per forward pass."""
     seen: dict[str, dict[int, list]] = {"out": {}, "fc1": {}, "fc2": {}}
     handles = []
 
@@ -151,19 +152,19 @@ class FGOrIU(GSLoRA):
         forget, retain = (self._collect(model, blocks, images, stream, task.index)
                           for images, stream in ((data.forget, 0), (data.retain, 1)))
         power, energy = (4 if self.cfg.faithful else 2), self.cfg.energy
-        self.retain_out = {l: energy_basis(retain["out"][l], energy, power) for l in retain["out"]}
-        new_forget = {l: energy_basis(forget["out"][l], energy, power) for l in forget["out"]}
+        self.retain_out = {blk: energy_basis(retain["out"][blk], energy, power) for blk in retain["out"]}
+        new_forget = {blk: energy_basis(forget["out"][blk], energy, power) for blk in forget["out"]}
         if self.cfg.faithful:  # the released code: rebuilt from this request's forget images only
             self.forget_out = new_forget
         else:
-            self.forget_bases = {l: expand_basis(self.forget_bases.get(l), forget["out"][l], energy)
-                                 for l in forget["out"]}
+            self.forget_bases = {blk: expand_basis(self.forget_bases.get(blk), forget["out"][blk], energy)
+                                 for blk in forget["out"]}
             self.forget_out = self.forget_bases
         if not self.cfg.faithful:  # each adapted layer protected on its own inputs
-            self.retain_in = {(l, name): energy_basis(retain[name][l], energy) for name in ("fc1", "fc2")
-                              for l in retain[name]}
-            self.forget_in = {(l, name): energy_basis(forget[name][l], energy) for name in ("fc1", "fc2")
-                              for l in forget[name]}
+            self.retain_in = {(blk, name): energy_basis(retain[name][blk], energy) for name in ("fc1", "fc2")
+                              for blk in retain[name]}
+            self.forget_in = {(blk, name): energy_basis(forget[name][blk], energy) for name in ("fc1", "fc2")
+                              for blk in forget[name]}
         module = super().setup_task(model, task, data)
         self.factors = self._factors(module)
         if not self.cfg.faithful:
@@ -193,7 +194,7 @@ class FGOrIU(GSLoRA):
                 t = t[:, 0] if self.cfg.subspace_tokens == "cls" else t.reshape(-1, t.shape[-1])
             return t.cpu()
 
-        return {kind: {l: rows(parts) for l, parts in seen[kind].items()} for kind in seen}
+        return {kind: {blk: rows(parts) for blk, parts in seen[kind].items()} for kind in seen}
 
     def _factors(self, module) -> list[tuple[torch.nn.Parameter, int, str, str]]:
         """Every LoRA factor with its block, layer (fc1/fc2) and side (A/B)."""
@@ -209,10 +210,10 @@ class FGOrIU(GSLoRA):
     def extra_terms(self, losses, emb_forget, yf, emb_retain, yr):
         out = self._seen["out"]  # the step's first forward pass: forget and replay images together, LoRA on
         nf = len(emb_forget)
-        forget_term = sum(nuclear_push(out[l][0][:nf], self.forget_out[l].to(emb_forget.device))
-                          for l in self.feature_blocks)
-        retain_term = (sum(outside_pull(out[l][0][nf:], self.retain_out[l].to(emb_forget.device))
-                           for l in self.feature_blocks) if len(emb_retain) else emb_forget.new_zeros(()))
+        forget_term = sum(nuclear_push(out[blk][0][:nf], self.forget_out[blk].to(emb_forget.device))
+                          for blk in self.feature_blocks)
+        retain_term = (sum(outside_pull(out[blk][0][nf:], self.retain_out[blk].to(emb_forget.device))
+                           for blk in self.feature_blocks) if len(emb_retain) else emb_forget.new_zeros(()))
         losses["loss"] = (losses["loss"] + (self.cfg.retain_ce_weight - 1.0) * losses["retain"]
                           + self.cfg.forget_subspace_weight * forget_term
                           + self.cfg.retain_subspace_weight * retain_term)
@@ -279,9 +280,9 @@ class FGOrIU(GSLoRA):
     def task_stats(self):
         stats = super().task_stats()
         stats["subspace_dims"] = {
-            "forget": {str(l): int(b.shape[1]) for l, b in self.forget_out.items()},
-            "retain": {str(l): int(b.shape[1]) for l, b in self.retain_out.items()}}
+            "forget": {str(blk): int(b.shape[1]) for blk, b in self.forget_out.items()},
+            "retain": {str(blk): int(b.shape[1]) for blk, b in self.retain_out.items()}}
         if not self.cfg.faithful:
-            stats["subspace_dims"]["retain_inputs"] = {f"{l}.{name}": int(b.shape[1])
-                                                       for (l, name), b in self.retain_in.items()}
+            stats["subspace_dims"]["retain_inputs"] = {f"{blk}.{name}": int(b.shape[1])
+                                                       for (blk, name), b in self.retain_in.items()}
         return stats

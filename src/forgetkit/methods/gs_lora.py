@@ -124,10 +124,13 @@ class GSLoRA(Method):
 
     def task_stats(self):
         norms = group_norms(self.groups)
+        kept = [name for name, value in norms.items() if value >= self.cfg.zero_threshold]
         return {
             "group_norms": norms,
-            "groups_zeroed": sum(v < self.cfg.zero_threshold for v in norms.values()),
+            "groups_zeroed": len(norms) - len(kept),
             "num_groups": len(norms),
+            # what the edit needs to store: the factors of the blocks it did not zero
+            "edit_bytes": sum(p.numel() * p.element_size() for name in kept for p in self.groups[name]),
         }
 
     def save_task(self, directory: Path):
