@@ -1,4 +1,4 @@
-"""Verify every method's final model of finished benches (issue 14): membership inference, probes, relearning and
+"""Verify every method's final model of finished benches: membership inference, probes, relearning and
 CKA on every class forgotten by the end, beside the pre-trained model and a reference trained without those classes.
 
 For each ``dataset=reference`` pair, runs ``forgetkit verify`` on ``RUNS/<dataset>/seed<S>/<method>/model`` for every
@@ -71,7 +71,7 @@ def across_seeds(outs: list[str], datasets: list[str]) -> list[str]:
     reference's."""
     lines = []
     columns = [("Acc_f", "acc_forgotten", 1), ("probe F", "probe_forgotten", 1), ("k-NN F", "knn_forgotten", 1),
-               ("CKA to reference", "cka_to_reference", 2)]
+               ("prototype F", "prototype_forgotten", 1), ("CKA to reference", "cka_to_reference", 2)]
     for dataset in datasets:
         found: dict[str, dict[int, dict]] = {}
         for out in outs:
@@ -81,13 +81,15 @@ def across_seeds(outs: list[str], datasets: list[str]) -> list[str]:
             continue
         seeds = sorted({s for by_seed in found.values() for s in by_seed})
         reference = {s: v["reference"] for by_seed in found.values() for s, v in by_seed.items() if "reference" in v}
+        shots = list(next(iter(next(iter(found.values())).values()))["model"]["relearn_steps"])
         lines += [f"## {dataset}, seeds {', '.join(map(str, seeds))}: one value per seed", "",
-                  "| model | seeds | " + " | ".join(c[0] for c in columns) + " | relearn k=1 | relearn k=5 |",
-                  "|---|---|" + "---|" * (len(columns) + 2)]
+                  "| model | seeds | " + " | ".join(c[0] for c in columns) + " | "
+                  + " | ".join(f"relearn k={k}" for k in shots) + " |",
+                  "|---|---|" + "---|" * (len(columns) + len(shots))]
 
         def cells(rows: dict[int, dict]) -> str:
             out = [", ".join(fmt(rows[s].get(key), digits) for s in sorted(rows)) for _, key, digits in columns]
-            for k in ("1", "5"):
+            for k in shots:
                 steps = [rows[s]["relearn_steps"][k] for s in sorted(rows)]
                 out.append(", ".join("> cap" if v is None else str(v) for v in steps))
             return " | ".join(out)

@@ -7,6 +7,7 @@ from forgetkit.losses import (
     bounded_forget_loss,
     class_mass_loss,
     class_mean_gap,
+    feature_relabel_loss,
     group_lasso,
     group_norms,
     group_soft_threshold,
@@ -130,6 +131,16 @@ def test_per_class_accuracy_and_evaluation():
     assert pc.accuracy([0, 1, 2]) == pytest.approx(100 * (2 / 3 + 1) / 2)  # hits [1, 1, 0 | 1]; by image: 75
     assert pc.accuracy([1, 2]) == pytest.approx(100 * 2 / 3)               # hits [1, 0, 1]: one batch
     assert pc.correct.tolist() == [1, 1, 1]                                # counts as before
+
+
+def test_feature_relabel_loss_by_hand():
+    targets = torch.tensor([[3.0, 4.0], [0.0, 5.0]])            # mean squared norm 25
+    features = torch.tensor([[3.0, 4.0], [0.0, 0.0]], requires_grad=True)
+    loss = feature_relabel_loss(features, targets)
+    assert loss.item() == pytest.approx((0 + 25) / 2 / 25)
+    loss.backward()
+    assert features.grad[0].abs().sum() == 0 and features.grad[1].abs().sum() > 0   # only the one off its target
+    assert feature_relabel_loss(targets, targets).item() == 0.0
 
 
 def test_class_mean_gap_by_hand():

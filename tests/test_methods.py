@@ -463,6 +463,34 @@ def test_gs_lora_forget_feature_term_moves_the_forgotten_class_means_onto_the_re
     assert method.training_step(forget, None, 0)["forget_features"].item() == 0.0   # no replay batch: no centre
 
 
+def test_gs_lora_relabel_term_moves_forget_features_onto_their_nearest_retained_ones(tiny_model_dir):
+    from forgetkit.losses import feature_relabel_loss
+
+    method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora", forget_relabel_weight=5.0,
+                                                           alpha=0.0, beta=[0.0], forgotten_mass_weight=0.0)
+    inner = module.base_model.model
+    with torch.no_grad():   # the targets: the pre-request features of each forget image's nearest replay image
+        before_f, before_r = original.embed(forget[0]), original.embed(retain[0])
+        nearest = (torch.nn.functional.normalize(before_f, dim=1)
+                   @ torch.nn.functional.normalize(before_r, dim=1).T).argmax(1)
+        targets = before_r[nearest]
+
+    def distance() -> float:
+        module.eval()
+        with torch.no_grad():
+            value = feature_relabel_loss(inner.embed(forget[0]), targets).item()
+        module.train()
+        return value
+
+    start = distance()
+    optimizer = method.make_optimizer(1e-2, 0.0)
+    assert method.step(forget, retain, 0, optimizer)["forget_relabel"].item() == pytest.approx(start, rel=0.2)
+    for step in range(1, 40):
+        method.step(forget, retain, step, optimizer)
+    assert distance() < start / 3
+    assert setup(tiny_model_dir, "gs_lora")[0].training_step(forget, retain, 0)["forget_relabel"].item() == 0.0
+
+
 def test_lirf_eccv_trains_target_and_deposit_on_deposit_images_only(tiny_model_dir, tmp_path):
     from forgetkit.methods.lirf import load_deposit
 

@@ -96,3 +96,12 @@ def class_mean_gap(features: torch.Tensor, labels: torch.Tensor, reference: torc
     sums = features.new_zeros(len(classes), features.shape[1]).index_add_(0, index, features)
     means = sums / torch.bincount(index, minlength=len(classes)).unsqueeze(1)
     return (means - centre).pow(2).sum(1).mean() / spread / features.shape[1]
+
+
+def feature_relabel_loss(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of each forget image's features to its target's (the features a retained image had
+    before the request), in units of the targets' mean squared norm. At zero the forget images' features sit on
+    retained images' features: a probe, k-NN or prototypes fitted on them find retained classes, not the forgotten
+    ones."""
+    scale = targets.pow(2).sum(1).mean().detach().clamp_min(1e-8)
+    return (features - targets.detach()).pow(2).sum(1).mean() / scale

@@ -351,8 +351,9 @@ class Verifier:
         # method on the same requests, and computes them once per request (in one process).
         context = (self.seed, repr(cfg), tuple(forgotten), tuple(retained), _digest(list(draws.values())),
                    _fingerprint(self.pretrained), _fingerprint(self.reference))
-        rows = [("pretrained", self.pretrained)] + ([("reference", self.reference)] if self.reference is not None
-                                                     else []) + [("model", model)]
+        # the reference first: the end of its curve sets the relearning target, which the other rows stop at
+        rows = ([("reference", self.reference)] if self.reference is not None else []) + [
+            ("pretrained", self.pretrained), ("model", model)]
         for name, net in rows:
             start = time.perf_counter()
             key = (name, *context) if name != "model" else None
@@ -407,12 +408,16 @@ class Verifier:
         if self.reference is not None:
             row["cka_to_reference"] = linear_cka(fte["features"],
                                                  outputs(self.reference, draws["forget_test"], device)["features"])
-        # the pre-trained and reference curves run to the cap (they set the target); the model's stops once it is
-        # reached, unless the whole curve is asked for
-        target = results.get("relearn_target") if name == "model" and not cfg.relearn_full_curve else None
+        # The reference's curve runs to the cap (its end sets the target); the others stop once they reach the
+        # target (the pre-trained model without a reference: at step 0, which sets it), unless the whole curve is
+        # asked for.
+        target = results.get("relearn_target")
+        if name == "reference" or (cfg.relearn_full_curve and name == "model"):
+            stops = {str(k): None for k in cfg.relearn_shots}
+        else:
+            stops = {str(k): target[str(k)] if target else float("-inf") for k in cfg.relearn_shots}
         row["relearn_curve"] = {str(k): relearn_curve(net, draws[f"shots_{k}"], draws["relearn_held"], forgotten,
-                                                      cfg, device, self.seed,
-                                                      stop_at=target[str(k)] if target else None)
+                                                      cfg, device, self.seed, stop_at=stops[str(k)])
                                 for k in cfg.relearn_shots}
         return row
 

@@ -73,6 +73,11 @@ class GSLoRAConfig(MethodConfig):
                 "embedding to the replay images' mean, in units of the replay features' variance. It moves the "
                 "forgotten classes' features, not only the head's output, so a probe on the features finds less "
                 "(verify's k-NN and CKA rows; 1.0 measured, docs/verify.md; 0 = off)"})
+    forget_relabel_weight: float = field(default=0.0, metadata={
+        "help": "weight of the feature relabelling term: each forget image's embedding is pulled to the embedding "
+                "the nearest replay image had before the request (LoRA off), so the forgotten classes' features land "
+                "on the retained classes they resemble, as in a model that never learnt them (docs/verify.md; 0 = "
+                "off)"})
     forgotten_mass_weight: float = field(default=3.0, metadata={
         "help": "γ: weight of mean −log(1 − p(forgotten)) on the forget images, forgotten = this task's classes and "
                 "every earlier task's. Forgotten images then land on retained classes, so classes forgotten earlier "

@@ -30,6 +30,7 @@ from ..losses import (
     bounded_forget_loss,
     class_mass_loss,
     class_mean_gap,
+    feature_relabel_loss,
     group_lasso,
     group_norms,
     group_soft_threshold,
@@ -98,6 +99,16 @@ class GSLoRA(Method):
             # tell apart (docs/verify.md).
             forget_features = class_mean_gap(emb[: len(xf)], yf, emb[len(xf):])
             loss = loss + self.cfg.forget_feature_weight * forget_features
+        forget_relabel = logits.new_zeros(())
+        if self.cfg.forget_relabel_weight and len(xr):
+            # Each forget image's target: the embedding, before the request (LoRA off), of the replay image nearest to
+            # its own: the forgotten images then land on the retained classes they resemble, as in a model that
+            # never learnt them (re-drawn random targets collapse them onto the replay mean, which a probe finds).
+            with torch.no_grad(), self.module.disable_adapter():
+                teacher = inner.embed(torch.cat([xf, xr]))
+            nearest = (F.normalize(teacher[: len(xf)], dim=1) @ F.normalize(teacher[len(xf):], dim=1).T).argmax(1)
+            forget_relabel = feature_relabel_loss(emb[: len(xf)], teacher[len(xf):][nearest])
+            loss = loss + self.cfg.forget_relabel_weight * forget_relabel
         if self.cfg.lasso_update == "gradient":
             structure = group_lasso(self.groups.values())
             loss = loss + self.alpha_at(step) * structure
@@ -106,6 +117,7 @@ class GSLoRA(Method):
                 structure = group_lasso(self.groups.values())
         losses = {"loss": loss, "forget": forget_loss, "retain": retain_loss, "forgotten_mass": forgotten_mass,
                   "replay_logits": replay_logits, "forget_features": forget_features,
+                  "forget_relabel": forget_relabel,
                   "structure": structure}
         return self.extra_terms(losses, emb[: len(xf)], yf, emb[len(xf):], yr)
 
