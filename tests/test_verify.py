@@ -269,3 +269,19 @@ def test_bench_puts_every_method_s_checks_beside_the_pretrained_and_reference_ro
 def test_confidence_features_stay_finite_on_saturated_outputs():
     out = {"logits": torch.tensor([[80.0, -80.0, 0.0], [0.0, 0.0, 0.0]]), "labels": torch.tensor([1, 2])}
     assert np.isfinite(confidence_features(out)).all()
+
+
+def test_each_request_is_checked_against_the_reference_trained_on_what_it_retains():
+    def ref(classes):
+        r = torch.nn.Identity()
+        r.reference_classes = set(classes)
+        return r
+
+    first, last = ref([2, 3, 4, 5]), ref([4, 5])
+    listed = Verifier(FAST, None, None, 0, None, None, references=[first, last], exact=True)
+    assert listed.reference_for([0, 1], [2, 3, 4, 5]) is first
+    assert listed.reference_for([0, 1, 2, 3], [4, 5]) is last
+    assert listed.reference_for([0], [1, 2, 3, 4, 5]) is None         # none trained on exactly these: no row
+    single = Verifier(FAST, None, None, 0, None, None, reference=last)
+    assert single.reference_for([0], [1, 2, 3, 4, 5]) is last          # one given: it serves what it fits
+    assert single.reference_for([4], [0, 1, 2, 3, 5]) is None          # never one that knows a forgotten class

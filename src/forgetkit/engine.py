@@ -419,7 +419,8 @@ def build_verifier(cfg: VerifyConfig, model, manifest: dict, protocol: Protocol,
     members, nonmembers = membership_images(
         protocol.splits.train, protocol.splits.test, protocol.cfg.eval_split, held_per_class(base_manifest) or 0,
         protocol.cfg.val_per_class, min((h for h in reference_held if h is not None), default=None))
-    return Verifier(cfg, members, nonmembers, seed, device, pretrained.eval(), references=references)
+    return Verifier(cfg, members, nonmembers, seed, device, pretrained.eval(), references=references,
+                    exact=isinstance(cfg.reference, list))
 
 
 def verification_models(manifest: dict, classes: list[str], device, base: str | None = None,

@@ -83,7 +83,8 @@ class VerifyConfig:
     reference: list[str] | str | None = field(default=None, metadata={
         "help": "checkpoint of a model trained without the forgotten classes (forgetkit pretrain on the retained "
                 "classes), or a list of them: each request is checked against the one trained on exactly the "
-                "classes it retains (bench/references.py makes one per request); the target row of every check"})
+                "classes it retains (bench/references.py makes one per request; a request none fits is judged "
+                "without one). A single checkpoint serves every request that forgets none of its classes"})
     images_per_class: int = field(default=100, metadata={
         "help": "images drawn per class and split for the attacks, the probes' scoring and CKA"})
     probe_per_class: int = field(default=30, metadata={"help": "training images per class for the probe and k-NN"})

@@ -298,19 +298,20 @@ class Verifier:
     model trained without the forgotten classes, with its head aligned to the run's classes (:func:`align_head`)."""
 
     def __init__(self, cfg: VerifyConfig, train, test, seed: int, device, pretrained, reference=None,
-                 references: list | None = None):
+                 references: list | None = None, exact: bool = False):
         self.cfg, self.train, self.test, self.seed, self.device = cfg, train, test, seed, device
-        self.pretrained = pretrained
+        self.pretrained, self.exact = pretrained, exact
         self.references = list(references or []) + ([reference] if reference is not None else [])
         self.reference = None
 
     def reference_for(self, forgotten: list[int], retained: list[int]):
         """The reference of a request: among those that know none of the forgotten classes, the one trained on
-        exactly the retained classes; else the only one given; else None. (:func:`align_head` records the classes
-        a reference knows; a model without that record serves every request.)"""
+        exactly the retained classes; else, unless ``exact`` (a list was given), the only one given; else None.
+        (:func:`align_head` records the classes a reference knows; a model without that record fits every
+        request.)"""
         fit = [r for r in self.references if not set(forgotten) & getattr(r, "reference_classes", set())]
         exact = [r for r in fit if getattr(r, "reference_classes", None) == set(retained)]
-        return exact[0] if exact else fit[0] if len(self.references) == 1 and fit else None
+        return exact[0] if exact else fit[0] if len(self.references) == 1 and fit and not self.exact else None
 
     def _pick(self, images, classes: list[int], per_class: int, purpose: str, part: int | None = None):
         gen = rng(self.seed, purpose, part)
