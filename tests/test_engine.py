@@ -102,7 +102,7 @@ def test_one_step_moves_only_lora(tiny_model_dir):
     xr, yr = splits.train[100][0][None], torch.tensor([splits.train[100][1]])
     losses = method.training_step((x, y), (xr, yr), step=0)
     assert set(losses) == {"loss", "forget", "retain", "forgotten_mass", "replay_logits", "forget_features",
-                           "structure"}
+                           "forget_relabel", "structure"}
     losses["loss"].backward()
     opt.step()
     for name, p in module.named_parameters():
