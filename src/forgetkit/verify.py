@@ -302,7 +302,6 @@ class Verifier:
         self.cfg, self.train, self.test, self.seed, self.device = cfg, train, test, seed, device
         self.pretrained, self.exact = pretrained, exact
         self.references = list(references or []) + ([reference] if reference is not None else [])
-        self.reference = None
 
     def reference_for(self, forgotten: list[int], retained: list[int]):
         """The reference of a request: among those that know none of the forgotten classes, the one trained on
@@ -328,20 +327,20 @@ class Verifier:
         cfg = self.cfg
         if not forgotten:
             raise ForgetkitError("nothing to verify: the model has forgotten no class")
-        self.reference = self.reference_for(forgotten, retained)
+        reference = self.reference_for(forgotten, retained)
         per = cfg.images_per_class
+        forget_test = self._pick(self.test, forgotten, per, "verify_images")
+        retain_test = self._pick(self.test, retained, max(1, per // 2), "verify_images")
         draws = {
             "forget_train": self._draw(self.train, forgotten, per, "verify_images"),
-            "forget_test": self._draw(self.test, forgotten, per, "verify_images"),
+            "forget_test": self.test.subset(forget_test),
             "retain_train": self._draw(self.train, retained, max(1, per // 2), "verify_images"),
-            "retain_test": self._draw(self.test, retained, max(1, per // 2), "verify_images"),
+            "retain_test": self.test.subset(retain_test),
             "probe_train": self._draw(self.train, forgotten + retained, cfg.probe_per_class, "verify_probe"),
             "rebound": self._draw(self.train, retained, cfg.rebound_per_class, "verify_rebound"),
         }
         # relearning reads its curve on forgotten and retained held-out images: a class's F1 needs both
-        draws["relearn_held"] = self.test.subset(torch.sort(torch.cat([
-            self._pick(self.test, forgotten, per, "verify_images"),
-            self._pick(self.test, retained, max(1, per // 2), "verify_images")])).values)
+        draws["relearn_held"] = self.test.subset(torch.sort(torch.cat([forget_test, retain_test])).values)
         for k in cfg.relearn_shots:
             draws[f"shots_{k}"] = self._draw(self.train, forgotten + retained, k, "verify_shots", part=k)
         pre_ft = outputs(self.pretrained, draws["forget_test"], self.device)
@@ -351,9 +350,9 @@ class Verifier:
         # The pre-trained and reference rows depend on their weights and the draws only: a bench verifies every
         # method on the same requests, and computes them once per request (in one process).
         context = (self.seed, repr(cfg), tuple(forgotten), tuple(retained), _digest(list(draws.values())),
-                   _fingerprint(self.pretrained), _fingerprint(self.reference))
+                   _fingerprint(self.pretrained), _fingerprint(reference))
         # the reference first: the end of its curve sets the relearning target, which the other rows stop at
-        rows = ([("reference", self.reference)] if self.reference is not None else []) + [
+        rows = ([("reference", reference)] if reference is not None else []) + [
             ("pretrained", self.pretrained), ("model", model)]
         for name, net in rows:
             start = time.perf_counter()
@@ -361,11 +360,11 @@ class Verifier:
             if key in _CONTEXT_ROWS:
                 results[name] = {**_CONTEXT_ROWS[key], "seconds": round(time.perf_counter() - start, 2)}
             else:
-                results[name] = self._row(name, net, draws, forgotten, retained, pre_ft, results)
+                results[name] = self._row(name, net, draws, forgotten, reference, pre_ft, results)
                 results[name]["seconds"] = round(time.perf_counter() - start, 2)  # docs/verify.md's cost claim
                 if key is not None:
                     _CONTEXT_ROWS[key] = copy.deepcopy(results[name])
-            if name == "reference" or (name == "pretrained" and self.reference is None):
+            if name == "reference" or (name == "pretrained" and reference is None):
                 results["relearn_target"] = self._relearn_target(results)
         for name, _ in rows:  # steps to the target, read off each curve
             results[name]["relearn_steps"] = {k: steps_to(curve, results["relearn_target"][k])
@@ -381,7 +380,7 @@ class Verifier:
         return {k: round(self.cfg.relearn_threshold * (curve[-1][1] if end else curve[0][1]), 2)
                 for k, curve in row["relearn_curve"].items()}
 
-    def _row(self, name: str, net, draws: dict, forgotten: list[int], retained: list[int], pre_ft: dict,
+    def _row(self, name: str, net, draws: dict, forgotten: list[int], reference, pre_ft: dict,
              results: dict) -> dict:
         cfg, device = self.cfg, self.device
         ft, fte = outputs(net, draws["forget_train"], device), outputs(net, draws["forget_test"], device)
@@ -406,9 +405,9 @@ class Verifier:
             "cka_to_pretrained": linear_cka(fte["features"], pre_ft["features"]),
             "retain_rebound": retain_rebound(net, draws["rebound"], draws["forget_test"], cfg, device, self.seed),
         }
-        if self.reference is not None:
+        if reference is not None:
             row["cka_to_reference"] = linear_cka(fte["features"],
-                                                 outputs(self.reference, draws["forget_test"], device)["features"])
+                                                 outputs(reference, draws["forget_test"], device)["features"])
         # The reference's curve runs to the cap (its end sets the target); the others stop once they reach the
         # target (the pre-trained model without a reference: at step 0, which sets it), unless the whole curve is
         # asked for.

@@ -166,7 +166,8 @@ class FGOrIU(GSLoRA):
             self.forget_in = {(blk, name): energy_basis(forget[name][blk], energy) for name in ("fc1", "fc2")
                               for blk in forget[name]}
         module = super().setup_task(model, task, data)
-        self.factors = self._factors(module)
+        self.blocks = _blocks(module.base_model.model)  # the same modules, now holding the LoRA layers
+        self.factors = self._factors()
         if not self.cfg.faithful:
             self._project_weights()  # A starts orthogonal to the retained inputs (peft draws it at random)
         return module
@@ -196,10 +197,10 @@ class FGOrIU(GSLoRA):
 
         return {kind: {blk: rows(parts) for blk, parts in seen[kind].items()} for kind in seen}
 
-    def _factors(self, module) -> list[tuple[torch.nn.Parameter, int, str, str]]:
+    def _factors(self) -> list[tuple[torch.nn.Parameter, int, str, str]]:
         """Every LoRA factor with its block, layer (fc1/fc2) and side (A/B)."""
         found = []
-        for index, block in enumerate(_blocks(module.base_model.model)):
+        for index, block in enumerate(self.blocks):
             for name in ("fc1", "fc2"):
                 layer = getattr(block.mlp, name)
                 for side, holder in (("A", layer.lora_A), ("B", layer.lora_B)):
@@ -221,8 +222,7 @@ class FGOrIU(GSLoRA):
         return losses
 
     def training_step(self, forget, retain, step):
-        blocks = _blocks(self.module.base_model.model)
-        with _capture(blocks, detach=False) as self._seen:
+        with _capture(self.blocks, detach=False) as self._seen:
             return super().training_step(forget, retain, step)
 
     # ---- the update: clip, project, step, keep A off the retained inputs
