@@ -74,7 +74,7 @@ def main() -> int:
         cfg = fk.load_config(args.config, dataset_overrides(args.dataset, "test") + args.override
                              + [f"output_dir={args.out}"])
         start = time.time()
-        results = fk.run_forgetting(cfg, progress=True, overwrite=True)
+        results = fk.run_requests(cfg, progress=True, overwrite=True)
         wall = time.time() - start
     alpha = resolved_method_config(cfg.method).get("alpha", 0.0)
     rows = check(results, alpha)

@@ -40,7 +40,7 @@ def folder_bytes(directory: Path, names: tuple[str, ...] | None = None) -> int:
 
 
 def run(overrides: list[str]) -> dict:
-    return fk.run_forgetting(fk.load_config("demo", overrides), progress=False, overwrite=True)
+    return fk.run_requests(fk.load_config("demo", overrides), progress=False, overwrite=True)
 
 
 def lirf_row(task: dict, reference: dict) -> dict:

@@ -18,9 +18,9 @@ from benchdata import DATASETS
 
 from forgetkit.data import load_data
 from forgetkit.data.config import DataConfig
+from forgetkit.engine.config import PretrainConfig
 from forgetkit.pretraining import pretrain
 from forgetkit.protocol import class_order
-from forgetkit.run_config import PretrainConfig
 
 
 def retained_after(source: str, per_request: int, request: int, order_seed: int = 1337) -> list[str]:

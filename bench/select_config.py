@@ -76,7 +76,7 @@ def main() -> None:
             cfg = fk.load_config(args.config, dataset_overrides(args.dataset, "val") + ["save_model=false"]
                                  + deep + args.override + combo
                                  + [f"seed={seed}", f"output_dir={args.out}/run-{i}-{seed}"])
-            results = fk.run_forgetting(cfg, progress=False, overwrite=True)
+            results = fk.run_requests(cfg, progress=False, overwrite=True)
             checks = check(results, resolved_method_config(cfg.method).get("alpha", 0.0))
             for t, row in zip(results["tasks"], checks):
                 a = t["after"]

@@ -52,7 +52,7 @@ def main() -> None:
                 overrides = dataset_overrides(dataset, "val") + FIRST_TASK + args.override + method_overrides(
                     base_method, name, {}) + [f"train.lr={lr}", f"output_dir={args.out}/{dataset}/{name}-{lr:g}"]
                 start = time.time()
-                task = fk.run_forgetting(fk.load_config(args.base, overrides), progress=False,
+                task = fk.run_requests(fk.load_config(args.base, overrides), progress=False,
                                          overwrite=True)["tasks"][0]
                 row = {"method": name, "lr": lr, "dataset": dataset, "h_mean": task["h_mean"],
                        "acc_r": task["after"]["acc_r"], "acc_f": task["after"]["acc_f"],

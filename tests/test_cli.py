@@ -185,8 +185,8 @@ def test_a_request_that_forgets_nothing_fails_loudly(tiny_model_dir, tmp_path, c
 
 
 def test_a_request_that_reaches_its_goal_passes(tiny_model_dir, tmp_path):
+    from forgetkit.engine.config import EvalConfig
     from forgetkit.kinds import REQUEST_KINDS
-    from forgetkit.run_config import EvalConfig
 
     results = fk_run(tiny_model_dir, tmp_path)
     assert all(t["verdict"] == {"pass": True, "failed": []} for t in results["tasks"])
@@ -200,4 +200,4 @@ def fk_run(model_dir, tmp_path):
     import forgetkit as fk
 
     cfg = fk.load_config(None, tiny_run_overrides(model_dir, tmp_path / "ok") + ["eval.max_retain_drop=10"])
-    return fk.run_forgetting(cfg, progress=False)
+    return fk.run_requests(cfg, progress=False)

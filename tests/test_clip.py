@@ -236,7 +236,7 @@ def test_mnist_5k_source():
 
 def clip_run(tmp_path, names_file, **sections):
     """The CLIP demo's config on a tiny CLIP and synthetic data."""
-    from forgetkit.run_config import RunConfig
+    from forgetkit.engine.config import RunConfig
 
     synthetic = {"source": "synthetic", "num_classes": 6, "test_per_class": 10}
     cfg = {"model": str(tmp_path / "ckpt"), "data": synthetic,
@@ -251,10 +251,10 @@ def clip_run(tmp_path, names_file, **sections):
 
 
 def test_text_forgetting_runs_through_the_shared_runner(tiny_clip, tmp_path, names_file):
-    from forgetkit.engine import run_forgetting
+    from forgetkit.engine import run_requests
 
     save_clip(tiny_clip, tmp_path / "ckpt")
-    results = run_forgetting(clip_run(tmp_path, names_file), progress=False)
+    results = run_requests(clip_run(tmp_path, names_file), progress=False)
     first, second = results["tasks"]
     assert results["method"] == "clip_text" and second["forget_classes"] == ["class_0", "class_1", "class_2"]
     # independent requests: each starts from the original CLIP, so both have the same "before"
@@ -274,46 +274,46 @@ def test_a_clip_checkpoint_is_edited_saved_and_replayed(tiny_clip, tmp_path, nam
     """Sequential requests on a CLIP: the edited CLIP is saved with its ledger, whose text-projection edits replay
     to its weights."""
     import forgetkit as fk
-    from forgetkit.engine import run_forgetting
+    from forgetkit.engine import run_requests
 
     save_clip(tiny_clip, tmp_path / "ckpt")
     cfg = clip_run(tmp_path, names_file, protocol={"tasks": [["class_0"], ["class_3"]], "independent": False},
                    save_model=True)
-    results = run_forgetting(cfg, progress=False)
+    results = run_requests(cfg, progress=False)
     assert results["tasks"][1]["old_classes"] == ["class_0"]
     ledger, manifest = fk.read_ledger(tmp_path / "run" / "model")
     assert [e["edit"]["type"] for e in ledger] == ["text_projection", "text_projection"]
     assert fk.fingerprint(fk.replay_ledger(tmp_path / "run" / "model")) == manifest["fingerprint"]
     with pytest.raises(ForgetkitError, match="no one edited model to save"):
-        run_forgetting(clip_run(tmp_path, names_file, save_model=True), progress=False, overwrite=True)
+        run_requests(clip_run(tmp_path, names_file, save_model=True), progress=False, overwrite=True)
     with pytest.raises(ForgetkitError, match="unknown class 'class_9'"):
-        run_forgetting(clip_run(tmp_path, names_file, protocol={"tasks": [["class_9"]]}), progress=False,
+        run_requests(clip_run(tmp_path, names_file, protocol={"tasks": [["class_9"]]}), progress=False,
                        overwrite=True)
     with pytest.raises(ForgetkitError, match="clip_text needs a model with text_projection"):  # a ViT classifier
-        run_forgetting(clip_run(tmp_path, names_file, model=str(tiny_model_dir), eval={"other_data": []},
+        run_requests(clip_run(tmp_path, names_file, model=str(tiny_model_dir), eval={"other_data": []},
                                 protocol={"tasks": [["class_0"]]}), progress=False, overwrite=True)
 
 
 def test_a_local_clip_weights_file_runs_through_the_runner(tiny_clip, tmp_path, names_file):
-    from forgetkit.engine import run_forgetting
+    from forgetkit.engine import run_requests
 
     torch.save(tiny_clip.model.state_dict(), tmp_path / "clip.pth")
     cfg = clip_run(tmp_path, names_file, model=str(tmp_path / "clip.pth"), model_arch="clip_test",
                    protocol={"tasks": [["class_1"]]})
-    assert run_forgetting(cfg, progress=False)["tasks"][0]["forget_classes"] == ["class_1"]
+    assert run_requests(cfg, progress=False)["tasks"][0]["forget_classes"] == ["class_1"]
     cfg.save_model, cfg.protocol.independent = True, False
     with pytest.raises(ForgetkitError, match="weights file.*save_model: false"):
-        run_forgetting(cfg, progress=False, overwrite=True)
+        run_requests(cfg, progress=False, overwrite=True)
 
 
 def test_gs_lora_edits_the_image_tower_of_a_zero_shot_classifier(tiny_clip, tmp_path, names_file):
-    from forgetkit.engine import run_forgetting
+    from forgetkit.engine import run_requests
     from forgetkit.models import fingerprint
 
     save_clip(tiny_clip, tmp_path / "ckpt")
     cfg = clip_run(tmp_path, names_file, method={"name": "gs_lora", "lora": {"rank": 2}, "alpha": 0.0},
                    train={"steps": 8, "batch_size": 8}, protocol={"tasks": [["class_0"]]})
-    results = run_forgetting(cfg, progress=False)
+    results = run_requests(cfg, progress=False)
     task = results["tasks"][0]
     assert task["num_groups"] == 2 and task["forget_images"] == 12  # one lasso group per image-tower block
     assert task["fingerprint_after"] != task["fingerprint_before"]

@@ -2,9 +2,9 @@ import pytest
 
 import forgetkit as fk
 from forgetkit.config import apply_overrides, from_dict
+from forgetkit.engine.config import RunConfig
 from forgetkit.errors import ForgetkitError
 from forgetkit.methods.configs import resolved_method_config
-from forgetkit.run_config import RunConfig
 
 
 def test_unknown_key_suggests_the_right_one():

@@ -11,7 +11,7 @@ from forgetkit.methods.gs_lora import GSLoRA
 
 def run(model_dir, out, *extra, overwrite=False):
     cfg = fk.load_config(None, tiny_run_overrides(model_dir, out) + list(extra))
-    return fk.run_forgetting(cfg, progress=False, overwrite=overwrite)
+    return fk.run_requests(cfg, progress=False, overwrite=overwrite)
 
 
 def test_gs_lora_forgets_and_retains_end_to_end(tiny_model_dir, tmp_path):

@@ -124,7 +124,7 @@ def test_a_tiny_fg_oriu_run_forgets(tiny_model_dir, tmp_path):
     cfg = fk.load_config(None, tiny_run_overrides(tiny_model_dir, tmp_path) + [
         # a 32-wide, 2-block toy: the 0.99 subspaces would leave LoRA almost no direction to move in
         "method={name: fg_oriu, energy: 0.9}", "protocol.num_tasks=2", "train.steps=48"])
-    tasks = fk.run_forgetting(cfg, progress=False)["tasks"]
+    tasks = fk.run_requests(cfg, progress=False)["tasks"]
     assert tasks[0]["before"]["acc_f"] >= 50
     assert all(t["after"]["acc_f"] <= t["before"]["acc_f"] - 20 for t in tasks), [t["after"] for t in tasks]
     assert set(tasks[1]["subspace_dims"]) == {"forget", "retain", "retain_inputs"}

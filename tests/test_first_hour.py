@@ -157,7 +157,7 @@ def test_a_library_call_leaves_the_callers_process_as_it_was(tiny_model_dir, tmp
     np.random.seed(11)
     torch.manual_seed(11)
     cfg = fk.load_config(None, tiny_run_overrides(tiny_model_dir, tmp_path / "run") + ["train.steps=4"])
-    fk.run_forgetting(cfg, progress=False)
+    fk.run_requests(cfg, progress=False)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
     assert torch.get_num_threads() == 2 and matplotlib.get_backend() == backend
 

@@ -90,7 +90,7 @@ def test_ema_is_applied_to_the_merged_model(tiny_model_dir):
 def test_gs_lora_pp_end_to_end_with_missing_classes(tiny_model_dir, tmp_path):
     cfg = fk.load_config(None, tiny_run_overrides(tiny_model_dir, tmp_path) + [
         "method.name=gs_lora_pp", "protocol.missing=1", "method.proto_retain_weight=[0.01]"])
-    results = fk.run_forgetting(cfg, progress=False)
+    results = fk.run_requests(cfg, progress=False)
     for t in results["tasks"]:
         assert t["missing_classes"] and "acc_m" in t["after"] and "acc_r_data" in t["after"]
         assert t["after"]["acc_f"] <= 10

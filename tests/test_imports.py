@@ -41,3 +41,37 @@ def test_no_import_circle():
 
     circles = sorted(f"{a} -> {b}" for a in graph for b in graph[a] if reaches(b, a))
     assert not circles
+
+
+# No upward import: a module of the left never imports (directly) one of the right. Lower layers are leaves the
+# upper ones build on: the ledger knows no method and no runner, methods know no request kind and no runner, the
+# request kinds know no method, and models, data and CLIP know none of them.
+FORBIDDEN = {
+    "forgetkit.ledger": ("forgetkit.engine", "forgetkit.methods", "forgetkit.kinds"),
+    "forgetkit.methods": ("forgetkit.engine", "forgetkit.kinds", "forgetkit.bench", "forgetkit.cli",
+                          "forgetkit.api", "forgetkit.report"),
+    "forgetkit.kinds": ("forgetkit.methods", "forgetkit.engine.editor", "forgetkit.engine.run", "forgetkit.bench"),
+    "forgetkit.models": ("forgetkit.methods", "forgetkit.engine", "forgetkit.kinds", "forgetkit.ledger"),
+    "forgetkit.data": ("forgetkit.methods", "forgetkit.engine", "forgetkit.kinds", "forgetkit.models"),
+    "forgetkit.engine": ("forgetkit.bench", "forgetkit.cli", "forgetkit.api"),
+}
+
+
+def upward_edges(graph: dict[str, set[str]]) -> list[str]:
+    def within(module: str, package: str) -> bool:
+        return module == package or module.startswith(package + ".")
+
+    return sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                  for low, high in FORBIDDEN.items() if within(module, low) and any(within(target, h) for h in high))
+
+
+def test_no_upward_import():
+    assert not upward_edges(import_graph())
+
+
+def test_upward_edge_is_found():
+    """The rule flags an edge it forbids (and only that one) in a made-up graph."""
+    graph = {"forgetkit.ledger": {"forgetkit.methods.base", "forgetkit.io"}, "forgetkit.methods.gs_lora":
+             {"forgetkit.kinds", "forgetkit.ledger"}, "forgetkit.engine.run": {"forgetkit.methods.base"}}
+    assert upward_edges(graph) == ["forgetkit.ledger -> forgetkit.methods.base",
+                                   "forgetkit.methods.gs_lora -> forgetkit.kinds"]

@@ -188,7 +188,7 @@ def test_every_learn_method_runs_a_two_task_protocol_from_a_backbone(method, tin
 
     make_image_folder(tmp_path / "d", classes=("ant", "bee", "cow", "elk", "owl"), per_class=6, size=(16, 16),
                       mode="L")
-    results = fk.run_forgetting(cfg, progress=False)
+    results = fk.run_requests(cfg, progress=False)
     assert [len(t["learn_classes"]) for t in results["tasks"]] == [2, 2]
     assert results["tasks"][0]["known_classes"] == [] and len(results["tasks"][1]["known_classes"]) == 2
     s = results["summary"]

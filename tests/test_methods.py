@@ -276,7 +276,7 @@ TOY_OVERRIDES = {"fdr": ["method.fdr_weight=1.0"], "fg_oriu": ["method.energy=0.
 def test_forgetting_happens_on_a_toy_task(tiny_model_dir, tmp_path, name):
     cfg = fk.load_config(None, tiny_run_overrides(tiny_model_dir, tmp_path) + [
         f"method={{name: {name}}}", "protocol.num_tasks=1", "train.steps=48"] + TOY_OVERRIDES.get(name, []))
-    task = fk.run_forgetting(cfg, progress=False)["tasks"][0]
+    task = fk.run_requests(cfg, progress=False)["tasks"][0]
     assert task["before"]["acc_f"] >= 50
     assert task["after"]["acc_f"] <= task["before"]["acc_f"] - 20, task["after"]
 

@@ -2,7 +2,7 @@
 
 Example:
     >>> import forgetkit as fk
-    >>> results = fk.run_forgetting(fk.load_config("demo"))
+    >>> results = fk.run_requests(fk.load_config("demo"))
 
 Names are imported on first use (PEP 562), so ``import forgetkit`` and ``forgetkit --help`` do not load torch.
 """
@@ -18,7 +18,8 @@ _EXPORTS = {
     "forget": "api", "learn": "api", "unlearn": "api", "load_config": "api", "packaged_configs": "api",
     "from_dict": "config", "to_dict": "config",
     "DataConfig": "data.config", "load_data": "data",
-    "EvalConfig": "run_config", "RunConfig": "run_config", "TrainConfig": "run_config", "run_forgetting": "engine",
+    "EvalConfig": "engine.config", "RunConfig": "engine.config", "TrainConfig": "engine.config",
+    "run_requests": "engine", "run_forgetting": "engine",
     "ForgetkitError": "errors",
     "read_ledger": "ledger", "replay_ledger": "ledger",
     "METHODS": "methods", "Method": "methods", "register_method": "methods",
@@ -26,8 +27,8 @@ _EXPORTS = {
     "load_model": "models", "save_model": "models",
     "LoRASettings": "models.lora_config", "add_lora": "models.lora", "apply_adapter": "models.lora",
     "merge_lora": "models.lora",
-    "PretrainConfig": "run_config", "pretrain": "pretraining",
-    "ProtocolConfig": "run_config", "class_order": "protocol", "make_tasks": "protocol",
+    "PretrainConfig": "engine.config", "pretrain": "pretraining",
+    "ProtocolConfig": "engine.config", "class_order": "protocol", "make_tasks": "protocol",
     "REQUEST_KINDS": "kinds",
 }
 __all__ = sorted(_EXPORTS)

@@ -3,7 +3,7 @@
 Example:
     >>> import forgetkit as fk
     >>> cfg = fk.load_config("demo", ["train.steps=100"])          # a packaged config or a YAML path
-    >>> results = fk.run_forgetting(cfg)                            # writes results.json, report.md, plots
+    >>> results = fk.run_requests(cfg)                            # writes results.json, report.md, plots
     >>> results = fk.forget("builtin:fmnist_vit", [["Sandal", "Bag"]], output_dir="runs/no-bags")
     >>> edited = fk.unlearn(model, forget_set, retain_set, test_set, classes=names)   # in memory, no files
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import apply_overrides, from_dict, read_yaml
+from .engine.config import RunConfig
 from .errors import ForgetkitError
-from .run_config import RunConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -79,9 +79,9 @@ def _run_requests(kind, model, tasks, method, output_dir, overrides, progress, o
     data = {"model": model, "kind": kind, "method": method_section, "output_dir": output_dir, **sections}
     data["protocol"] = {**(data.get("protocol") or {}), "tasks": tasks}
     cfg = from_dict(RunConfig, apply_overrides(data, overrides or []))
-    from .engine import run_forgetting
+    from .engine.run import run_requests
 
-    return run_forgetting(cfg, progress=progress, overwrite=overwrite)
+    return run_requests(cfg, progress=progress, overwrite=overwrite)
 
 
 @dataclass
@@ -104,11 +104,14 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
     ``head``, ``spec``; e.g. from :func:`load_model` or :func:`create_model`) and is edited in place. ``ledger`` is
     the model's ledger so far (classes forgotten earlier count as old classes and cannot be forgotten again).
     ``sections`` are config sections as dicts: ``train={"steps": 300}``, ``eval={...}``. This is what
-    :func:`run_forgetting` does for each request, without files.
+    :func:`run_requests` does for each request, without files.
     """
     from .data import as_labeled
-    from .engine import Editor, EvalConfig, TrainConfig, ledger_entry
-    from .kinds import REQUEST_KINDS, forgotten_classes
+    from .engine.config import EvalConfig, TrainConfig
+    from .engine.editor import Editor
+    from .engine.run import ledger_entry
+    from .kinds import REQUEST_KINDS
+    from .ledger import forgotten_classes
     from .methods.configs import MethodConfig, resolved_method_config
     from .protocol import Task, TaskData
     from .runtime import process_state, setup_device

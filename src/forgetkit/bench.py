@@ -26,12 +26,12 @@ from typing import Any
 
 from .api import load_config
 from .config import from_dict, read_yaml, to_dict
-from .engine import run_forgetting
+from .engine.plan import plan_run
+from .engine.run import run_requests
 from .errors import ForgetkitError
 from .io import atomic_write, write_json, write_text
 from .methods import METHODS
 from .methods.configs import MethodConfig
-from .plan import plan_run
 from .report import fmt, new_figure, results_table, task_label, verify_comparison
 from .runstate import crash_point
 
@@ -134,7 +134,7 @@ def run_bench(spec: BenchSpec, progress: bool = True, resume: bool = False, over
         if progress:
             print(f"[bench] {name} ...", flush=True)
         crash_point(f"bench_{name}")
-        all_results[name] = run_forgetting(cfg, progress=progress, overwrite=overwrite, resume=resume)
+        all_results[name] = run_requests(cfg, progress=progress, overwrite=overwrite, resume=resume)
         if progress:
             print(f"[bench] {name} done in {time.time() - start:.0f} s", flush=True)
     return compare(out, all_results, spec)

@@ -32,8 +32,8 @@ def _print_table(results: dict, wall: float) -> None:
 
 def cmd_forget(args) -> None:
     from .api import config_data, load_config
+    from .engine.plan import plan_run
     from .kinds import REQUEST_KINDS
-    from .plan import plan_run
 
     if not args.config and not args.classes:
         raise ForgetkitError(f"name what to {args.kind}: --classes A,B (one request; repeat --classes for more) or "
@@ -62,11 +62,11 @@ def cmd_forget(args) -> None:
     if plan.finished:
         print(f"{cfg.output_dir} already holds this finished run (--resume); nothing to do")
 
-    from .engine import run_forgetting
+    from .engine.run import run_requests
     from .methods import METHODS
 
     start = time.monotonic()
-    results = run_forgetting(cfg, progress=_progress(args), overwrite=args.overwrite, resume=args.resume)
+    results = run_requests(cfg, progress=_progress(args), overwrite=args.overwrite, resume=args.resume)
     _print_table(results, time.monotonic() - start)
     print(f"\nresults, report.md and plots in {cfg.output_dir}/" + (
         f"; the edited model and its ledger in {plan.model_dir}/ (--model {cfg.output_dir} names it)"
@@ -112,8 +112,8 @@ def cmd_bench(args) -> None:
 
 def cmd_pretrain(args) -> None:
     from .api import load_config
-    from .plan import plan_pretrain
-    from .run_config import PretrainConfig
+    from .engine.config import PretrainConfig
+    from .engine.plan import plan_pretrain
 
     sections = {k: getattr(args, k) for k in ("arch", "epochs", "out") if getattr(args, k) is not None}
     if args.data or args.root:
@@ -196,10 +196,11 @@ def cmd_verify(args) -> None:
     from .classes import resolve_class_names
     from .config import check_threads, from_dict
     from .data.config import DataConfig, check_data_config, model_data_config
-    from .kinds import deep_failures, forgotten_classes
+    from .engine.config import VerifyConfig
+    from .kinds import deep_failures
+    from .ledger import forgotten_classes
     from .models.formats import read_manifest
     from .outputs import OutputLock, refuse_input_as_output, refuse_replacing
-    from .run_config import VerifyConfig
 
     # every check that needs no torch first
     cfg = from_dict(VerifyConfig, apply_overrides({}, list(args.override)), "verify")
@@ -233,12 +234,11 @@ def cmd_verify(args) -> None:
 
 
     from .data import load_data
-    from .engine import verification_models
     from .io import write_json, write_text
     from .models.formats import load_checkpoint
     from .report import plot_verify, verify_table
     from .runtime import process_state, setup_device
-    from .verify import Verifier, held_per_class, membership_images
+    from .verify import Verifier, held_per_class, membership_images, verification_models
 
     with OutputLock(out), process_state():
         device = setup_device("auto", args.threads)
@@ -291,8 +291,8 @@ def cmd_models(args) -> None:
 
 def cmd_config(args) -> None:
     from .config import describe
+    from .engine.config import RunConfig
     from .methods import METHOD_CONFIGS
-    from .run_config import RunConfig
 
     rows = describe(RunConfig)
     if args.method in METHOD_CONFIGS:

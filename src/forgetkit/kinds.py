@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, ClassVar
 
-from .errors import ForgetkitError
+from .errors import BUDGET_HINT, ForgetkitError
+from .ledger import forgotten_classes
 from .registry import Registry
 
 if TYPE_CHECKING:  # the kinds themselves need no torch: the run's checks use them before it is imported
     from .metrics import PerClass
 
-BUDGET_HINT = "try a larger budget (-o train.steps=600) or, if retained classes fell, more replay images"
-"""the advice for a forget request that missed its goal; a method may say more (Method.fix_hint)"""
 
 REQUEST_KINDS: Registry = Registry("request kind")
 logger = logging.getLogger("forgetkit")
@@ -113,18 +112,6 @@ class RequestKind:
 
     def verdict(self, metrics: dict, thresholds) -> dict:
         raise NotImplementedError
-
-
-def forgotten_classes(ledger: list[dict]) -> dict[str, int]:
-    """Class name -> index of the ledger entry that forgot it, for every class forgotten and not restored since."""
-    forgotten: dict[str, int] = {}
-    for entry in ledger:
-        for name in entry.get("classes", []):
-            if entry.get("kind") == "forget":
-                forgotten[name] = entry["index"]
-            elif entry.get("kind") == "restore":
-                forgotten.pop(name, None)
-    return forgotten
 
 
 def retained_drop(after: dict, reference: dict, limit: float, reference_name: str) -> list[str]:
@@ -487,7 +474,7 @@ class Learn(RequestKind):
             return {}
         import torch
 
-        from .methods.incremental import class_means
+        from .runtime import class_means
 
         known = sorted(task.retain + task.forget)
         now = class_means(model, images.subset(images.indices_of(known)), known, device)

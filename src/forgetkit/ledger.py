@@ -9,20 +9,49 @@ weights from its base and those edits, checking every fingerprint on the way: wh
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from .errors import ForgetkitError
-from .io import load_weights
-from .methods import METHODS
-from .models import fingerprint
-from .models.checkpoint import load_state_strict
-from .models.formats import load_checkpoint, resolve_model_path
+from .registry import Registry
+
+if TYPE_CHECKING:  # the ledger's bookkeeping needs no torch: the run's checks read it before torch is imported
+    import torch
+
+EDIT_TYPES: Registry[Callable[[torch.nn.Module, Path], torch.nn.Module]] = Registry(
+    "edit type", loader=lambda: importlib.import_module("forgetkit.methods").load_methods())
+"""edit type (what a ledger entry's ``edit.type`` records) -> the function that applies such an edit to the model it
+was made from; a method registers its ``edit_type`` with its ``apply_edit`` (methods/base.py), the ledger knows no
+method"""
+
+
+def register_edit_type(name: str, apply: Callable[[torch.nn.Module, Path], torch.nn.Module]) -> None:
+    """Register ``apply`` for edits of type ``name``; methods that share a type (every LoRA method) share its
+    function, and two different functions for one type are refused."""
+    if name in EDIT_TYPES._items:
+        if EDIT_TYPES._items[name] is not apply:
+            raise ValueError(f"edit type '{name}' is registered twice with different appliers")
+        return
+    EDIT_TYPES.register(name)(apply)
+
+
+def forgotten_classes(ledger: list[dict]) -> dict[str, int]:
+    """Class name -> index of the ledger entry that forgot it, for every class forgotten and not restored since."""
+    forgotten: dict[str, int] = {}
+    for entry in ledger:
+        for name in entry.get("classes", []):
+            if entry.get("kind") == "forget":
+                forgotten[name] = entry["index"]
+            elif entry.get("kind") == "restore":
+                forgotten.pop(name, None)
+    return forgotten
 
 
 def read_ledger(model_dir: str | Path) -> tuple[list[dict], dict]:
     """The ledger and manifest of a forgetkit checkpoint."""
+    from .models.formats import load_checkpoint
+
     _, manifest = load_checkpoint(model_dir)
     return list(manifest.get("ledger", [])), manifest
 
@@ -35,6 +64,10 @@ def replay_ledger(model_dir: str | Path, base: torch.nn.Module | None = None,
     (the weights before that request). Raises :class:`ForgetkitError` at the first entry whose fingerprint before or
     after does not match, naming the entry.
     """
+    from .io import load_weights
+    from .models.checkpoint import fingerprint, load_state_strict
+    from .models.formats import load_checkpoint, resolve_model_path
+
     model_dir = resolve_model_path(model_dir)  # a run folder names its model/
     final, manifest = load_checkpoint(model_dir)
     ledger = manifest.get("ledger", [])
@@ -55,7 +88,7 @@ def replay_ledger(model_dir: str | Path, base: torch.nn.Module | None = None,
         if edit["type"] == "weights":
             load_state_strict(model, load_weights(path / "model.safetensors"), str(path))
         else:  # the method's own edit (a LoRA adapter, a text projection), applied as the method applies it
-            model = METHODS.get(entry["method"]).apply_edit(model, path)
+            model = EDIT_TYPES.get(edit["type"])(model, path)
         if fingerprint(model) != entry["fingerprint_after"]:
             raise ForgetkitError(f"replaying request {n} of {model_dir}'s ledger did not give the weights it "
                                  f"recorded; the edit in {path} was changed or belongs to another model")

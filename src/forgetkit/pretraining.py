@@ -16,12 +16,12 @@ from tqdm.auto import tqdm
 from .config import to_dict
 from .data import load_data
 from .data.datasets import held_out_mask
+from .engine.config import PretrainConfig
+from .engine.plan import plan_pretrain
 from .errors import ForgetkitError
 from .metrics import evaluate_classes
 from .models import create_model, save_model
 from .outputs import OutputLock
-from .plan import plan_pretrain
-from .run_config import PretrainConfig
 from .runtime import adamw, optimizer_step, process_state, rng, seed_everything, setup_device, step_scheduler
 
 

@@ -21,8 +21,8 @@ import torch
 from .classes import resolve_class_names  # noqa: F401 (re-exported)
 from .data import DataSplits, LabeledImages
 from .data.datasets import held_out_mask
+from .engine.config import ProtocolConfig
 from .errors import ForgetkitError
-from .run_config import ProtocolConfig
 from .runtime import rng
 
 

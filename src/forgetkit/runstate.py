@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from .engine.plan import STATE_DIR, config_differences, resume_refusal
 from .io import load_weights, read_json, save_weights, write_json, write_text, write_yaml
-from .plan import STATE_DIR, config_differences, resume_refusal
 
 LOG_FIELDS = ["request", "step", "name", "value"]
 

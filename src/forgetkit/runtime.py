@@ -171,3 +171,21 @@ def process_state():
         torch.random.set_rng_state(torch_state)
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
+
+
+@torch.no_grad()
+def class_means(model: torch.nn.Module, images, classes: list[int], device, batch_size: int = 256) -> torch.Tensor:
+    """The mean (un-normalised) embedding of each class's images, rows in ``classes`` order."""
+    model.eval()
+    dim = model.spec.embed_dim
+    sums = torch.zeros(max(classes) + 1 if classes else 0, dim, device=device)
+    counts = torch.zeros(len(sums), device=device)
+    for x, y in torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False):
+        y = y.to(device)
+        keep = y < len(sums)
+        sums.index_add_(0, y[keep], model.embed(x.to(device))[keep])
+        counts.index_add_(0, y[keep], torch.ones(int(keep.sum()), device=device))
+    rows = torch.as_tensor(classes, dtype=torch.long, device=device)
+    if (counts[rows] == 0).any():
+        raise ForgetkitError("a class to learn has no training images; check the data and the protocol")
+    return sums[rows] / counts[rows, None]

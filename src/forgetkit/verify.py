@@ -32,15 +32,20 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .engine.config import VerifyConfig
 from .errors import ForgetkitError
 from .models.checkpoint import fingerprint
-from .run_config import VerifyConfig
+from .models.formats import load_checkpoint, resolve_model_path
 from .runtime import rng
+
+if TYPE_CHECKING:
+    from .protocol import Protocol
 
 
 # ------------------------------------------------------------------------------------------------------ features
@@ -462,3 +467,35 @@ def align_head(reference, reference_classes: list[str], classes: list[str]):
     aligned.head = head
     aligned.reference_classes = {classes.index(name) for name in reference_classes}
     return aligned.eval()
+
+
+def build_verifier(cfg: VerifyConfig, model, manifest: dict, protocol: Protocol, classes: list[str], seed: int,
+                   device):
+    """The run's :class:`~forgetkit.verify.Verifier`, on the members and non-members of
+    :func:`~forgetkit.verify.membership_images` (non-members from the run's evaluation split); the pre-trained row is
+    the ledger's base model (or the model at the start), the references those of ``eval.verify.reference``."""
+    pretrained, base_manifest, references = verification_models(manifest, classes, device, reference=cfg.reference)
+    base_manifest = base_manifest if pretrained is not None else manifest
+    pretrained = pretrained if pretrained is not None else copy.deepcopy(model)
+    reference_held = [held_per_class(r.manifest) for r in references]
+    members, nonmembers = membership_images(
+        protocol.splits.train, protocol.splits.test, protocol.cfg.eval_split, held_per_class(base_manifest) or 0,
+        protocol.cfg.val_per_class, min((h for h in reference_held if h is not None), default=None))
+    return Verifier(cfg, members, nonmembers, seed, device, pretrained.eval(), references=references,
+                    exact=isinstance(cfg.reference, list))
+
+
+def verification_models(manifest: dict, classes: list[str], device, base: str | None = None,
+                        reference: str | list[str] | None = None) -> tuple:
+    """The rows a verification reads a model against: the pre-trained model (``base``, else the ledger's base; None
+    when there is neither) with its manifest, and the references (one checkpoint or a list), each with its head
+    aligned to ``classes`` and its manifest as ``.manifest``."""
+    base = base or (manifest.get("base") or {}).get("path")
+    pretrained, base_manifest = load_checkpoint(resolve_model_path(base)) if base else (None, {})
+    references = []
+    for path in ([reference] if isinstance(reference, str) else reference or []):
+        aligned, ref_manifest = load_checkpoint(resolve_model_path(path))
+        aligned = align_head(aligned, list(ref_manifest["classes"]), classes).to(device)
+        aligned.manifest = ref_manifest
+        references.append(aligned)
+    return (pretrained.to(device) if pretrained is not None else None), base_manifest, references

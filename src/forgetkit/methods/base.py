@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from ..errors import ForgetkitError
+from ..ledger import register_edit_type
 from ..protocol import Task, TaskData
 from ..registry import Registry
 from ..runtime import adamw
@@ -31,6 +32,7 @@ def register_method(name: str):
     def decorator(cls):
         cls.name = name
         cls.config_cls = METHOD_CONFIGS.get(name)  # methods/configs.py: the config registered under the same name
+        register_edit_type(cls.edit_type, cls.apply_edit)  # what the ledger replays edits of this type with
         return METHODS.register(name)(cls)
 
     return decorator

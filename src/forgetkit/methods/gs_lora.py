@@ -24,8 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import ForgetkitError
-from ..kinds import BUDGET_HINT
+from ..errors import BUDGET_HINT, ForgetkitError
 from ..losses import (
     bounded_forget_loss,
     class_mass_loss,

@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import ForgetkitError
 from ..io import load_weights, save_weights, write_json
-from ..runtime import rng
+from ..runtime import class_means, rng
 from .base import Method
 
 
@@ -123,24 +122,6 @@ def with_prototypes(model: nn.Module, prototypes: torch.Tensor) -> nn.Module:
     head.prototypes.data.copy_(prototypes)
     model.head, model.spec = head, spec
     return model
-
-
-@torch.no_grad()
-def class_means(model: nn.Module, images, classes: list[int], device, batch_size: int = 256) -> torch.Tensor:
-    """The mean (un-normalised) embedding of each class's images, rows in ``classes`` order."""
-    model.eval()
-    dim = model.spec.embed_dim
-    sums = torch.zeros(max(classes) + 1 if classes else 0, dim, device=device)
-    counts = torch.zeros(len(sums), device=device)
-    for x, y in torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False):
-        y = y.to(device)
-        keep = y < len(sums)
-        sums.index_add_(0, y[keep], model.embed(x.to(device))[keep])
-        counts.index_add_(0, y[keep], torch.ones(int(keep.sum()), device=device))
-    rows = torch.as_tensor(classes, dtype=torch.long, device=device)
-    if (counts[rows] == 0).any():
-        raise ForgetkitError("a class to learn has no training images; check the data and the protocol")
-    return sums[rows] / counts[rows, None]
 
 
 class LearnMethod(Method):

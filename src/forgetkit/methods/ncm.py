@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..runtime import class_means
 from .base import register_method
-from .incremental import LearnMethod, attach_kv_lora, class_means, detach_kv_lora, stack_factors
+from .incremental import LearnMethod, attach_kv_lora, detach_kv_lora, stack_factors
 
 
 @register_method("ncm")

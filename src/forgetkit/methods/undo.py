@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ForgetkitError
 from ..io import load_weights
-from ..kinds import forgotten_classes
+from ..ledger import forgotten_classes
 from ..models import fingerprint
 from .base import Method, register_method
 

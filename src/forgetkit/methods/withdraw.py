@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ForgetkitError
 from ..io import load_weights, save_weights, write_json
-from ..kinds import forgotten_classes
+from ..ledger import forgotten_classes
 from ..models.checkpoint import FORMAT_VERSION, fingerprint, load_state_strict, read_manifest
 from ..models.presets import ModelSpec
 from ..models.vit import ForgetModel

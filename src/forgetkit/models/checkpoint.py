@@ -68,6 +68,12 @@ def save_model(model: ForgetModel, directory: str | Path, classes: list[str], **
     return directory
 
 
+def save_checkpoint(model: torch.nn.Module, directory: Path, classes: list[str], **extra) -> Path:
+    """Save ``model`` as the kind of checkpoint it was loaded from (a model may define ``save_checkpoint``)."""
+    own = getattr(model, "save_checkpoint", None)
+    return own(directory, classes, **extra) if own else save_model(model, directory, classes, **extra)
+
+
 def read_manifest(directory: Path, expected_format: str, what: str, fix: str) -> dict:
     """The ``manifest.json`` of a checkpoint folder, checked to be of ``expected_format``."""
     path = directory / "manifest.json"

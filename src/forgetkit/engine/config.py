@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import check_device, check_threads
-from .data.config import DataConfig
-from .errors import ForgetkitError
-from .methods.configs import MethodConfig, default_method_config
+from ..config import check_device, check_threads
+from ..data.config import DataConfig
+from ..errors import ForgetkitError
+from ..methods.configs import MethodConfig, default_method_config
 
 
 @dataclass

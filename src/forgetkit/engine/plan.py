@@ -13,16 +13,16 @@ from pathlib import Path
 
 import yaml
 
-from .classes import resolve_class_names
-from .config import to_dict
-from .data.config import DataConfig, check_data_config, model_data_config
-from .errors import ForgetkitError
-from .kinds import REQUEST_KINDS
-from .methods.configs import resolved_method_config
-from .models.formats import RUN_MODEL_DIR, read_manifest
-from .models.presets import PRESETS
-from .outputs import refuse_input_as_output, refuse_replacing
-from .run_config import PretrainConfig, RunConfig
+from ..classes import resolve_class_names
+from ..config import to_dict
+from ..data.config import DataConfig, check_data_config, model_data_config
+from ..errors import ForgetkitError
+from ..kinds import REQUEST_KINDS
+from ..methods.configs import resolved_method_config
+from ..models.formats import RUN_MODEL_DIR, read_manifest
+from ..models.presets import PRESETS
+from ..outputs import refuse_input_as_output, refuse_replacing
+from .config import PretrainConfig, RunConfig
 
 STATE_DIR = "state"
 RESUMABLE_CHANGES = ("output_dir", "train.threads")
