@@ -47,7 +47,7 @@ def main() -> None:
         if (out / "model.safetensors").exists():
             print(f"{out}: exists, kept")
             continue
-        classes = retained_after(overrides["data.source"], int(overrides["protocol.forget_per_task"]), request)
+        classes = retained_after(overrides["data.source"], int(overrides["protocol.classes_per_request"]), request)
         cfg = PretrainConfig(data=DataConfig(source=overrides["data.source"], classes=classes),
                              threads=args.threads, out=str(out), **entry["pretrain"])
         _, info = pretrain(cfg, progress=False)

@@ -47,3 +47,26 @@ def test_unlearn_refuses_bad_datasets(tiny_model_dir):
         fk.unlearn(model, good, good, good, classes=list("abcdef"))
     with pytest.raises(fk.ForgetkitError, match="not data"):
         fk.unlearn(model, good, good, good, classes=list("abcdef"), data={})
+
+
+def test_old_names_of_forgetkit_0_1_still_work_with_a_warning(monkeypatch):
+    """run_forgetting, Request.forget and the method hooks setup_task / finish_task / save_task: deprecated aliases
+    for one release."""
+    import forgetkit.engine.run as run_module
+    from forgetkit.methods.base import Method
+    from forgetkit.protocol import Request
+
+    monkeypatch.setattr(run_module, "run_requests", lambda cfg, **kw: {"ran": cfg, **kw})
+    with pytest.warns(DeprecationWarning, match="run_forgetting is deprecated.*run_requests"):
+        assert fk.run_forgetting("cfg", progress=False) == {"ran": "cfg", "progress": False}
+    request = Request(0, "forget", [1, 2], [0], [])
+    with pytest.warns(DeprecationWarning, match="Request.classes"):
+        assert request.forget == [1, 2]
+    with pytest.warns(DeprecationWarning, match="Old.setup_task is deprecated.*name it setup"):
+        class Old(Method):
+            def setup_task(self, model, request, data):
+                return "set up"
+
+            def finish_task(self):
+                return "finished"
+    assert Old.setup is Old.__dict__["setup_task"] and Old.finish is Old.__dict__["finish_task"]

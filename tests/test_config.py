@@ -68,3 +68,29 @@ def test_the_method_section_is_parsed_once_into_its_method_s_typed_config():
     assert from_dict(RunConfig, {}).method.name == "gs_lora"
     with pytest.raises(ForgetkitError, match=r"method\(ewc\).reg_lambda must be a number"):
         from_dict(RunConfig, {"method": {"name": "ewc", "reg_lambda": "big"}})
+
+
+def test_choice_fields_list_their_choices_in_errors_and_in_the_config_listing():
+    with pytest.raises(ForgetkitError, match=r"method\(gs_lora\)\.lasso_update must be one of gradient, proximal; "
+                                             r"got 'sideways'"):
+        fk.load_config("demo", ["method.lasso_update=sideways"])
+    with pytest.raises(ForgetkitError, match="protocol.eval_split must be one of test, val"):
+        fk.ProtocolConfig(eval_split="train")       # built in Python, not read from YAML: refused the same
+    from forgetkit.config import describe
+    from forgetkit.methods.configs import GSLoRAConfig
+
+    rows = {key: text for key, _, text in describe(GSLoRAConfig)}
+    assert rows["grouping"].endswith("[choices: block, module, matrix]")
+
+
+def test_a_renamed_key_is_read_with_a_warning_and_both_names_are_refused():
+    with pytest.warns(FutureWarning, match="protocol.forget_per_task is deprecated.*protocol.classes_per_request"):
+        cfg = fk.load_config("demo", ["protocol.forget_per_task=3", "protocol.num_tasks=2"])
+    assert cfg.protocol.classes_per_request == 3
+    from forgetkit.config import from_dict
+    from forgetkit.engine.config import ProtocolConfig
+
+    with pytest.warns(FutureWarning):                      # a file of forgetkit 0.1
+        assert from_dict(ProtocolConfig, {"forget_per_task": 4}, "config.protocol").classes_per_request == 4
+    with pytest.raises(ForgetkitError, match="are one setting"):
+        from_dict(ProtocolConfig, {"forget_per_task": 4, "classes_per_request": 4}, "config.protocol")

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from conftest import tiny_run_overrides
+from helpers import batch
 
 import forgetkit as fk
 from forgetkit.errors import ForgetkitError
@@ -67,9 +68,9 @@ def test_nan_loss_stops_with_last_good_state_saved(tiny_model_dir, tmp_path, mon
     calls = {"n": 0}
     original = GSLoRA.training_step
 
-    def flaky(self, forget, retain, step):
+    def flaky(self, batch, step):
         calls["n"] += 1
-        losses = original(self, forget, retain, step)
+        losses = original(self, batch, step)
         if calls["n"] == 3:
             losses["loss"] = losses["loss"] * float("nan")
         return losses
@@ -95,12 +96,12 @@ def test_one_step_moves_only_lora(tiny_model_dir):
     task = proto.tasks[0]
     ctx = fk.methods.MethodContext(device=torch.device("cpu"), seed=0, num_classes=6, steps=8)
     method = fk.methods.build_method({"name": "gs_lora", "alpha_warmup_steps": 0}, ctx)
-    module = method.setup_task(model, task, proto.task_data(task))
+    module = method.setup(model, task, proto.task_data(task))
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     opt = torch.optim.AdamW(method.parameters(), lr=1e-2)
-    x, y = splits.train[0][0][None], torch.tensor([task.forget[0]])
+    x, y = splits.train[0][0][None], torch.tensor([task.classes[0]])
     xr, yr = splits.train[100][0][None], torch.tensor([splits.train[100][1]])
-    losses = method.training_step((x, y), (xr, yr), step=0)
+    losses = method.training_step(batch((x, y), (xr, yr)), step=0)
     assert set(losses) == {"loss", "forget", "retain", "forgotten_mass", "replay_logits", "forget_features",
                            "forget_relabel", "structure"}
     losses["loss"].backward()

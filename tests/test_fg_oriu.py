@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from helpers import batch
 from test_methods import setup
 
 import forgetkit as fk
@@ -64,7 +65,7 @@ def test_the_feature_terms_vanish_where_they_should():
 def _train(method, module, forget, retain, steps=6):
     optimizer = method.make_optimizer(1e-2, 0.05)      # AdamW with decay: breaks orthogonality unless corrected
     for step in range(steps):
-        losses = method.step(forget, retain, step, optimizer)
+        losses = method.step(batch(forget, retain), step, optimizer)
     return losses
 
 

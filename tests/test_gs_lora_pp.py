@@ -1,6 +1,7 @@
 import pytest
 import torch
 from conftest import tiny_run_overrides
+from helpers import batch
 from test_methods import PAPER_FORM, setup
 
 import forgetkit as fk
@@ -37,7 +38,7 @@ def test_push_and_pull_terms(tiny_model_dir, distance):
         for n, p in module.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.2)
-    losses = method.training_step((xf, yf), (xr, yr), step=0)
+    losses = method.training_step(batch((xf, yf), (xr, yr)), step=0)
     protos = method.prototypes
     inner = module.base_model.model
     d_f = prototype_distance(inner.embed(xf), protos[yf], distance).mean()
@@ -55,7 +56,7 @@ def test_push_and_pull_terms(tiny_model_dir, distance):
 
 def test_prototypes_come_from_the_start_of_task_model_not_a_random_one(tiny_model_dir):
     method, module, original, task, *_ = setup(tiny_model_dir, "gs_lora_pp")
-    assert sorted(method.present.nonzero().flatten().tolist()) == sorted(task.forget + task.replay)
+    assert sorted(method.present.nonzero().flatten().tolist()) == sorted(task.classes + task.replay)
     data = [method.data.forget, method.data.retain]
     expected, _ = class_prototypes(original, data, 6, "cpu")
     assert torch.allclose(method.prototypes, expected, atol=1e-5)
@@ -81,7 +82,7 @@ def test_ema_is_applied_to_the_merged_model(tiny_model_dir):
             method.end_step(step)
     expected_ema = 0.5 * (0.5 * deltas[0] + 0.5 * deltas[1]) + 0.5 * deltas[2]
     w0 = original.get_submodule(name.removeprefix("base_model.model.")).weight.detach()
-    merged = method.finish_task()
+    merged = method.finish()
     got = merged.get_submodule(name.removeprefix("base_model.model.")).weight.detach()
     assert torch.allclose(got, w0 + expected_ema, atol=1e-5)
     assert not torch.allclose(got, w0 + deltas[2], atol=1e-4)  # not simply the last update

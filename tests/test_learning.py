@@ -182,7 +182,7 @@ def test_every_learn_method_runs_a_two_task_protocol_from_a_backbone(method, tin
     out = tmp_path / method
     cfg = fk.load_config("cil", [f"model={tiny_model_dir}", "data.source=image_folder", f"data.root={tmp_path}/d",
                                  "data.classes=null",
-                                 f"method={{name: {method}}}", "protocol.forget_per_task=2", "protocol.num_tasks=2",
+                                 f"method={{name: {method}}}", "protocol.classes_per_request=2", "protocol.num_tasks=2",
                                  "train.steps=8", "train.batch_size=8", "train.threads=1", f"output_dir={out}"])
     from conftest import make_image_folder
 
@@ -219,7 +219,7 @@ def test_bench_compares_learn_runs_and_runs_variants_under_their_own_names(tiny_
     make_image_folder(tmp_path / "d", classes=("ant", "bee", "cow", "elk"), per_class=6, size=(16, 16), mode="L")
     spec = BenchSpec(base="cil", output_dir=str(tmp_path / "b"),
                      overrides=[f"model={tiny_model_dir}", "data.source=image_folder", f"data.root={tmp_path}/d",
-                                "data.classes=null", "protocol.forget_per_task=2", "protocol.num_tasks=2",
+                                "data.classes=null", "protocol.classes_per_request=2", "protocol.num_tasks=2",
                                 "train.steps=4", "train.batch_size=8", "train.threads=1"],
                      methods={"ncm": {}, "frozen": {"method": "ncm"}, "seq_lora": {}})
     rows = run_bench(spec, progress=False)

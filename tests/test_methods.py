@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_run_overrides
+from helpers import batch
 
 import forgetkit as fk
 from forgetkit.errors import ForgetkitError
@@ -45,7 +46,7 @@ def setup(tiny_model_dir, name, model=None, **cfg):
     ctx = MethodContext(device=torch.device("cpu"), seed=0, num_classes=6, steps=16)
     method = build_method({"name": name, **cfg}, ctx)
     original = copy.deepcopy(model)
-    module = method.setup_task(model, task, proto.task_data(task))
+    module = method.setup(model, task, proto.task_data(task))
     data = proto.task_data(task)
     forget = next(iter(torch.utils.data.DataLoader(data.forget, batch_size=8)))
     retain = next(iter(torch.utils.data.DataLoader(data.retain, batch_size=8)))
@@ -71,7 +72,7 @@ def test_one_step_changes_only_what_it_should(tiny_model_dir, name):
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     optimizer = method.make_optimizer(1e-3, 0.0)
     for _ in range(2):  # two steps: on the first, LoRA's A gets no gradient while B is still zero
-        losses = method.step(forget, retain, 0, optimizer)
+        losses = method.step(batch(forget, retain), 0, optimizer)
     assert torch.isfinite(losses["loss"])
     changed = {n for n, p in module.named_parameters() if not torch.equal(before[n], p.detach())}
     allowed = expected_trainable(name, module)
@@ -109,7 +110,7 @@ def test_gs_lora_loss_terms(tiny_model_dir):
         for n, p in module.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
-    losses = method.training_step((xf, yf), (xr, yr), step=0)
+    losses = method.training_step(batch((xf, yf), (xr, yr)), step=0)
     ce_f = F.cross_entropy(module(xf), yf)
     groups = {}
     for n, p in module.named_parameters():
@@ -128,19 +129,19 @@ def test_gs_lora_proximal_lasso(tiny_model_dir):
     method, module, _, _task, forget, retain = setup(tiny_model_dir, "gs_lora", alpha_warmup_steps=0,
                                                      lasso_update="proximal", alpha=5.0,
                                                      forgotten_mass_weight=0.0)
-    losses = method.training_step(forget, retain, step=0)
+    losses = method.training_step(batch(forget, retain), step=0)
     plain = method.beta * losses["forget"] + losses["retain"]
     assert torch.allclose(losses["loss"], plain) and losses["structure"] > 0   # the lasso is not in the loss
     norms_before = group_norms(method.groups)
     optimizer = method.make_optimizer(1e-3, 0.0)
-    method.step(forget, retain, 0, optimizer)
+    method.step(batch(forget, retain), 0, optimizer)
     # after Adam's step (≤ lr per coordinate) every group shrank by lr·α = 0.005 in norm, or became exactly 0
     for key, norm in group_norms(method.groups).items():
         assert norm == 0.0 or norm < norms_before[key]
     method.cfg.alpha = 1e6                                  # lr·α = 1000 exceeds every group's norm
-    method.step(forget, retain, 0, optimizer)
+    method.step(batch(forget, retain), 0, optimizer)
     assert all(v == 0.0 for v in group_norms(method.groups).values())
-    losses = method.step(forget, retain, 0, optimizer)      # zero groups: no √0 gradient, the loss stays finite
+    losses = method.step(batch(forget, retain), 0, optimizer)      # zero groups: no √0 gradient, the loss stays finite
     assert torch.isfinite(losses["loss"])
 
 
@@ -149,14 +150,14 @@ def test_gs_lora_forgotten_mass_term(tiny_model_dir):
                                                         forgotten_mass_weight=2.0)
     perturb(module)
     task.old = [task.retain[0]]           # as if a class had been forgotten by an earlier request
-    losses = method.training_step((xf, yf), (xr, yr), step=0)
+    losses = method.training_step(batch((xf, yf), (xr, yr)), step=0)
     p_forget_images = F.softmax(module(xf), dim=1)
-    mass = p_forget_images[:, task.forget + task.old].sum(dim=1)
+    mass = p_forget_images[:, task.classes + task.old].sum(dim=1)
     expected_mass = -torch.log(1 - mass).mean()
     assert torch.allclose(losses["forgotten_mass"], expected_mass, atol=1e-5)
     assert torch.allclose(losses["loss"], 0.5 * losses["forget"] + losses["retain"] + 2.0 * expected_mass, atol=1e-5)
     method.cfg.forgotten_mass_weight = 0.0  # off (the paper): no term
-    assert method.training_step((xf, yf), (xr, yr), step=0)["forgotten_mass"] == 0
+    assert method.training_step(batch((xf, yf), (xr, yr)), step=0)["forgotten_mass"] == 0
 
 
 @pytest.mark.parametrize("name", ["l2", "ewc", "mas"])
@@ -177,7 +178,7 @@ def test_importance_penalty_terms(tiny_model_dir, name):
         module.train()
         assert torch.allclose(omega[name0], fisher, rtol=1e-4, atol=1e-10)
     perturb(module)
-    losses = method.training_step((xf, yf), (xr, yr), step=0)
+    losses = method.training_step(batch((xf, yf), (xr, yr)), step=0)
     penalty = sum((omega[n] * (p - theta0[n]) ** 2).sum() for n, p in module.named_parameters() if p.requires_grad)
     expected = F.cross_entropy(module(xf), wrong) + F.cross_entropy(module(xr), yr) + 2.0 * penalty
     assert torch.allclose(losses["penalty"], penalty, rtol=1e-5)
@@ -190,7 +191,7 @@ def test_wrong_labels_are_wrong_and_cover_all_classes(tiny_model_dir):
     wrong = method.wrong_labels(y)
     assert (wrong != 2).all() and set(wrong.tolist()) == {0, 1, 3, 4, 5}
     method.cfg.faithful_relabel = True  # the original's bug: only indices below K = number of forget classes
-    k = len(method.task.forget)
+    k = len(method.task.classes)
     assert set(method.wrong_labels(y).tolist()) <= set(range(k))
     low = torch.arange(k).repeat(500)  # true labels below K never keep their own label (the original's y + 1 fix)
     assert (method.wrong_labels(low) != low).all()
@@ -204,7 +205,7 @@ def test_lwf_der_fdr_terms(tiny_model_dir):
         perturb(module)
         if name == "der_pp":
             method.second = iter([(xr, yr)])
-        losses = method.training_step((xf, yf), (xr, yr), step=0)
+        losses = method.training_step(batch((xf, yf), (xr, yr)), step=0)
         teacher = original.eval()
         forget_ce = F.cross_entropy(module(xf), wrong)
         if name == "lwf":
@@ -228,7 +229,7 @@ def test_scrub_passes(tiny_model_dir):
     swa = method.swa
     smooth = sum((p - swa[n]).norm() for n, p in module.named_parameters() if p.requires_grad)
     teacher = original.eval()
-    losses = method.training_step((xf, yf), (xr, yr), step=0)
+    losses = method.training_step(batch((xf, yf), (xr, yr)), step=0)
     assert torch.allclose(losses["max"], -kd_loss(module(xf), teacher(xf), 2.0) + 0.5 * smooth, rtol=1e-4)
     expected_min = 0.99 * F.cross_entropy(module(xr), yr) + 1e-3 * kd_loss(module(xr), teacher(xr), 2.0) + 0.5 * smooth
     assert torch.allclose(losses["min"], expected_min, rtol=1e-4)
@@ -242,7 +243,7 @@ def test_lirf_terms_use_the_real_class_indices(tiny_model_dir):
     perturb(module)
     x = torch.randn(2, 1, 16, 16)
     assert torch.allclose(module.upper(module.lower(x, 1), 1), module(x), atol=1e-6)
-    losses = method.training_step((xf, yf), (xr, yr), step=0)
+    losses = method.training_step(batch((xf, yf), (xr, yr)), step=0)
     teacher, deposit = original.eval(), method.deposit
     s, t, d = module(xf), teacher(xf), deposit(xf)
 
@@ -252,12 +253,12 @@ def test_lirf_terms_use_the_real_class_indices(tiny_model_dir):
 
     at = F.mse_loss(attention_map(module.lower(xf, 1)), attention_map(teacher.lower(xf, 1)))
     expected = (0.9 * F.cross_entropy(s, wrong) - 300 * at + 10 * 0.1 * kl(t, s, task.retain)
-                + 0.05 * (0.1 * kl(t, d, task.forget) + 0.9 * F.cross_entropy(d, yf))
+                + 0.05 * (0.1 * kl(t, d, task.classes) + 0.9 * F.cross_entropy(d, yf))
                 + 5 * F.cross_entropy(module(xr), yr))
     assert torch.allclose(losses["loss"], expected, rtol=1e-4)
     optimizer = method.make_optimizer(1e-3, 0.0)
     dep_before = {n: p.detach().clone() for n, p in deposit.named_parameters() if p.requires_grad}
-    method.step((xf, yf), (xr, yr), 0, optimizer)
+    method.step(batch((xf, yf), (xr, yr)), 0, optimizer)
     assert any(not torch.equal(dep_before[n], p) for n, p in deposit.named_parameters() if p.requires_grad), \
         "the deposit half must be trained (the original never optimised it)"
 
@@ -317,7 +318,7 @@ def test_mas_importance_and_retrain_loss_by_hand(tiny_model_dir):
     expected = sum(torch.autograd.grad(module(x).pow(2).mean(), param)[0].abs() for x, _ in batches) / len(batches)
     assert torch.allclose(method.anchors[0][1][name0], expected, rtol=1e-4, atol=1e-12)
     retrain, fresh, original, *_ = setup(tiny_model_dir, "retrain")
-    losses = retrain.training_step((xf, yf), (xr, yr), step=0)
+    losses = retrain.training_step(batch((xf, yf), (xr, yr)), step=0)
     assert torch.allclose(losses["loss"], F.cross_entropy(fresh(xr), yr))
 
 
@@ -376,7 +377,7 @@ def test_lirf_cosface_margins_and_frozen_upper_half_in_eval_mode(tiny_model_dir)
     fix_labels(method)
     wrong = _replay_wrong(yf, method)
     torch.manual_seed(1)
-    losses = method.training_step((xf, yf), (xr, yr), step=0)
+    losses = method.training_step(batch((xf, yf), (xr, yr)), step=0)
     torch.manual_seed(1)
     s_mid = module.lower(xf, split)
     expected = F.cross_entropy(module.upper(s_mid, split, wrong), wrong)
@@ -401,10 +402,10 @@ def test_pooled_data_term_weights_each_set_by_its_size(tiny_model_dir):
     fix_labels(method)
     wrong = _replay_wrong(yf, method)
     n_f, n_r = len(method.data.forget), len(method.data.retain)
-    losses = method.training_step((xf, yf), (xr, yr), step=0)
+    losses = method.training_step(batch((xf, yf), (xr, yr)), step=0)
     expected = (n_f * F.cross_entropy(module(xf), wrong) + n_r * F.cross_entropy(module(xr), yr)) / (n_f + n_r)
     assert torch.allclose(losses["loss"], expected, rtol=1e-5)
-    with pytest.raises(ForgetkitError, match="data_term must be sum or pooled"):
+    with pytest.raises(ForgetkitError, match="data_term must be one of sum, pooled"):
         setup(tiny_model_dir, "l2", data_term="mixed")
 
 
@@ -427,14 +428,14 @@ def test_gs_lora_replay_logit_matching_is_on_by_default_only_when_retained_class
     method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora")
     assert method.replay_logit_weight == 0.0        # every retained class has replay data: off
     missing = dataclasses.replace(task, missing=[task.retain[0]])
-    method.setup_task(original, missing, None)
+    method.setup(original, missing, None)
     assert method.replay_logit_weight == 1.0        # a retained class without replay data: on
     optimizer = method.make_optimizer(1e-2, 0.0)
     for step in range(3):
-        losses = method.step(forget, retain, step, optimizer)
+        losses = method.step(batch(forget, retain), step, optimizer)
     assert losses["replay_logits"].item() > 0
     explicit = setup(tiny_model_dir, "gs_lora", replay_logit_weight=0.0)[0]
-    explicit.setup_task(fk.load_model(tiny_model_dir)[0], missing, None)
+    explicit.setup(fk.load_model(tiny_model_dir)[0], missing, None)
     assert explicit.replay_logit_weight == 0.0      # an explicit value wins
 
 
@@ -454,13 +455,13 @@ def test_gs_lora_forget_feature_term_moves_the_forgotten_class_means_onto_the_re
 
     start = gap()
     optimizer = method.make_optimizer(1e-2, 0.0)
-    assert method.step(forget, retain, 0, optimizer)["forget_features"].item() > 0
+    assert method.step(batch(forget, retain), 0, optimizer)["forget_features"].item() > 0
     for step in range(1, 30):
-        method.step(forget, retain, step, optimizer)
+        method.step(batch(forget, retain), step, optimizer)
     assert gap() < 0.5 * start                    # the term moves the features, through LoRA only
-    off = setup(tiny_model_dir, "gs_lora")[0].training_step(forget, retain, 0)
+    off = setup(tiny_model_dir, "gs_lora")[0].training_step(batch(forget, retain), 0)
     assert off["forget_features"].item() == 0.0
-    assert method.training_step(forget, None, 0)["forget_features"].item() == 0.0   # no replay batch: no centre
+    assert method.training_step(batch(forget, None), 0)["forget_features"].item() == 0.0   # no replay batch: no centre
 
 
 def test_gs_lora_relabel_term_moves_forget_features_onto_their_nearest_retained_ones(tiny_model_dir):
@@ -484,29 +485,29 @@ def test_gs_lora_relabel_term_moves_forget_features_onto_their_nearest_retained_
 
     start = distance()
     optimizer = method.make_optimizer(1e-2, 0.0)
-    assert method.step(forget, retain, 0, optimizer)["forget_relabel"].item() == pytest.approx(start, rel=0.2)
+    assert method.step(batch(forget, retain), 0, optimizer)["forget_relabel"].item() == pytest.approx(start, rel=0.2)
     for step in range(1, 40):
-        method.step(forget, retain, step, optimizer)
+        method.step(batch(forget, retain), step, optimizer)
     assert distance() < start / 3
-    assert setup(tiny_model_dir, "gs_lora")[0].training_step(forget, retain, 0)["forget_relabel"].item() == 0.0
+    assert setup(tiny_model_dir, "gs_lora")[0].training_step(batch(forget, retain), 0)["forget_relabel"].item() == 0.0
 
 
 def test_lirf_eccv_trains_target_and_deposit_on_deposit_images_only(tiny_model_dir, tmp_path):
     from forgetkit.methods.lirf import load_deposit
 
     method, module, original, task, forget, retain = setup(tiny_model_dir, "lirf_eccv")
-    losses = method.training_step(forget, retain, step=0)
+    losses = method.training_step(batch(forget, retain), step=0)
     assert set(losses) >= {"kd_preserved", "forget", "kd_deposit", "recover", "loss"}
     losses["recover"].backward()                  # the coupling: L_re on z_R moves the target's lower half too
     lower = module.lower_parameter_names(method.split_at)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in module.named_parameters() if n in lower)
     # the same losses whatever the replay batch: the ECCV form never looks at it
-    again = method.training_step(forget, None, step=0)
+    again = method.training_step(batch(forget, None), step=0)
     assert torch.allclose(again["kd_preserved"], losses["kd_preserved"])
     # the deposit goes to disk with its target's fingerprints, and comes back only onto weights with its upper half
-    assert method.save_task(tmp_path) is False
+    assert method.save_edit(tmp_path) is False
     info, state = load_deposit(tmp_path, module)
-    assert info["classes"] == task.forget and info["split"] == method.split_at and set(state) == lower
+    assert info["classes"] == task.classes and info["split"] == method.split_at and set(state) == lower
     # T0 differs from the target in the lower half only (as a later LIRF request's target does): accepted
     assert load_deposit(tmp_path, original)[0] == info
     upper = next(p for n, p in original.named_parameters() if n not in lower)
@@ -529,12 +530,12 @@ def test_lirf_split_outside_the_backbone_is_refused(tiny_model_dir, split):
 def test_gs_lora_replay_logit_matching_compares_with_the_model_before_the_request(tiny_model_dir):
     method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora", replay_logit_weight=1.0)
     optimizer = method.make_optimizer(1e-2, 0.0)
-    first = method.step(forget, retain, 0, optimizer)
+    first = method.step(batch(forget, retain), 0, optimizer)
     assert first["replay_logits"].item() == pytest.approx(0.0, abs=1e-10)   # LoRA's B = 0: the same logits
     for step in range(1, 6):
-        losses = method.step(forget, retain, step, optimizer)
+        losses = method.step(batch(forget, retain), step, optimizer)
     assert losses["replay_logits"].item() > 0
     with torch.no_grad(), module.disable_adapter():  # the reference is the model before the request, untouched
         assert torch.allclose(module(retain[0]), original.eval()(retain[0]), atol=1e-5)
-    off = setup(tiny_model_dir, "gs_lora")[0].training_step(forget, retain, 0)
+    off = setup(tiny_model_dir, "gs_lora")[0].training_step(batch(forget, retain), 0)
     assert off["replay_logits"].item() == 0.0

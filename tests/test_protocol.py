@@ -20,26 +20,26 @@ def test_seed_1337_reproduces_the_papers_class_order():
 
 
 def test_continual_protocol_of_the_papers():
-    tasks = make_tasks(ProtocolConfig(first_retained=80, forget_per_task=20, num_tasks=4), CLASSES_100)
+    tasks = make_tasks(ProtocolConfig(first_retained=80, classes_per_request=20, num_tasks=4), CLASSES_100)
     for t, task in enumerate(tasks):
-        assert task.forget == PAPER_ORDER[80 - 20 * t: 100 - 20 * t]
+        assert task.classes == PAPER_ORDER[80 - 20 * t: 100 - 20 * t]
         assert task.retain == PAPER_ORDER[: 80 - 20 * t]
         assert sorted(task.old) == sorted(PAPER_ORDER[100 - 20 * t:])
     assert tasks[3].retain == PAPER_ORDER[:20]
 
 
 def test_demo_protocol_tasks():
-    tasks = make_tasks(ProtocolConfig(forget_per_task=2, num_tasks=4), [str(i) for i in range(10)])
+    tasks = make_tasks(ProtocolConfig(classes_per_request=2, num_tasks=4), [str(i) for i in range(10)])
     # Python random, seed 1337 over 10 classes: order [0, 3, 7, 2, 1, 6, 4, 5, 8, 9]
-    assert [t.forget for t in tasks] == [[8, 9], [4, 5], [1, 6], [7, 2]]
+    assert [t.classes for t in tasks] == [[8, 9], [4, 5], [1, 6], [7, 2]]
     assert [len(t.retain) for t in tasks] == [8, 6, 4, 2]
 
 
 def test_too_many_tasks_is_refused():
-    with pytest.raises(ForgetkitError, match="forget_per_task × num_tasks"):
-        make_tasks(ProtocolConfig(forget_per_task=3, num_tasks=4), [str(i) for i in range(10)])
+    with pytest.raises(ForgetkitError, match="classes_per_request × num_tasks"):
+        make_tasks(ProtocolConfig(classes_per_request=3, num_tasks=4), [str(i) for i in range(10)])
     with pytest.raises(ForgetkitError, match="must equal the number of classes"):
-        make_tasks(ProtocolConfig(forget_per_task=3, num_tasks=1, first_retained=9), [str(i) for i in range(10)])
+        make_tasks(ProtocolConfig(classes_per_request=3, num_tasks=1, first_retained=9), [str(i) for i in range(10)])
 
 
 NAMES = ["cat", "dog", "fox", "owl"]
@@ -47,8 +47,8 @@ NAMES = ["cat", "dog", "fox", "owl"]
 
 def test_explicit_requests_by_name():
     tasks = make_tasks(ProtocolConfig(tasks=[["dog"], ["owl", "cat"]]), NAMES)
-    assert tasks[0].forget == [1] and sorted(tasks[0].retain) == [0, 2, 3] and tasks[0].old == []
-    assert tasks[1].forget == [3, 0] and tasks[1].retain == [2] and tasks[1].old == [1]
+    assert tasks[0].classes == [1] and sorted(tasks[0].retain) == [0, 2, 3] and tasks[0].old == []
+    assert tasks[1].classes == [3, 0] and tasks[1].retain == [2] and tasks[1].old == [1]
 
 
 @pytest.mark.parametrize("cfg,match", [
@@ -73,7 +73,7 @@ def test_ratio_subsampling_is_per_class_and_seeded(splits):
     proto = Protocol(ProtocolConfig(forget_ratio=0.2, retain_ratio=0.1, num_tasks=2), splits, seed=0)
     data = proto.task_data(proto.tasks[0])
     counts = torch.bincount(data.forget.targets, minlength=6)
-    assert all(counts[c] == 10 for c in proto.tasks[0].forget) and counts.sum() == 20
+    assert all(counts[c] == 10 for c in proto.tasks[0].classes) and counts.sum() == 20
     assert torch.bincount(data.retain.targets, minlength=6)[proto.tasks[0].retain].tolist() == [5] * 4
     torch.manual_seed(123)  # the global RNG must not matter
     random.seed(5)
@@ -87,7 +87,7 @@ def test_few_shot_draws_exactly_n_per_class(splits):
     proto = Protocol(ProtocolConfig(shots=4, num_tasks=2), splits, seed=0)
     for task in proto.tasks:
         data = proto.task_data(task)
-        assert torch.bincount(data.forget.targets, minlength=6)[task.forget].tolist() == [4] * len(task.forget)
+        assert torch.bincount(data.forget.targets, minlength=6)[task.classes].tolist() == [4] * len(task.classes)
         assert torch.bincount(data.retain.targets, minlength=6)[task.retain].tolist() == [4] * len(task.retain)
     assert proto.setting == "continual_4shot"
     with pytest.raises(ForgetkitError, match="fewer than"):
@@ -108,7 +108,7 @@ def test_validation_split_is_held_out(splits):
 
 
 def test_missing_classes_have_no_replay_but_are_retained(splits):
-    proto = Protocol(ProtocolConfig(missing=2, forget_per_task=1, num_tasks=2, retain_ratio=0.2), splits, seed=0)
+    proto = Protocol(ProtocolConfig(missing=2, classes_per_request=1, num_tasks=2, retain_ratio=0.2), splits, seed=0)
     order = class_order(6, 1337)
     for task in proto.tasks:
         assert task.missing == order[:2] and set(task.missing) <= set(task.retain)

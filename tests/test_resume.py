@@ -19,7 +19,7 @@ TIMING = {"seconds", "seconds_total", "time"}
 def four_requests(model_dir: Path, out: Path, **extra) -> Path:
     """A 4-request run on the tiny model (one class per request), as a config file."""
     cfg = {"model": str(model_dir), "data": SYNTH, "output_dir": str(out),
-           "protocol": {"forget_per_task": 1, "num_tasks": 4, "retain_ratio": 0.5},
+           "protocol": {"classes_per_request": 1, "num_tasks": 4, "retain_ratio": 0.5},
            "method": {"name": "gs_lora", "bnd": 5, "alpha": 0.01, "alpha_warmup_steps": 4},
            "train": {"steps": 12, "batch_size": 16, "threads": 1, "log_every": 2}, **extra}
     path = out.parent / f"{out.name}.yaml"
@@ -91,8 +91,8 @@ def test_killed_three_times_then_resumed_equals_an_uninterrupted_run(tiny_model_
     # a finished run: --resume with the same config does nothing; with another request it is refused, by name
     same = forget(config, "--resume")
     assert same.returncode == 0 and "nothing to do" in same.stdout
-    other = forget(config, "--resume", "-o", "protocol.forget_per_task=2", "-o", "protocol.num_tasks=2")
-    assert other.returncode == 2 and "protocol.forget_per_task: 1 then, 2 now" in other.stderr
+    other = forget(config, "--resume", "-o", "protocol.classes_per_request=2", "-o", "protocol.num_tasks=2")
+    assert other.returncode == 2 and "protocol.classes_per_request: 1 then, 2 now" in other.stderr
     assert json.loads((out / "results.json").read_text()) == got
 
 

@@ -111,7 +111,7 @@ MISTAKES = [
      "{world}/nowhere/train does not exist"),
     ("unknown request kind", FORGET + ["--classes", "class_0", "-o", "kind=unlearn"], "unknown request kind"),
     ("unknown evaluation split", FORGET + ["--classes", "class_0", "-o", "protocol.eval_split=validation"],
-     "must be test or val"),
+     "protocol.eval_split must be one of test, val"),
     ("a ratio above 1", FORGET + ["--classes", "class_0", "-o", "protocol.retain_ratio=10"], "must be in (0, 1]"),
     ("finished results in --out", ["forget", "--model", MODEL, "--classes", "class_0", "--out", "{world}/done"],
      "already holds a finished run"),

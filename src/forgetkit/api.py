@@ -113,7 +113,7 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
     from .kinds import REQUEST_KINDS
     from .ledger import forgotten_classes
     from .methods.configs import MethodConfig, resolved_method_config
-    from .protocol import Task, TaskData
+    from .protocol import Request, RequestData
     from .runtime import process_state, setup_device
 
     unknown = set(sections) - {"train", "eval"}
@@ -136,7 +136,7 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
     for images, what in ((forget_images, "forget set"), (retain_images, "retain set"), (eval_images, "evaluation set")):
         check_input_shape(images, expected, what)
     old = [classes.index(name) for name in forgotten_classes(ledger) if name in classes]
-    task = Task(len(ledger), forget_ids, retain_ids, old)
+    task = Request(len(ledger), "forget", forget_ids, retain_ids, old)
     kind = REQUEST_KINDS.get("forget")()
     kind.check(task, ledger, classes)
     with process_state():
@@ -145,7 +145,8 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
         editor = Editor.create(MethodConfig.parse(method_spec), kind, model, classes, eval_images, train, thresholds,
                                seed, device, progress, ledger=ledger)
         before = editor.evaluate(model)
-        model, record, _, _ = editor.run(model, task, TaskData(forget_images, retain_images), before, before)
+        data = RequestData({"forget": forget_images, "retain": retain_images})
+        model, record, _, _ = editor.run(model, task, data, before, before)
     entry = ledger_entry(record, method_spec, train)
     entry["config"]["seed"] = seed
     return Unlearned(model, record, ledger + [entry])

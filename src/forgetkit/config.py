@@ -11,6 +11,7 @@ import difflib
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,25 @@ import yaml
 from .errors import ForgetkitError
 
 
+RENAMED_KEYS = {"protocol.forget_per_task": "protocol.classes_per_request"}
+"""run-config keys of forgetkit 0.1 -> their names now; the old ones are read, in files and overrides, with a
+warning, for one release"""
+
+
+def _warn_renamed(old: str) -> None:
+    warnings.warn(f"{old} is deprecated and will be removed in forgetkit 0.3; use {RENAMED_KEYS[old]}",
+                  FutureWarning, stacklevel=3)
+
+
 def coerce(value: Any, tp, where: str) -> Any:
     """Check/convert ``value`` to the annotated type ``tp`` (the subset of typing the configs use)."""
     origin = typing.get_origin(tp)
     if tp is Any:
+        return value
+    if origin is typing.Literal:  # a choice: the error lists them (forgetkit config prints them too)
+        choices = typing.get_args(tp)
+        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+            raise ForgetkitError(f"{where} must be one of {', '.join(map(str, choices))}; got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -81,6 +97,15 @@ def coerce(value: Any, tp, where: str) -> Any:
 def from_dict(cls, data: dict | None, where: str = "config"):
     """Build dataclass ``cls`` from a dict, recursively; unknown keys raise with a 'did you mean' hint."""
     data = dict(data or {})
+    section = where.removeprefix("config").lstrip(".")
+    for key in list(data):
+        old = f"{section}.{key}" if section else key
+        if old in RENAMED_KEYS:
+            new = RENAMED_KEYS[old].rsplit(".", 1)[-1]
+            if new in data:
+                raise ForgetkitError(f"{old} and {RENAMED_KEYS[old]} are one setting; keep {RENAMED_KEYS[old]}")
+            _warn_renamed(old)
+            data[new] = data.pop(key)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
@@ -90,6 +115,15 @@ def from_dict(cls, data: dict | None, where: str = "config"):
             raise ForgetkitError(f"unknown config key '{where}.{key}'{hint}")
     kwargs = {name: coerce(data[name], hints[name], f"{where}.{name}") for name in names if name in data}
     return cls(**kwargs)
+
+
+def check_choices(obj, where: str) -> None:
+    """Refuse a value outside its field's ``Literal`` choices in a config built directly in Python (``from_dict``
+    checks them for configs read from YAML and overrides)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if typing.get_origin(hints[f.name]) is typing.Literal:
+            coerce(getattr(obj, f.name), hints[f.name], f"{where}.{f.name}")
 
 
 def to_dict(obj) -> Any:
@@ -126,6 +160,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ForgetkitError(f"override '{item}' must look like section.key=value (e.g. train.steps=200)")
         dotted, raw = item.split("=", 1)
+        if dotted in RENAMED_KEYS:
+            _warn_renamed(dotted)
+            dotted = RENAMED_KEYS[dotted]
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
@@ -166,7 +203,10 @@ def describe(cls, prefix: str = "", defaults=None) -> list[tuple[str, str, str]]
         if dataclasses.is_dataclass(tp):
             rows += describe(tp, key + ".", default if dataclasses.is_dataclass(default) else None)
             continue
-        rows.append((key, repr(to_dict(default)), f.metadata.get("help", "")))
+        help_text = f.metadata.get("help", "")
+        if typing.get_origin(tp) is typing.Literal:
+            help_text = f"{help_text} [choices: {', '.join(map(str, typing.get_args(tp)))}]".lstrip()
+        rows.append((key, repr(to_dict(default)), help_text))
     return rows
 
 

@@ -157,12 +157,12 @@ def deep_failures(verify: dict | None, cfg) -> list[str]:
 
 
 def _accuracies(pc: PerClass, task) -> dict[str, float | None]:
-    accs = {"acc_f": pc.accuracy(task.forget), "acc_r": pc.accuracy(task.retain),
+    accs = {"acc_f": pc.accuracy(task.classes), "acc_r": pc.accuracy(task.retain),
             "acc_o": pc.accuracy(task.old) if task.old else None,
             # every class forgotten so far (this request's and the earlier ones'): what relapse shows up in
-            "acc_f_all": pc.accuracy(task.forget + task.old),
+            "acc_f_all": pc.accuracy(task.classes + task.old),
             # the whole test set, sample-weighted (LIRF's Avg Acc)
-            "acc_all": pc.accuracy(task.forget + task.retain + task.old)}
+            "acc_all": pc.accuracy(task.classes + task.retain + task.old)}
     if task.missing:  # Acc_r counts the missing classes (as T-PAMI Table 5); Acc_m and Acc_r with data apart
         accs["acc_m"] = pc.accuracy(task.missing)
         accs["acc_r_data"] = pc.accuracy(task.replay)
@@ -183,8 +183,8 @@ class Forget(RequestKind):
         return make_tasks(cfg, classes, forgotten, first_index)
 
     def describe(self, task, names):
-        return {"classes": [names[c] for c in task.forget],
-                "forget_classes": [names[c] for c in task.forget],
+        return {"classes": [names[c] for c in task.classes],
+                "forget_classes": [names[c] for c in task.classes],
                 "retain_classes": [names[c] for c in task.retain],
                 "old_classes": [names[c] for c in task.old],
                 "missing_classes": [names[c] for c in task.missing]}
@@ -202,7 +202,7 @@ class Forget(RequestKind):
 
     def check(self, task, ledger, classes):
         done = forgotten_classes(ledger)
-        for c in task.forget:
+        for c in task.classes:
             if classes[c] in done:
                 entry = ledger[done[classes[c]]]
                 raise ForgetkitError(
@@ -211,7 +211,7 @@ class Forget(RequestKind):
                     f"leave it out of this request")
 
     def forgotten_after(self, task):
-        return list(task.forget) + list(task.old)
+        return list(task.classes) + list(task.old)
 
     def measure(self, task, before, after, pretrained):
         from .metrics import h_mean
@@ -254,7 +254,7 @@ class Restore(RequestKind):
                 "(docs/ledger.md)")
 
     def make_tasks(self, cfg, classes, forgotten, first_index, known=None):
-        from .protocol import Task, resolve_class_names
+        from .protocol import Request, resolve_class_names
 
         if cfg.tasks is None:
             raise ForgetkitError("a restore request names its classes (--classes or protocol.tasks)")
@@ -262,19 +262,19 @@ class Restore(RequestKind):
         for i, names in enumerate(cfg.tasks):
             restore = resolve_class_names(list(names), classes, f"protocol.tasks[{i}]")
             still = [c for c in still if c not in restore]
-            tasks.append(Task(first_index + i, restore, [c for c in range(len(classes)) if c not in forgotten],
-                              list(still)))
+            tasks.append(Request(first_index + i, "restore", restore,
+                                 [c for c in range(len(classes)) if c not in forgotten], list(still)))
         return tasks
 
     def describe(self, task, names):
-        return {"classes": [names[c] for c in task.forget],
-                "restore_classes": [names[c] for c in task.forget],
+        return {"classes": [names[c] for c in task.classes],
+                "restore_classes": [names[c] for c in task.classes],
                 "retain_classes": [names[c] for c in task.retain],
                 "old_classes": [names[c] for c in task.old]}
 
     def check(self, task, ledger, classes):
         done = forgotten_classes(ledger)
-        for c in task.forget:
+        for c in task.classes:
             if classes[c] not in done:
                 restored = [e for e in ledger if e.get("kind") == "restore" and classes[c] in e.get("classes", [])]
                 when = f" (request {restored[-1]['index'] + 1} restored it)" if restored else ""
@@ -283,9 +283,9 @@ class Restore(RequestKind):
 
     def measure(self, task, before, after, pretrained):
         def accs(pc):
-            return {"acc_restored": pc.accuracy(task.forget), "acc_r": pc.accuracy(task.retain),
+            return {"acc_restored": pc.accuracy(task.classes), "acc_r": pc.accuracy(task.retain),
                     "acc_o": pc.accuracy(task.old) if task.old else None,
-                    "acc_all": pc.accuracy(task.forget + task.retain + task.old)}
+                    "acc_all": pc.accuracy(task.classes + task.retain + task.old)}
 
         acc_after, acc_before, acc_base = accs(after), accs(before), accs(pretrained)
         return {"before": acc_before, "after": acc_after, "pretrained": acc_base,
@@ -298,7 +298,7 @@ class Restore(RequestKind):
         from .ledger import replay_ledger
 
         done = forgotten_classes(ledger)
-        first = min(done[classes[c]] for c in task.forget if classes[c] in done)
+        first = min(done[classes[c]] for c in task.classes if classes[c] in done)
         if source is None:
             return None
         try:
@@ -311,9 +311,9 @@ class Restore(RequestKind):
 
     def against_reference(self, task, after, fingerprint_after, reference):
         acc = reference["accuracy"]
-        ref = {"acc_restored": acc.accuracy(task.forget), "acc_r": acc.accuracy(task.retain)}
+        ref = {"acc_restored": acc.accuracy(task.classes), "acc_r": acc.accuracy(task.retain)}
         return {"reference": {**ref, "label": reference["label"]}, "exact": fingerprint_after == reference[
-            "fingerprint"], "gap_to_reference": ref["acc_restored"] - after.accuracy(task.forget)}
+            "fingerprint"], "gap_to_reference": ref["acc_restored"] - after.accuracy(task.classes)}
 
     def verdict(self, metrics, thresholds):
         """An undo that gives back the weights before the withdrawn request bit for bit (the fingerprint the ledger
@@ -410,43 +410,44 @@ class Learn(RequestKind):
         return known + wanted + [name for name in rest if name not in wanted], len(known)
 
     def make_tasks(self, cfg, classes, forgotten, first_index, known=None):
-        from .protocol import Task
+        from .protocol import Request
 
         known = len(classes) if known is None else known
         if cfg.tasks is not None:
             sizes = [len(names) for names in cfg.tasks]
         else:
-            first = cfg.initial_classes or cfg.forget_per_task
-            sizes = [first] + [cfg.forget_per_task] * (cfg.num_tasks - 1)
+            first = cfg.initial_classes or cfg.classes_per_request
+            sizes = [first] + [cfg.classes_per_request] * (cfg.num_tasks - 1)
         if min(sizes) < 1:
             raise ForgetkitError("every learn request needs at least one class (protocol.initial_classes, "
-                                 "protocol.forget_per_task)")
+                                 "protocol.classes_per_request)")
         if known + sum(sizes) > len(classes):
             raise ForgetkitError(f"the protocol learns {sum(sizes)} classes but the data has only "
                                  f"{len(classes) - known} the model does not know; lower protocol.num_tasks or "
-                                 f"protocol.forget_per_task")
+                                 f"protocol.classes_per_request")
         tasks, start = [], known
         for i, size in enumerate(sizes):
             new = list(range(start, start + size))
-            tasks.append(Task(first_index + i, new, [c for c in range(start) if c not in forgotten], list(forgotten)))
+            tasks.append(Request(first_index + i, "learn", new, [c for c in range(start) if c not in forgotten],
+                                 list(forgotten)))
             start += size
         return tasks
 
     def describe(self, task, names):
-        return {"classes": [names[c] for c in task.forget], "learn_classes": [names[c] for c in task.forget],
+        return {"classes": [names[c] for c in task.classes], "learn_classes": [names[c] for c in task.classes],
                 "known_classes": [names[c] for c in task.retain], "old_classes": [names[c] for c in task.old]}
 
     def check(self, task, ledger, classes):
         done = forgotten_classes(ledger)
-        for c in task.forget:
+        for c in task.classes:
             if classes[c] in done:  # run_classes never lets this through; a guard for hand-built protocols
                 raise ForgetkitError(f"class {classes[c]!r} was forgotten by request {done[classes[c]] + 1}; restore "
                                      f"it instead of learning it again")
 
     def measure(self, task, before, after, pretrained):
         def accs(pc):
-            return {"acc_new": pc.accuracy(task.forget), "acc_old": pc.accuracy(task.retain) if task.retain else None,
-                    "acc_seen": pc.accuracy(task.forget + task.retain),
+            return {"acc_new": pc.accuracy(task.classes), "acc_old": pc.accuracy(task.retain) if task.retain else None,
+                    "acc_seen": pc.accuracy(task.classes + task.retain),
                     "acc_o": pc.accuracy(task.old) if task.old else None}
 
         acc_after, acc_before = accs(after), accs(before)
@@ -476,7 +477,7 @@ class Learn(RequestKind):
 
         from .runtime import class_means
 
-        known = sorted(task.retain + task.forget)
+        known = sorted(task.retain + task.classes)
         now = class_means(model, images.subset(images.indices_of(known)), known, device)
         with torch.no_grad():
             gaps = 1 - torch.nn.functional.cosine_similarity(model.head.prototypes[known], now)

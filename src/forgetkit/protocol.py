@@ -14,6 +14,7 @@ Single-step "C-Y" forgetting is the same with T = 1 and K = Y. Deletion requests
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -27,14 +28,23 @@ from .runtime import rng
 
 
 @dataclass
-class Task:
-    """One forgetting request: class indices to forget, to retain, and forgotten earlier."""
+class Request:
+    """One request on the model: its kind, the class indices it is about (to forget, to restore or to learn), the
+    classes retained beside them, those forgotten earlier, and the retained classes without data."""
 
     index: int
-    forget: list[int]
+    kind: str
+    classes: list[int]
     retain: list[int]
     old: list[int]
     missing: list[int] = field(default_factory=list)
+
+    @property
+    def forget(self) -> list[int]:
+        """Deprecated name of :attr:`classes` (a request may restore or learn them)."""
+        warnings.warn("Request.forget is deprecated and will be removed in forgetkit 0.3; use Request.classes",
+                      DeprecationWarning, stacklevel=2)
+        return self.classes
 
     @property
     def replay(self) -> list[int]:
@@ -51,7 +61,7 @@ def class_order(num_classes: int, seed: int | None) -> list[int]:
 
 
 def make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int] | None = None,
-               first_index: int = 0) -> list[Task]:
+               first_index: int = 0) -> list[Request]:
     """The task sequence of a protocol, checked against the dataset's classes.
 
     ``forgotten``: classes the model forgot in earlier requests (its ledger); they are never retained, and count as
@@ -71,7 +81,7 @@ def make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int] | N
     return tasks
 
 
-def _make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int]) -> list[Task]:
+def _make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int]) -> list[Request]:
     num_classes = len(classes)
     if cfg.tasks is not None:
         if not cfg.tasks:
@@ -79,8 +89,8 @@ def _make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int]) -
         forget_sets = [resolve_class_names(list(names), classes, f"protocol.tasks[{i}]") for i, names in
                        enumerate(cfg.tasks)]
         if cfg.independent:  # alternatives, each from the start model: any class may appear in several
-            return [Task(t, fs, [c for c in range(num_classes) if c not in fs and c not in forgotten],
-                         list(forgotten)) for t, fs in enumerate(forget_sets)]
+            return [Request(t, "forget", fs, [c for c in range(num_classes) if c not in fs and c not in forgotten],
+                            list(forgotten)) for t, fs in enumerate(forget_sets)]
         seen: set[int] = set()
         for i, fs in enumerate(forget_sets):
             again = seen & set(fs)
@@ -107,19 +117,19 @@ def _make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int]) -
         tasks, old = [], list(forgotten)
         for t, fs in enumerate(forget_sets):
             later = [c for later_fs in forget_sets[t + 1:] for c in later_fs]
-            tasks.append(Task(t, fs, keep + later, list(old), missing))
+            tasks.append(Request(t, "forget", fs, keep + later, list(old), missing))
             old += fs
         return tasks
 
-    k, t_count = cfg.forget_per_task, cfg.num_tasks
+    k, t_count = cfg.classes_per_request, cfg.num_tasks
     if k < 1 or t_count < 1:
-        raise ForgetkitError("protocol.forget_per_task and protocol.num_tasks must be at least 1")
+        raise ForgetkitError("protocol.classes_per_request and protocol.num_tasks must be at least 1")
     n = cfg.first_retained if cfg.first_retained is not None else num_classes - k
     if n + k != num_classes:
-        raise ForgetkitError(f"first_retained ({n}) + forget_per_task ({k}) must equal the number of classes "
+        raise ForgetkitError(f"first_retained ({n}) + classes_per_request ({k}) must equal the number of classes "
                              f"({num_classes}); leave first_retained unset to use {num_classes - k}")
     if n - (t_count - 1) * k < 1:
-        raise ForgetkitError(f"forget_per_task × num_tasks = {k * t_count} needs more than the {num_classes} classes "
+        raise ForgetkitError(f"classes_per_request × num_tasks = {k * t_count} needs more than the {num_classes} classes "
                              f"available (at least one class must remain); lower K or T")
     last_retained = n - (t_count - 1) * k
     if cfg.missing < 0 or cfg.missing >= last_retained:
@@ -129,16 +139,26 @@ def _make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int]) -
     tasks = []
     for t in range(t_count):
         lo, hi = n - t * k, n - (t - 1) * k
-        tasks.append(Task(t, order[lo:hi], order[:lo], order[hi:], order[: cfg.missing]))
+        tasks.append(Request(t, "forget", order[lo:hi], order[:lo], order[hi:], order[: cfg.missing]))
     return tasks
 
 
 @dataclass
-class TaskData:
-    """The training images one task may use (forget and replay subsets) and the evaluation images."""
+class RequestData:
+    """The training images one request may use, one subset per data stream its kind declares (forget: the classes'
+    images and the replay images)."""
 
-    forget: LabeledImages
-    retain: LabeledImages
+    streams: dict[str, LabeledImages]
+
+    @property
+    def forget(self) -> LabeledImages:
+        """The images of the request's classes (the stream named ``forget``)."""
+        return self.streams["forget"]
+
+    @property
+    def retain(self) -> LabeledImages:
+        """The replay images of the retained classes (the stream named ``retain``)."""
+        return self.streams["retain"]
 
 
 class Protocol:
@@ -188,8 +208,8 @@ class Protocol:
         """Every training image a request may draw from (the validation hold-out left out)."""
         return self.splits.train.subset(torch.sort(torch.cat(list(self._pool.values()))).values)
 
-    def task_data(self, task: Task) -> TaskData:
+    def task_data(self, task: Request) -> RequestData:
         """Training subsets for ``task``: drawn per class from the run's seed and the task index only."""
-        forget = self._draw(task.forget, self.cfg.forget_ratio, task.index, "forget_subset")
+        forget = self._draw(task.classes, self.cfg.forget_ratio, task.index, "forget_subset")
         retain = self._draw(task.replay, self.cfg.retain_ratio, task.index, "replay_subset")
-        return TaskData(self.splits.train.subset(forget), self.splits.train.subset(retain))
+        return RequestData({"forget": self.splits.train.subset(forget), "retain": self.splits.train.subset(retain)})

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from ..config import check_device, check_threads
+from ..config import check_choices, check_device, check_threads
 from ..data.config import DataConfig
 from ..errors import ForgetkitError
 
@@ -24,7 +25,7 @@ class TextForgetConfig:
         "help": "a trial is accepted when the forget term falls by at least this fraction"})
     lambda_f_step: float = field(default=0.05, metadata={"help": "λ_f increase after a rejected trial"})
     max_trials: int = field(default=100, metadata={"help": "trials before giving up (the last one is kept)"})
-    keep: str = field(default="best", metadata={
+    keep: Literal["best", "last"] = field(default="best", metadata={
         "help": "best (lowest total loss over the steps, as the paper intends) or last (the original code)"})
     resample_scale: float = field(default=0.5, metadata={
         "help": "noise scale when the empty-prompt target lands nearest a forget class and is re-drawn"})
@@ -49,11 +50,12 @@ class ClipPretrainConfig:
     device: str = "auto"
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default)"})
     out: str = field(default="checkpoints/clip", metadata={"help": "output checkpoint folder"})
-    weights_dtype: str = field(default="float32", metadata={
+    weights_dtype: Literal["float32", "float16"] = field(default="float32", metadata={
         "help": "precision of the saved weights: float32, or float16 (half the file; the model is rounded to it "
                 "before the zero-shot evaluation, so the recorded accuracy is the saved model's)"})
 
     def __post_init__(self):
+        check_choices(self, "clip-pretrain")
         if min(self.epochs, self.batch_size) < 1:
             raise ForgetkitError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1")
         check_threads(self.threads, "threads")

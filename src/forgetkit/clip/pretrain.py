@@ -22,7 +22,7 @@ from ..errors import ForgetkitError
 from ..outputs import OutputLock, refuse_replacing
 from ..runtime import adamw, optimizer_step, process_state, rng, seed_everything, setup_device, step_scheduler
 from .config import ClipPretrainConfig
-from .model import WEIGHT_DTYPES, create_clip, round_weights, save_clip
+from .model import create_clip, round_weights, save_clip
 from .names import shipped_names
 from .zeroshot import accuracy_over, class_weights, image_features, prompt_name
 
@@ -64,8 +64,6 @@ def pretrain_clip(cfg: ClipPretrainConfig, progress: bool = True, overwrite: boo
     if len(cfg.repeats) != len(cfg.datasets):
         raise ForgetkitError(f"repeats has {len(cfg.repeats)} values for {len(cfg.datasets)} datasets; give one "
                              f"per dataset")
-    if cfg.weights_dtype not in WEIGHT_DTYPES:  # checked now, not after training
-        raise ForgetkitError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, not {cfg.weights_dtype!r}")
     for data in cfg.datasets:
         check_data_config(data)
     refuse_replacing(Path(cfg.out) / "manifest.json", overwrite, "a checkpoint")

@@ -9,8 +9,9 @@ imports torch, so a typo in any key answers in a fraction of a second, before to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from ..config import check_device, check_threads
+from ..config import check_choices, check_device, check_threads
 from ..data.config import DataConfig
 from ..errors import ForgetkitError
 from ..methods.configs import MethodConfig, default_method_config
@@ -18,10 +19,10 @@ from ..methods.configs import MethodConfig, default_method_config
 
 @dataclass
 class ProtocolConfig:
-    """Which classes are forgotten when, and how much training data each task may use."""
+    """Which classes each request is about, in which order, and how much training data each request may use."""
 
-    forget_per_task: int = field(default=2, metadata={"help": "K: classes forgotten per task (learn: C, classes "
-                                                                  "learnt per task)"})
+    classes_per_request: int = field(default=2, metadata={
+        "help": "K: classes each request forgets (learn: C, the classes each request learns)"})
     num_tasks: int = field(default=4, metadata={"help": "T: number of tasks (1 = single-step; learn: the first "
                                                         "task included)"})
     initial_classes: int | None = field(default=None, metadata={
@@ -56,12 +57,11 @@ class ProtocolConfig:
                 "class-incremental benchmark's pre-trained backbone); default false keeps every known class"})
     val_per_class: int = field(default=0, metadata={
         "help": "training images per class held out as a validation split (never trained on)"})
-    eval_split: str = field(default="test", metadata={"help": "test, or val (the held-out training images; for "
-                                                              "choosing hyper-parameters without the test set)"})
+    eval_split: Literal["test", "val"] = field(default="test", metadata={
+        "help": "test, or val (the held-out training images; for choosing hyper-parameters without the test set)"})
 
     def __post_init__(self):
-        if self.eval_split not in ("test", "val"):
-            raise ForgetkitError(f"protocol.eval_split must be test or val, not {self.eval_split!r}")
+        check_choices(self, "protocol")
         if self.eval_split == "val" and self.val_per_class < 1:
             raise ForgetkitError("protocol.eval_split is val but protocol.val_per_class is 0; hold out some images")
         for name in ("forget_ratio", "retain_ratio"):

@@ -25,7 +25,7 @@ from ..methods.configs import MethodConfig
 from ..metrics import PerClass, evaluate_classes
 from ..models import fingerprint
 from ..models.checkpoint import save_checkpoint
-from ..protocol import Task, TaskData
+from ..protocol import Request, RequestData
 from ..runstate import RunLog, crash_point
 from ..runtime import balanced_batches, rng, seed_request, step_scheduler
 from .config import EvalConfig, TrainConfig
@@ -73,7 +73,7 @@ class Editor:
         return {name: 100.0 * (model.predict(images, images.classes) == images.targets).float().mean().item()
                 for name, images in self.other_images.items()}
 
-    def run(self, model: torch.nn.Module, task: Task, data: TaskData, before: PerClass, pretrained: PerClass,
+    def run(self, model: torch.nn.Module, task: Request, data: RequestData, before: PerClass, pretrained: PerClass,
             log: RunLog | None = None, edit_dir: Path | None = None, last_good: Path | None = None):
         """One request: let the method fit it (by default, the step loop below), evaluate, judge.
 
@@ -95,8 +95,8 @@ class Editor:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-        saved_edit = method.save_task(staging) if staging is not None else False
-        model = method.finish_task()
+        saved_edit = method.save_edit(staging) if staging is not None else False
+        model = method.finish()
         model.eval()
         edit = None
         if staging is not None:  # written aside, then renamed into place: never half an edit
@@ -124,7 +124,7 @@ class Editor:
             **self.kind.describe(task, names),
             **metrics,
             # the classes the request is about (for learning: only the classes the model knows)
-            "per_class": {side: {names[c]: pc.accuracy([c]) for c in sorted(task.forget + task.retain + task.old)}
+            "per_class": {side: {names[c]: pc.accuracy([c]) for c in sorted(task.classes + task.retain + task.old)}
                           for side, pc in (("before", before), ("after", after))},
             "verdict": self.kind.verdict(metrics, self.eval),
             "seconds": round(seconds, 2),
@@ -144,7 +144,7 @@ class Editor:
                     (task.index + 1) * self.train.steps)
         return model, record, loss_rows, after
 
-    def _train_steps(self, task: Task, data: TaskData, log: RunLog | None, last_good: Path | None,
+    def _train_steps(self, task: Request, data: RequestData, log: RunLog | None, last_good: Path | None,
                      loss_rows: list[dict]) -> None:
         """The runner's step loop: ``train.steps`` optimisation steps, each on one class-balanced batch of every
         stream the request kind declares (forget: forget and retain), the learning rate on the shared schedule,
@@ -156,7 +156,7 @@ class Editor:
             raise ForgetkitError(f"{self.kind.name} requests hand no data to a step loop; method {method.name} "
                                  f"must fit them itself (forgetkit methods lists which do)")
         # the request kind's data streams, in its order (forget: forget, retain), each class-balanced and endless
-        streams = [balanced_batches(getattr(data, name), cfg.batch_size, rng(self.seed, f"{name}_batches",
+        streams = [balanced_batches(data.streams.get(name), cfg.batch_size, rng(self.seed, f"{name}_batches",
                                                                              task.index), self.device)
                    for name in self.kind.streams]
         if streams[0] is None:
@@ -169,10 +169,11 @@ class Editor:
             scheduler.step_update(step)
             crash_point(f"request_{task.index}_step_{step}")
             try:
-                losses = method.step(*[next(stream) for stream in streams], step, optimizer)
+                losses = method.step({name: next(stream) for name, stream in zip(self.kind.streams, streams)},
+                                     step, optimizer)
             except NonFiniteLoss as err:
                 if last_good is not None:
-                    save_checkpoint(method.finish_task().cpu(), last_good, self.classes, ledger=[], interrupted={
+                    save_checkpoint(method.finish().cpu(), last_good, self.classes, ledger=[], interrupted={
                         "request": task.index, "reason": "non-finite loss", "step": step})
                 where = f"; the last good model (before this step) is saved in {last_good}" if last_good else ""
                 raise ForgetkitError(f"loss became {err.value} at request {task.index + 1}, step {step}{where}. "

@@ -207,7 +207,7 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
                                         "fingerprint": manifest["fingerprint"],
                                         "accuracy": {"eval_split": cfg.protocol.eval_split,
                                                      **_per_class_to_json(pretrained)}}
-        known_after = known + (sum(len(t.forget) for t in protocol.tasks) if kind.adds_classes else 0)
+        known_after = known + (sum(len(t.classes) for t in protocol.tasks) if kind.adds_classes else 0)
         save_checkpoint(model.cpu(), model_dir, classes[:known_after], ledger=ledger, base=base,
                         data=data_cfg.recorded())
     write_outputs(out, results, config, kind)  # results.json last: the marker of a finished run

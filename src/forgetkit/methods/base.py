@@ -1,14 +1,16 @@
 """The method interface: what the engine calls, and nothing else.
 
-A method sees one task at a time. ``setup_task`` receives the current (merged) model and returns the module to
-train; ``training_step`` receives a forget batch and a retain batch and returns named losses (the key ``loss``
-is optimised); ``finish_task`` returns the plain model that the next task starts from. Teachers, importance
+A method sees one request at a time. ``setup`` receives the current (merged) model and returns the module to
+train; ``training_step`` receives one batch per data stream of the request kind (a dict: ``forget`` and ``retain``
+for forgetting) and returns named losses (the key ``loss`` is optimised); ``save_edit`` keeps the request's edit;
+``finish`` returns the plain model that the next request starts from. Teachers, importance
 passes, prototypes and merges are the method's business: the engine has no method branches.
 """
 
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -17,10 +19,13 @@ import torch
 
 from ..errors import ForgetkitError
 from ..ledger import register_edit_type
-from ..protocol import Task, TaskData
+from ..protocol import Request, RequestData
 from ..registry import Registry
 from ..runtime import adamw
 from .configs import METHOD_CONFIGS, MethodConfig
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""one stream's images and labels in a training step"""
 
 METHODS: Registry = Registry("method", loader=lambda: importlib.import_module("forgetkit.methods").load_methods())
 """every registered method; the first look-up imports the method modules (methods/__init__.py)"""
@@ -61,6 +66,9 @@ class NonFiniteLoss(Exception):
         self.value = value
 
 
+_RENAMED_HOOKS = {"setup_task": "setup", "finish_task": "finish", "save_task": "save_edit"}
+
+
 class Method:
     """Base class of forgetting methods."""
 
@@ -72,12 +80,22 @@ class Method:
     requires: ClassVar[frozenset[str]] = frozenset()
     """model capabilities it needs (see :func:`model_capabilities`), checked before any work"""
     edit_type: ClassVar[str] = "lora"
-    """what :meth:`save_task` saves and :meth:`apply_edit` applies (the ledger's edit type)"""
+    """what :meth:`save_edit` saves and :meth:`apply_edit` applies (the ledger's edit type)"""
     fix_hint: ClassVar[str] = ""
     """what to try when a request of this method misses its goal (empty: the request kind's advice)"""
 
     def __init__(self, cfg, ctx: MethodContext):
         self.cfg, self.ctx = cfg, ctx
+
+    def __init_subclass__(cls, **kwargs):
+        """A method written for forgetkit 0.1 (``setup_task``, ``finish_task``, ``save_task``) keeps working for one
+        release, with a warning."""
+        super().__init_subclass__(**kwargs)
+        for old, new in _RENAMED_HOOKS.items():
+            if old in cls.__dict__ and new not in cls.__dict__:
+                warnings.warn(f"{cls.__name__}.{old} is deprecated and will be removed in forgetkit 0.3; name it "
+                              f"{new}", DeprecationWarning, stacklevel=2)
+                setattr(cls, new, cls.__dict__[old])
 
     def check_model(self, model: torch.nn.Module, kind: str) -> None:
         """Refuse, before any work, a request kind this method cannot carry out or a model it cannot edit."""
@@ -101,27 +119,30 @@ class Method:
             raise ForgetkitError(f"method {self.name} keeps no state across requests, but the saved state has "
                                  f"{len(state)} tensors; resume with the method that made the run")
 
-    def fit(self, model: torch.nn.Module, task: Task, data: TaskData, train_steps: Callable[[], None]) -> None:
-        """Carry out one request up to :meth:`finish_task`. The default sets the task up and runs the runner's step
+    def fit(self, model: torch.nn.Module, task: Request, data: RequestData, train_steps: Callable[[], None]) -> None:
+        """Carry out one request up to :meth:`finish`. The default sets the task up and runs the runner's step
         loop (``train_steps``: optimiser, schedule, balanced batches, logging, calling :meth:`step`); a method that
         fits without a minibatch loop (CLIP's text projection) overrides this hook, not the runner."""
-        self.setup_task(model, task, data)
+        self.setup(model, task, data)
         train_steps()
 
-    def setup_task(self, model: torch.nn.Module, task: Task, data: TaskData) -> torch.nn.Module:
+    def setup(self, model: torch.nn.Module, task: Request, data: RequestData) -> torch.nn.Module:
         raise NotImplementedError
 
-    def training_step(self, forget: tuple[torch.Tensor, torch.Tensor], retain: tuple[torch.Tensor, torch.Tensor],
-                      step: int) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: dict[str, Batch | None], step: int) -> dict[str, torch.Tensor]:
+        """The named losses of one step (the key ``loss`` is optimised) on ``batch``: one class-balanced batch
+        ``(images, labels)`` per data stream of the request kind (forget: ``batch["forget"]``, ``batch["retain"]``,
+        None for a stream without images)."""
         raise NotImplementedError
 
-    def step(self, forget, retain, step: int, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    def step(self, batch: dict[str, Batch | None], step: int,
+             optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         """One optimisation step: losses, a finite check before any update, backward, optimiser step.
 
         Methods with several passes per step (SCRUB's max and min passes) override this and call
         :meth:`apply` for each pass.
         """
-        losses = self.training_step(forget, retain, step)
+        losses = self.training_step(batch, step)
         self.apply(losses["loss"], optimizer)
         return losses
 
@@ -162,21 +183,21 @@ class Method:
         return sum(p.numel() for p in self.parameters())
 
     def task_stats(self) -> dict[str, Any]:
-        """Extra per-task numbers for results.json, taken before ``finish_task``."""
+        """Extra per-task numbers for results.json, taken before ``finish``."""
         return {}
 
-    def save_task(self, directory: Path) -> bool:
-        """Save this request's artefacts into ``directory`` (called before ``finish_task``); True when they include
+    def save_edit(self, directory: Path) -> bool:
+        """Save this request's artefacts into ``directory`` (called before ``finish``); True when they include
         a LoRA adapter that turns the model before the request into the model after it (the runner checks this, and
         keeps the full weights in the ledger otherwise)."""
         return False
 
-    def finish_task(self) -> torch.nn.Module:
+    def finish(self) -> torch.nn.Module:
         raise NotImplementedError
 
     @staticmethod
     def apply_edit(model: torch.nn.Module, directory: Path) -> torch.nn.Module:
-        """Apply an edit :meth:`save_task` saved to the model it was made from (ledger replay): a LoRA adapter."""
+        """Apply an edit :meth:`save_edit` saved to the model it was made from (ledger replay): a LoRA adapter."""
         from ..models.lora import apply_adapter
 
         return apply_adapter(model, directory)

@@ -30,7 +30,7 @@ class ClipText(Method):
         from ..clip.text_forget import forget_text_classes
 
         self.model, self.task = model, task
-        forget = [model.classes[c] for c in task.forget]
+        forget = [model.classes[c] for c in task.classes]
         names = read_names(self.cfg.names, model.classes) if self.cfg.names else model.names
         retain = names.retain_names(model.classes, forget)
         self.projection, self.info = forget_text_classes(model.bundle, forget, retain, model.classes, self.cfg,
@@ -44,7 +44,7 @@ class ClipText(Method):
     def task_stats(self):
         return {k: v for k, v in self.info.items() if k not in ("seconds", "trainable_params")}
 
-    def save_task(self, directory: Path) -> bool:
+    def save_edit(self, directory: Path) -> bool:
         save_weights(directory / "text_projection.safetensors", {"text_projection": self.projection})
         return True
 
@@ -53,5 +53,5 @@ class ClipText(Method):
         model.set_text_projection(load_weights(Path(directory) / "text_projection.safetensors")["text_projection"])
         return model
 
-    def finish_task(self) -> torch.nn.Module:
+    def finish(self) -> torch.nn.Module:
         return self.model

@@ -8,9 +8,10 @@ config as its ``config_cls``. ``forgetkit config <method>`` prints every field w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ..clip.config import TextForgetConfig
-from ..config import from_dict, to_dict
+from ..config import check_choices, from_dict, to_dict
 from ..errors import ForgetkitError
 from ..models.lora_config import LoRASettings
 from ..registry import Registry
@@ -30,6 +31,9 @@ class MethodConfig:
     once into that method's own typed config (every method config derives from this class)."""
 
     name: str = field(default=DEFAULT_METHOD, metadata={"help": "a registered method (forgetkit methods)"})
+
+    def __post_init__(self):
+        check_choices(self, f"method({self.name})")
 
     @classmethod
     def parse(cls, value: dict, where: str = "method") -> "MethodConfig":
@@ -87,10 +91,11 @@ class GSLoRAConfig(MethodConfig):
                 "proximal: each block's update shrinks by lr·α·√(its parameter count) per step, i.e. by the fraction "
                 "α of the largest step Adam can take, whatever the model's width or the LoRA rank"})
     alpha_warmup_steps: int = field(default=100, metadata={"help": "steps with α = 0 at the start of each request"})
-    lasso_update: str = field(default="proximal", metadata={
+    lasso_update: Literal["gradient", "proximal"] = field(default="proximal", metadata={
         "help": "how the lasso acts: gradient (α·Σ||g|| in the loss, the paper) or proximal (after each optimiser "
                 "step, every group shrinks by lr·α in norm and small ones become exactly zero)"})
-    grouping: str = field(default="block", metadata={"help": "lasso groups: block (paper), module or matrix"})
+    grouping: Literal["block", "module", "matrix"] = field(default="block", metadata={
+        "help": "lasso groups: block (paper), module or matrix"})
     zero_threshold: float = field(default=1e-2, metadata={
         "help": "a group whose norm ends below this counts as driven to zero"})
 
@@ -105,7 +110,7 @@ class GSLoRAPPConfig(GSLoRAConfig):
     proto_retain_weight: list[float] = field(default_factory=lambda: [0.0], metadata={
         "help": "w_r per task: weight of the pull of replay embeddings towards their prototypes"})
     proto_bound: float = field(default=18.0, metadata={"help": "BND_pro: bound of the push term"})
-    proto_distance: str = field(default="kl", metadata={"help": "kl (original) or l2"})
+    proto_distance: Literal["kl", "l2"] = field(default="kl", metadata={"help": "kl (original) or l2"})
     ema_decay: float | None = field(default=None, metadata={
         "help": "decay of the EMA of the merged update (null = no EMA; original 0.9)"})
     prototype_images: int = field(default=256, metadata={
@@ -137,13 +142,13 @@ class FGOrIUConfig(GSLoRAConfig):
     retain_subspace_weight: float = field(default=0.01, metadata={
         "help": "λ_r: weight of Σ_l ||F_r^l − F_r^l P_r^l P_r^lᵀ||_F, the normalised retain features' part outside "
                 "the retain subspace (paper: 0.01 face, 0.1 ImageNet100)"})
-    feature_blocks: str = field(default="all", metadata={
+    feature_blocks: Literal["all", "last"] = field(default="all", metadata={
         "help": "blocks whose output features the two subspace terms use: all (paper, face) or last (ImageNet100)"})
     energy: float = field(default=0.99, metadata={
         "help": "τ: a subspace keeps the fewest directions holding this share of its features' energy"})
     subspace_images: int = field(default=512, metadata={
         "help": "images per stream (forget, replay) the subspaces are computed from, a seeded sample (0 = all)"})
-    subspace_tokens: str = field(default="cls", metadata={
+    subspace_tokens: Literal["cls", "all"] = field(default="cls", metadata={
         "help": "tokens whose inputs span the protected subspace of each adapted layer: cls (the paper's) or all "
                 "(every token the layer sees)"})
     project_forget: bool = field(default=False, metadata={
@@ -158,10 +163,7 @@ class FGOrIUConfig(GSLoRAConfig):
                 "every fc2 block 3's"})
 
     def __post_init__(self):
-        for name, value, choices in (("feature_blocks", self.feature_blocks, ("all", "last")),
-                                     ("subspace_tokens", self.subspace_tokens, ("cls", "all"))):
-            if value not in choices:
-                raise ForgetkitError(f"method.{name} must be {' or '.join(choices)}, not {value!r}")
+        super().__post_init__()
         if not 0.0 < self.energy <= 1.0:
             raise ForgetkitError(f"method.energy must be in (0, 1], got {self.energy}")
         if self.faithful_block_mixup and not self.faithful:
@@ -176,7 +178,7 @@ class L2Config(FinetuneConfig):
 
     reg_lambda: float = field(default=0.1, metadata={"help": "λ: weight of the penalty"})
     online: bool = field(default=False, metadata={"help": "keep one running anchor instead of one per task"})
-    data_term: str = field(default="sum", metadata={
+    data_term: Literal["sum", "pooled"] = field(default="sum", metadata={
         "help": "sum: CE_f + CE_r; pooled: each CE weighted by its set's share of forget ∪ replay, the expected value "
                 "of the original's CE over one mixed batch"})
     importance_images: int = field(default=2048, metadata={
@@ -328,7 +330,7 @@ class LoRASubDRSConfig(MethodConfig):
     """LoRA-Sub-DRS (defaults: the official CIFAR-100 configuration)."""
 
     rank: int = field(default=10, metadata={"help": "rank of each request's K and V LoRA"})
-    layout: str = field(default="official", metadata={
+    layout: Literal["official", "libcontinual"] = field(default="official", metadata={
         "help": "official: each request's LoRA its own slot, B drawn sparse N(0, 0.01) so B·A ≠ 0 from the start; "
                 "libcontinual: one folded LoRA, a fresh B = 0 each request"})
     drs: bool = field(default=True, metadata={

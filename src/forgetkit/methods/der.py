@@ -31,7 +31,8 @@ class DER(FullFinetune):
             target = self.teacher.embed(xr)
         return (self.module.embed(xr) - target).pow(2).sum()
 
-    def training_step(self, forget, retain, step):
+    def training_step(self, batch, step):
+        forget, retain = batch["forget"], batch["retain"]
         xf = forget[0]
         losses = {"forget": self.wrong_label_ce(forget)}
         losses["der"] = self.der_term(retain) if retain else xf.new_zeros(())
@@ -48,8 +49,8 @@ class DERPlusPlus(DER):
         self.second = balanced_batches(self.data.retain, self.ctx.batch_size,
                                        rng(self.ctx.seed, "second_replay", self.task.index), self.ctx.device)
 
-    def training_step(self, forget, retain, step):
-        losses = super().training_step(forget, retain, step)
+    def training_step(self, batch, step):
+        losses = super().training_step(batch, step)
         if self.second is not None:
             x2, y2 = next(self.second)
             losses["plus"] = F.cross_entropy(self.logits(x2, y2), y2)

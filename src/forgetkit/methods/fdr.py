@@ -18,7 +18,8 @@ class FDR(FullFinetune):
     uses_teacher = True
     default_lr = 1e-3
 
-    def training_step(self, forget, retain, step):
+    def training_step(self, batch, step):
+        forget, retain = batch["forget"], batch["retain"]
         xf = forget[0]
         losses = {"forget": self.wrong_label_ce(forget)}
         if retain is None:

@@ -146,7 +146,7 @@ class FGOrIU(GSLoRA):
         self.forget_bases = {int(key.split(".")[1]): value for key, value in state.items()}
 
     # ---- one request
-    def setup_task(self, model, task, data):
+    def setup(self, model, task, data):
         blocks = _blocks(model)
         self.feature_blocks = list(range(len(blocks))) if self.cfg.feature_blocks == "all" else [len(blocks) - 1]
         forget, retain = (self._collect(model, blocks, images, stream, task.index)
@@ -165,7 +165,7 @@ class FGOrIU(GSLoRA):
                               for blk in retain[name]}
             self.forget_in = {(blk, name): energy_basis(forget[name][blk], energy) for name in ("fc1", "fc2")
                               for blk in forget[name]}
-        module = super().setup_task(model, task, data)
+        module = super().setup(model, task, data)
         self.blocks = _blocks(module.base_model.model)  # the same modules, now holding the LoRA layers
         self.factors = self._factors()
         if not self.cfg.faithful:
@@ -221,9 +221,9 @@ class FGOrIU(GSLoRA):
         losses.update(forget_subspace=forget_term, retain_subspace=retain_term)
         return losses
 
-    def training_step(self, forget, retain, step):
+    def training_step(self, batch, step):
         with _capture(self.blocks, detach=False) as self._seen:
-            return super().training_step(forget, retain, step)
+            return super().training_step(batch, step)
 
     # ---- the update: clip, project, step, keep A off the retained inputs
     def before_update(self):

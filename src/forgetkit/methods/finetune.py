@@ -25,7 +25,7 @@ class FullFinetune(Method):
     default_lr = 1e-4
     uses_teacher = False
 
-    def setup_task(self, model, task, data):
+    def setup(self, model, task, data):
         self.task, self.data = task, data
         self.generator = rng(self.ctx.seed, "wrong_labels", task.index)
         for name, param in model.named_parameters():
@@ -46,7 +46,7 @@ class FullFinetune(Method):
     def wrong_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """A random label different from each true label (see the module docstring)."""
         if self.cfg.faithful_relabel:  # (y + randint[1, 100]) mod K, and y + 1 where that lands on y itself
-            k = len(self.task.forget)
+            k = len(self.task.classes)
             offset = torch.randint(1, 101, labels.shape, generator=self.generator).to(labels.device)
             wrong = (labels + offset) % k
             return torch.where(wrong == labels, (labels + 1) % k, wrong)
@@ -62,7 +62,7 @@ class FullFinetune(Method):
         x, wrong = forget[0], self.wrong_labels(forget[1])
         return torch.nn.functional.cross_entropy(self.logits(x, wrong), wrong)
 
-    def finish_task(self):
+    def finish(self):
         self.teacher = None
         for param in self.module.parameters():
             param.requires_grad = False

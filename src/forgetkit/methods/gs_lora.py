@@ -50,14 +50,10 @@ class GSLoRA(Method):
 
     def __init__(self, cfg: GSLoRAConfig, ctx):
         super().__init__(cfg, ctx)
-        if cfg.grouping not in ("block", "module", "matrix"):
-            raise ForgetkitError(f"method.grouping must be block, module or matrix, not {cfg.grouping!r}")
-        if cfg.lasso_update not in ("gradient", "proximal"):
-            raise ForgetkitError(f"method.lasso_update must be gradient or proximal, not {cfg.lasso_update!r}")
         if not cfg.beta:
             raise ForgetkitError("method.beta is empty; give one β per task (or one for all)")
 
-    def setup_task(self, model, task, data):
+    def setup(self, model, task, data):
         self.task, self.data = task, data
         self.beta = self.cfg.beta[min(task.index, len(self.cfg.beta) - 1)]
         self.replay_logit_weight = (self.cfg.replay_logit_weight if self.cfg.replay_logit_weight is not None
@@ -71,7 +67,8 @@ class GSLoRA(Method):
     def alpha_at(self, step: int) -> float:
         return 0.0 if step < self.cfg.alpha_warmup_steps else self.cfg.alpha
 
-    def training_step(self, forget, retain, step):
+    def training_step(self, batch, step):
+        forget, retain = batch["forget"], batch["retain"]
         xf, yf = forget
         xr, yr = retain if retain is not None else (xf[:0], yf[:0])
         # One forward for both streams (LoRA is active inside the wrapped model's layers); labels go to the head
@@ -82,7 +79,7 @@ class GSLoRA(Method):
         forget_loss = bounded_forget_loss(logits[: len(xf)], yf, self.cfg.bnd, self.cfg.bound_per_sample)
         retain_loss = F.cross_entropy(logits[len(xf):], yr) if len(xr) else logits.new_zeros(())
         # every class forgotten so far: this request's and the earlier ones'
-        forgotten_mass = (class_mass_loss(logits[: len(xf)], self.task.forget + self.task.old)
+        forgotten_mass = (class_mass_loss(logits[: len(xf)], self.task.classes + self.task.old)
                           if self.cfg.forgotten_mass_weight else logits.new_zeros(()))
         loss = self.beta * forget_loss + retain_loss + self.cfg.forgotten_mass_weight * forgotten_mass
         replay_logits = logits.new_zeros(())
@@ -120,8 +117,8 @@ class GSLoRA(Method):
                   "structure": structure}
         return self.extra_terms(losses, emb[: len(xf)], yf, emb[len(xf):], yr)
 
-    def step(self, forget, retain, step, optimizer):
-        losses = super().step(forget, retain, step, optimizer)
+    def step(self, batch, step, optimizer):
+        losses = super().step(batch, step, optimizer)
         alpha = self.alpha_at(step)
         if self.cfg.lasso_update == "proximal" and alpha > 0:
             # The proximal step of lr·α·Σ||g||: unlike the sub-gradient (whose direction Adam rescales per
@@ -144,10 +141,10 @@ class GSLoRA(Method):
             "edit_bytes": sum(p.numel() * p.element_size() for name in kept for p in self.groups[name]),
         }
 
-    def save_task(self, directory: Path):
+    def save_edit(self, directory: Path):
         save_adapter(self.module, directory, self.base_fingerprint, task=self.task.index,
-                     forget_classes=self.task.forget, merged_into_model=True)
+                     forget_classes=self.task.classes, merged_into_model=True)
         return True
 
-    def finish_task(self):
+    def finish(self):
         return merge_lora(self.module)

@@ -75,18 +75,16 @@ class GSLoRAPlusPlus(GSLoRA):
 
     def __init__(self, cfg: GSLoRAPPConfig, ctx):
         super().__init__(cfg, ctx)
-        if cfg.proto_distance not in ("kl", "l2"):
-            raise ForgetkitError(f"method.proto_distance must be kl or l2, not {cfg.proto_distance!r}")
         if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
             raise ForgetkitError(f"method.ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
 
-    def setup_task(self, model, task, data):
+    def setup(self, model, task, data):
         # Prototypes from the model as it starts this task (after the previous merge), before LoRA is added, over a
         # seeded sample of each class: a class mean needs a few hundred images, not the whole replay set.
         gen = rng(self.ctx.seed, "prototype_images", task.index)
         sample = [per_class_sample(d, self.cfg.prototype_images, gen) for d in (data.forget, data.retain)]
         self.prototypes, self.present = class_prototypes(model, sample, self.ctx.num_classes, self.ctx.device)
-        module = super().setup_task(model, task, data)
+        module = super().setup(model, task, data)
         pick = min(task.index, len(self.cfg.proto_forget_weight) - 1)
         self.w_f = self.cfg.proto_forget_weight[pick]
         self.w_r = self.cfg.proto_retain_weight[min(task.index, len(self.cfg.proto_retain_weight) - 1)]
@@ -118,11 +116,11 @@ class GSLoRAPlusPlus(GSLoRA):
                 for n, delta in deltas.items():
                     self.ema[n].mul_(d).add_(delta, alpha=1 - d)
 
-    def finish_task(self):
+    def finish(self):
         if self.ema is None:
-            return super().finish_task()
+            return super().finish()
         final = {n: m.get_delta_weight("default").detach().clone() for n, m in self.lora_layers().items()}
-        model = super().finish_task()
+        model = super().finish()
         with torch.no_grad():  # merged = W + ΔW_final; carry W + ΔW_ema instead
             for name, delta in final.items():
                 layer = model.get_submodule(name.removeprefix("base_model.model."))

@@ -147,7 +147,7 @@ class LearnMethod(Method):
         self.old_prototypes = old
         self.factors = self.train(model, task, data, train_steps)
         learned = merge_kv(model, self.factors)
-        new = class_means(learned, data.forget, task.forget, self.device)
+        new = class_means(learned, data.forget, task.classes, self.device)
         self.prototypes = torch.cat([old, new])
         self.model = with_prototypes(learned, self.prototypes)
 
@@ -155,9 +155,9 @@ class LearnMethod(Method):
         """Train on the request's data; returns the K/V LoRA factors to merge (:func:`stack_factors`), or None."""
         raise NotImplementedError
 
-    def save_task(self, directory: Path) -> bool:
+    def save_edit(self, directory: Path) -> bool:
         save_weights(directory / "learn.safetensors", {"prototypes": self.prototypes, **(self.factors or {})})
-        write_json(directory / "learn.json", {"method": self.name, "classes": list(self.task.forget),
+        write_json(directory / "learn.json", {"method": self.name, "classes": list(self.task.classes),
                                               "known_before": len(self.old_prototypes)})
         return True
 
@@ -171,5 +171,5 @@ class LearnMethod(Method):
     def trainable_count(self) -> int:
         return 0
 
-    def finish_task(self):
+    def finish(self):
         return self.model

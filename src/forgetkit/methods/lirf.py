@@ -81,7 +81,8 @@ class LIRF(FullFinetune):
     def task_stats(self):
         return {"deposit_params": sum(p.numel() for p in self.deposit.parameters() if p.requires_grad)}
 
-    def training_step(self, forget, retain, step):
+    def training_step(self, batch, step):
+        forget, retain = batch["forget"], batch["retain"]
         cfg, a = self.cfg, self.cfg.alpha
         xf, yf = forget
         wrong = self.wrong_labels(yf)
@@ -95,7 +96,7 @@ class LIRF(FullFinetune):
             "forget": F.cross_entropy(s_logits, wrong),
             "at": F.mse_loss(attention_map(s_mid), attention_map(t_mid)),
             "kd": sliced_kd(t_logits, s_logits, self.task.retain, cfg.temperature),
-            "deposit": a * sliced_kd(t_logits, self.deposit.head(d_emb, wrong), self.task.forget, cfg.temperature)
+            "deposit": a * sliced_kd(t_logits, self.deposit.head(d_emb, wrong), self.task.classes, cfg.temperature)
             + (1 - a) * F.cross_entropy(self.deposit.head(d_emb, yf), yf),
         }
         losses["retain"] = F.cross_entropy(self.module(*retain), retain[1]) if retain else xf.new_zeros(())
@@ -103,15 +104,15 @@ class LIRF(FullFinetune):
                           + cfg.deposit_weight * losses["deposit"] + cfg.retain_weight * losses["retain"])
         return losses
 
-    def save_task(self, directory: Path):
+    def save_edit(self, directory: Path):
         """The deposit module T_r as its own artefact: its lower half (safetensors) and ``deposit.json`` (the
         deposited classes, the split point and the fingerprint of the target network it belongs to)."""
-        save_deposit(directory, self.deposit, self.module, self.split_at, self.task.forget, self.name)
+        save_deposit(directory, self.deposit, self.module, self.split_at, self.task.classes, self.name)
         return False
 
-    def finish_task(self):
+    def finish(self):
         self.deposit = None
-        return super().finish_task()
+        return super().finish()
 
 
 def save_deposit(directory: Path, deposit, target, split: int, classes: list[int], method: str) -> None:
@@ -162,7 +163,7 @@ class LIRFECCV(LIRF):
         middle one, on every dataset (docs/ledger.md), at the price of a deposit as large as the backbone."""
         return depth
 
-    def training_step(self, forget, retain, step):
+    def training_step(self, batch, step):
         """On deposit images only (the replay stream is ignored)::
 
             loss1 = α·T²·KL(z_0[P]/T ‖ z_T[P]/T) + (1−α)·CE(z_T, ỹ)          ỹ uniform over all classes
@@ -171,6 +172,7 @@ class LIRFECCV(LIRF):
 
         P are the preserved classes, D the deposited ones; the CE on z_R sends gradient to the target's P columns.
         """
+        forget = batch["forget"]
         cfg, a = self.cfg, self.cfg.alpha
         xf, yf = forget
         random_labels = torch.randint(0, self.ctx.num_classes, yf.shape, generator=self.generator).to(yf.device)
@@ -180,11 +182,11 @@ class LIRFECCV(LIRF):
             t_mid = self.teacher.lower(xf, self.split_at)
             z_0 = self.teacher.upper(t_mid, self.split_at)
         z_d = self.deposit.upper(self.deposit.lower(xf, self.split_at), self.split_at)
-        z_r = recover_logits(z_t, z_d, self.task.forget)
-        preserved = [c for c in range(self.ctx.num_classes) if c not in self.task.forget]
+        z_r = recover_logits(z_t, z_d, self.task.classes)
+        preserved = [c for c in range(self.ctx.num_classes) if c not in self.task.classes]
         losses = {"kd_preserved": sliced_kd(z_0, z_t, preserved, cfg.temperature),
                   "forget": F.cross_entropy(z_t, random_labels),
-                  "kd_deposit": sliced_kd(z_0, z_r, self.task.forget, cfg.temperature),
+                  "kd_deposit": sliced_kd(z_0, z_r, self.task.classes, cfg.temperature),
                   "recover": F.cross_entropy(z_r, yf),
                   "at": F.mse_loss(attention_map(s_mid), attention_map(t_mid))}
         losses["loss"] = (a * losses["kd_preserved"] + (1 - a) * losses["forget"] + a * losses["kd_deposit"]

@@ -66,8 +66,6 @@ class LoRASubDRS(LearnMethod):
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
-        if cfg.layout not in ("official", "libcontinual"):
-            raise ForgetkitError(f"method.layout must be official or libcontinual, not {cfg.layout!r}")
         if not 0 < cfg.energy <= 1:
             raise ForgetkitError(f"method.energy (ε) must be in (0, 1], got {cfg.energy}")
         self.history: list[dict[str, torch.Tensor]] | None = None  # the earlier requests' K/V factors
@@ -101,9 +99,9 @@ class LoRASubDRS(LearnMethod):
                                      self.ctx.seed, task.index)
         self.projections = self.drift_resistant_space(model, data.forget, earlier) if cfg.drs and earlier else {}
         self.module = model.eval()  # trained in eval mode, as the official code: no dropout
-        self.head = nn.Linear(model.spec.embed_dim, len(task.forget)).to(self.device)
-        self.local = torch.full((max(task.forget) + 1,), -1, dtype=torch.long, device=self.device)
-        self.local[task.forget] = torch.arange(len(task.forget), device=self.device)
+        self.head = nn.Linear(model.spec.embed_dim, len(task.classes)).to(self.device)
+        self.local = torch.full((max(task.classes) + 1,), -1, dtype=torch.long, device=self.device)
+        self.local[task.classes] = torch.arange(len(task.classes), device=self.device)
         train_steps()
         factors = stack_factors(self.layers)
         detach_kv_lora(model)
@@ -142,8 +140,8 @@ class LoRASubDRS(LearnMethod):
                               {"params": list(self.head.parameters()), "lr": self.cfg.head_lr, "weight_decay": 0.0}],
                              self.projections)
 
-    def training_step(self, forget, retain, step):
-        x, y = forget
+    def training_step(self, batch, step):
+        x, y = batch["forget"]
         features = self.module.embed(x)
         losses = {"ce": F.cross_entropy(self.head(features), self.local[y])}
         loss = losses["ce"]

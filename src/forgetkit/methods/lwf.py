@@ -21,7 +21,8 @@ class LwF(FullFinetune):
 
     uses_teacher = True
 
-    def training_step(self, forget, retain, step):
+    def training_step(self, batch, step):
+        forget, retain = batch["forget"], batch["retain"]
         xf = forget[0]
         losses = {"forget": self.wrong_label_ce(forget)}
         if retain is None:

@@ -38,7 +38,7 @@ class Joint(LearnMethod):
             p.requires_grad_(False)
         self.layers = attach_kv_lora(model, self.cfg.rank, "zero", self.ctx.seed, task.index)
         self.module = model.eval()
-        self.head = nn.Linear(model.spec.embed_dim, max(task.forget) + 1).to(self.device)
+        self.head = nn.Linear(model.spec.embed_dim, max(task.classes) + 1).to(self.device)
         self.data = data
         train_steps()
         factors = stack_factors(self.layers)
@@ -60,7 +60,8 @@ class Joint(LearnMethod):
                                   {"params": list(self.head.parameters()), "lr": self.cfg.head_lr,
                                    "weight_decay": 0.0}])
 
-    def training_step(self, forget, retain, step):
+    def training_step(self, batch, step):
+        forget, retain = batch["forget"], batch["retain"]
         x, y = forget
         if retain is not None:
             x, y = torch.cat([x, retain[0]]), torch.cat([y, retain[1]])

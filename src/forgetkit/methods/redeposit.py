@@ -44,9 +44,9 @@ class Redeposit(Method):
 
     def fit(self, model, task, data, train_steps):
         self.recovered = model
-        self.model, self.removed = without_deposit(model, list(task.forget), self.ctx.classes)
+        self.model, self.removed = without_deposit(model, list(task.classes), self.ctx.classes)
 
-    def save_task(self, directory: Path) -> bool:
+    def save_edit(self, directory: Path) -> bool:
         """The deposit taken out, in the form a LIRF request leaves it, bound to the target it goes back onto."""
         net, info = self.recovered.deposits[self.removed], self.recovered.deposit_info[self.removed]
         save_deposit(directory, net, self.recovered.target, info["split"], info["classes"], self.name)
@@ -62,5 +62,5 @@ class Redeposit(Method):
     def trainable_count(self):
         return 0
 
-    def finish_task(self):
+    def finish(self):
         return self.model

@@ -28,8 +28,6 @@ class ImportanceRegularised(FullFinetune):
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
-        if cfg.data_term not in ("sum", "pooled"):
-            raise ForgetkitError(f"method.data_term must be sum or pooled, not {cfg.data_term!r}")
         if cfg.importance_images < 0:
             raise ForgetkitError("method.importance_images must be 0 (all) or a positive count")
         self.anchors: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
@@ -96,7 +94,8 @@ class ImportanceRegularised(FullFinetune):
         n_f, n_r = len(self.data.forget), len(self.data.retain)
         return n_f / (n_f + n_r), n_r / (n_f + n_r)
 
-    def training_step(self, forget, retain, step):
+    def training_step(self, batch, step):
+        forget, retain = batch["forget"], batch["retain"]
         xf = forget[0]
         w_f, w_r = self.data_weights()
         losses = {"forget": self.wrong_label_ce(forget)}

@@ -23,7 +23,7 @@ class Retrain(Method):
     default_lr = 3e-4
     requires = frozenset({"rebuildable"})
 
-    def setup_task(self, model, task, data):
+    def setup(self, model, task, data):
         if len(data.retain) == 0:
             raise ForgetkitError("retrain needs replay data of the retained classes; raise protocol.retain_ratio")
         seed = int(rng(self.ctx.seed, "retrain_init", task.index).initial_seed())
@@ -33,12 +33,12 @@ class Retrain(Method):
         self.module.train()
         return self.module
 
-    def training_step(self, forget, retain, step):
-        xr, yr = retain
+    def training_step(self, batch, step):
+        xr, yr = batch["retain"]
         loss = F.cross_entropy(self.module(xr, yr), yr)
         return {"loss": loss, "retain": loss}
 
-    def finish_task(self):
+    def finish(self):
         for param in self.module.parameters():
             param.requires_grad = False
         return self.module.eval()

@@ -72,7 +72,8 @@ class SCRUB(FullFinetune):
                 if name in self.swa:
                     self.swa[name].mul_(0.9).add_(param.detach(), alpha=0.1)
 
-    def step(self, forget, retain, step, optimizer):
+    def step(self, batch, step, optimizer):
+        forget, retain = batch["forget"], batch["retain"]
         losses = {}
         if self.max_active(step):
             losses["max"] = self.max_loss(forget)
@@ -83,8 +84,9 @@ class SCRUB(FullFinetune):
         losses["loss"] = sum(v.detach() for v in losses.values())
         return losses
 
-    def training_step(self, forget, retain, step):
+    def training_step(self, batch, step):
         """The two passes' losses at the current weights (for inspection; :meth:`step` optimises them)."""
+        forget, retain = batch["forget"], batch["retain"]
         losses = {"max": self.max_loss(forget)}
         if retain is not None:
             losses["min"] = self.min_loss(retain)

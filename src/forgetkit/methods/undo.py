@@ -52,9 +52,9 @@ class Undo(Method):
 
         ledger, names = self.ctx.ledger, self.ctx.classes
         forgotten = forgotten_classes(ledger)
-        entries = sorted({forgotten[names[c]] for c in task.forget}, reverse=True)  # latest first
+        entries = sorted({forgotten[names[c]] for c in task.classes}, reverse=True)  # latest first
         for j in entries:
-            together = [c for c in ledger[j]["classes"] if c in forgotten and names.index(c) not in task.forget]
+            together = [c for c in ledger[j]["classes"] if c in forgotten and names.index(c) not in task.classes]
             if together:
                 raise ForgetkitError(f"request {j + 1} forgot {', '.join(ledger[j]['classes'])} together; undoing "
                                      f"it gives all of them back: add {', '.join(together)} to the restore request")
@@ -89,6 +89,6 @@ class Undo(Method):
     def task_stats(self):
         return {"exact_undo_of_requests": self.exact}
 
-    def finish_task(self):
+    def finish(self):
         return self.model
 

@@ -95,12 +95,12 @@ class Withdraw(Method):
     def fit(self, model, task, data, train_steps):
         ledger, names = self.ctx.ledger, self.ctx.classes
         done = forgotten_classes(ledger)
-        entries = sorted({done[names[c]] for c in task.forget})
+        entries = sorted({done[names[c]] for c in task.classes})
         if len(entries) != 1:
             raise ForgetkitError("withdraw the classes of one LIRF request at a time (they were forgotten by "
                                  f"requests {', '.join(str(j + 1) for j in entries)})")
         entry = ledger[entries[0]]
-        if set(entry["classes"]) != {names[c] for c in task.forget}:
+        if set(entry["classes"]) != {names[c] for c in task.classes}:
             raise ForgetkitError(f"request {entry['index'] + 1} deposited {', '.join(entry['classes'])} together; "
                                  f"withdraw them together")
         if self.ctx.source is None or not entry.get("edit"):
@@ -121,7 +121,7 @@ class Withdraw(Method):
         recovered = RecoveredModel(target, deposits + [(state, info["split"], info["classes"])])
         return recovered.eval()
 
-    def save_task(self, directory: Path) -> bool:
+    def save_edit(self, directory: Path) -> bool:
         for name in ("deposit.json", "deposit.safetensors"):
             shutil.copy2(self.deposit_dir / name, directory / name)
         return True
@@ -129,5 +129,5 @@ class Withdraw(Method):
     def trainable_count(self):
         return 0
 
-    def finish_task(self):
+    def finish(self):
         return self.model
