@@ -19,7 +19,6 @@ import yaml
 
 from .errors import ForgetkitError
 
-
 RENAMED_KEYS = {"protocol.forget_per_task": "protocol.classes_per_request"}
 """run-config keys of forgetkit 0.1 -> their names now; the old ones are read, in files and overrides, with a
 warning, for one release"""

@@ -129,8 +129,8 @@ def _make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int]) -
         raise ForgetkitError(f"first_retained ({n}) + classes_per_request ({k}) must equal the number of classes "
                              f"({num_classes}); leave first_retained unset to use {num_classes - k}")
     if n - (t_count - 1) * k < 1:
-        raise ForgetkitError(f"classes_per_request × num_tasks = {k * t_count} needs more than the {num_classes} classes "
-                             f"available (at least one class must remain); lower K or T")
+        raise ForgetkitError(f"classes_per_request × num_tasks = {k * t_count} needs more than the {num_classes} "
+                             f"classes available (at least one class must remain); lower K or T")
     last_retained = n - (t_count - 1) * k
     if cfg.missing < 0 or cfg.missing >= last_retained:
         raise ForgetkitError(f"protocol.missing ({cfg.missing}) must leave at least one retained class with data "
