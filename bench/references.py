@@ -20,7 +20,7 @@ from forgetkit.data import load_data
 from forgetkit.data.config import DataConfig
 from forgetkit.engine.config import PretrainConfig
 from forgetkit.pretraining import pretrain
-from forgetkit.protocol import class_order
+from forgetkit.requests.protocol import class_order
 
 
 def retained_after(source: str, per_request: int, request: int, order_seed: int = 1337) -> list[str]:

@@ -54,7 +54,7 @@ def test_old_names_of_forgetkit_0_1_still_work_with_a_warning(monkeypatch):
     for one release."""
     import forgetkit.engine.run as run_module
     from forgetkit.methods.base import Method
-    from forgetkit.protocol import Request
+    from forgetkit.requests.protocol import Request
 
     monkeypatch.setattr(run_module, "run_requests", lambda cfg, **kw: {"ran": cfg, **kw})
     with pytest.warns(DeprecationWarning, match="run_forgetting is deprecated.*run_requests"):

@@ -186,7 +186,7 @@ def test_a_request_that_forgets_nothing_fails_loudly(tiny_model_dir, tmp_path, c
 
 def test_a_request_that_reaches_its_goal_passes(tiny_model_dir, tmp_path):
     from forgetkit.engine.config import EvalConfig
-    from forgetkit.kinds import REQUEST_KINDS
+    from forgetkit.requests import REQUEST_KINDS
 
     results = fk_run(tiny_model_dir, tmp_path)
     assert all(t["verdict"] == {"pass": True, "failed": []} for t in results["tasks"])

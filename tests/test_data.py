@@ -122,7 +122,7 @@ def test_balanced_batches_let_every_class_come_round_before_any_repeats():
 def test_validation_holdout_is_fixed_nested_and_left_out_by_pretrain(tmp_path):
     from forgetkit.data.datasets import validation_holdout
     from forgetkit.pretraining import PretrainConfig, pretrain
-    from forgetkit.protocol import Protocol, ProtocolConfig
+    from forgetkit.requests.protocol import Protocol, ProtocolConfig
 
     splits = load_data(DataConfig(source="synthetic", num_classes=3, train_per_class=12))
     held5 = validation_holdout(splits.train.targets, 3, 5)

@@ -47,12 +47,13 @@ def test_no_import_circle():
 # upper ones build on: the ledger knows no method and no runner, methods know no request kind and no runner, the
 # request kinds know no method, and models, data and CLIP know none of them.
 FORBIDDEN = {
-    "forgetkit.ledger": ("forgetkit.engine", "forgetkit.methods", "forgetkit.kinds"),
-    "forgetkit.methods": ("forgetkit.engine", "forgetkit.kinds", "forgetkit.bench", "forgetkit.cli",
-                          "forgetkit.api", "forgetkit.report"),
-    "forgetkit.kinds": ("forgetkit.methods", "forgetkit.engine.editor", "forgetkit.engine.run", "forgetkit.bench"),
-    "forgetkit.models": ("forgetkit.methods", "forgetkit.engine", "forgetkit.kinds", "forgetkit.ledger"),
-    "forgetkit.data": ("forgetkit.methods", "forgetkit.engine", "forgetkit.kinds", "forgetkit.models"),
+    "forgetkit.ledger": ("forgetkit.engine", "forgetkit.methods", "forgetkit.requests"),
+    "forgetkit.methods": ("forgetkit.engine", "forgetkit.requests.forget", "forgetkit.requests.restore",
+                          "forgetkit.requests.learn", "forgetkit.bench", "forgetkit.cli", "forgetkit.api",
+                          "forgetkit.report"),
+    "forgetkit.requests": ("forgetkit.methods", "forgetkit.engine.editor", "forgetkit.engine.run", "forgetkit.bench"),
+    "forgetkit.models": ("forgetkit.methods", "forgetkit.engine", "forgetkit.requests", "forgetkit.ledger"),
+    "forgetkit.data": ("forgetkit.methods", "forgetkit.engine", "forgetkit.requests", "forgetkit.models"),
     "forgetkit.engine": ("forgetkit.bench", "forgetkit.cli", "forgetkit.api"),
 }
 
@@ -72,6 +73,6 @@ def test_no_upward_import():
 def test_upward_edge_is_found():
     """The rule flags an edge it forbids (and only that one) in a made-up graph."""
     graph = {"forgetkit.ledger": {"forgetkit.methods.base", "forgetkit.io"}, "forgetkit.methods.gs_lora":
-             {"forgetkit.kinds", "forgetkit.ledger"}, "forgetkit.engine.run": {"forgetkit.methods.base"}}
+             {"forgetkit.requests.forget", "forgetkit.ledger"}, "forgetkit.engine.run": {"forgetkit.methods.base"}}
     assert upward_edges(graph) == ["forgetkit.ledger -> forgetkit.methods.base",
-                                   "forgetkit.methods.gs_lora -> forgetkit.kinds"]
+                                   "forgetkit.methods.gs_lora -> forgetkit.requests.forget"]

@@ -14,7 +14,7 @@ from forgetkit.losses import group_norms
 from forgetkit.methods import METHODS, MethodContext, build_method
 from forgetkit.methods.finetune import kd_loss
 from forgetkit.methods.lirf import attention_map
-from forgetkit.protocol import Protocol, ProtocolConfig
+from forgetkit.requests.protocol import Protocol, ProtocolConfig
 
 FULL_FINETUNE = ["l2", "ewc", "mas", "lwf", "der", "der_pp", "fdr", "scrub", "scrub_s"]
 

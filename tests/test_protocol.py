@@ -5,7 +5,7 @@ import torch
 
 from forgetkit.data import DataConfig, load_data
 from forgetkit.errors import ForgetkitError
-from forgetkit.protocol import Protocol, ProtocolConfig, class_order, make_tasks
+from forgetkit.requests.protocol import Protocol, ProtocolConfig, class_order, make_tasks
 
 PAPER_ORDER = [83, 17, 10, 9, 89, 52, 7, 32, 37, 77, 61, 34, 78, 55, 56, 63, 69, 22, 75, 66, 35, 72, 71, 23, 86, 38,
                24, 5, 29, 30, 16, 11, 82, 19, 57, 14, 91, 27, 98, 53, 0, 20, 59, 28, 47, 18, 6, 48, 12, 62, 1, 43, 3,

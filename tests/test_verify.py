@@ -132,7 +132,7 @@ def test_cka_s_null_is_far_from_zero_at_small_samples_and_shrinks_with_more():
 
 
 def test_a_head_only_edit_keeps_probe_k_nn_and_prototype_attack_high_and_is_judged_so(tiny):
-    from forgetkit.kinds import deep_failures
+    from forgetkit.requests import deep_failures
 
     model, data = tiny
     edited = copy.deepcopy(model)
@@ -153,7 +153,7 @@ def test_a_head_only_edit_keeps_probe_k_nn_and_prototype_attack_high_and_is_judg
 
 
 def test_the_reference_free_check_judges_the_retain_only_rebound():
-    from forgetkit.kinds import deep_failures
+    from forgetkit.requests import deep_failures
 
     row = {"retain_rebound": {"rebound": 12.0}}
     assert "back by 12.0 points" in deep_failures({"model": row}, FAST)[0]

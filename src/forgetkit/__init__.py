@@ -28,8 +28,8 @@ _EXPORTS = {
     "LoRASettings": "models.lora_config", "add_lora": "models.lora", "apply_adapter": "models.lora",
     "merge_lora": "models.lora",
     "PretrainConfig": "engine.config", "pretrain": "pretraining",
-    "ProtocolConfig": "engine.config", "class_order": "protocol", "make_tasks": "protocol",
-    "REQUEST_KINDS": "kinds",
+    "ProtocolConfig": "engine.config", "class_order": "requests.protocol", "make_tasks": "requests.protocol",
+    "REQUEST_KINDS": "requests", "Request": "requests",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -110,10 +110,9 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
     from .engine.config import EvalConfig, TrainConfig
     from .engine.editor import Editor
     from .engine.run import ledger_entry
-    from .kinds import REQUEST_KINDS
     from .ledger import forgotten_classes
     from .methods.configs import MethodConfig, resolved_method_config
-    from .protocol import Request, RequestData
+    from .requests import REQUEST_KINDS, Request, RequestData
     from .runtime import process_state, setup_device
 
     unknown = set(sections) - {"train", "eval"}

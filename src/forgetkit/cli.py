@@ -17,8 +17,8 @@ class RequestFailed(Exception):
 
 
 def _print_table(results: dict, wall: float) -> None:
-    from .kinds import REQUEST_KINDS
     from .report import results_table
+    from .requests import REQUEST_KINDS
 
     if results["kind"] != "forget":  # other kinds print their report's first table
         print(REQUEST_KINDS.get(results["kind"])().report(results).split("\n\n## ")[0])
@@ -33,7 +33,7 @@ def _print_table(results: dict, wall: float) -> None:
 def cmd_forget(args) -> None:
     from .api import config_data, load_config
     from .engine.plan import plan_run
-    from .kinds import REQUEST_KINDS
+    from .requests import REQUEST_KINDS
 
     if not args.config and not args.classes:
         raise ForgetkitError(f"name what to {args.kind}: --classes A,B (one request; repeat --classes for more) or "
@@ -197,10 +197,10 @@ def cmd_verify(args) -> None:
     from .config import check_threads, from_dict
     from .data.config import DataConfig, check_data_config, model_data_config
     from .engine.config import VerifyConfig
-    from .kinds import deep_failures
     from .ledger import forgotten_classes
     from .models.formats import read_manifest
     from .outputs import OutputLock, refuse_input_as_output, refuse_replacing
+    from .requests import deep_failures
 
     # every check that needs no torch first
     cfg = from_dict(VerifyConfig, apply_overrides({}, list(args.override)), "verify")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 from .io import atomic_write, write_json, write_text, write_yaml
@@ -319,3 +321,14 @@ def plot_verify(verify: dict, path: Path) -> None:
     right.set_title("relearning curve (dashed: target)")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """The comparison's rows as CSV: floats to 4 decimals, missing values empty."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else (round(r[k], 4) if isinstance(r[k], float) else r[k]))
+                         for k in columns})
+    write_text(path, buffer.getvalue())

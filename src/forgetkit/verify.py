@@ -45,7 +45,7 @@ from .models.formats import load_checkpoint, resolve_model_path
 from .runtime import rng
 
 if TYPE_CHECKING:
-    from .protocol import Protocol
+    from .requests.protocol import Protocol
 
 
 # ------------------------------------------------------------------------------------------------------ features

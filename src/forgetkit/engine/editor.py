@@ -18,14 +18,13 @@ from tqdm.auto import tqdm
 
 from ..errors import ForgetkitError
 from ..io import save_weights
-from ..kinds import RequestKind
 from ..methods import MethodContext, build_method
 from ..methods.base import METHODS, Method, NonFiniteLoss
 from ..methods.configs import MethodConfig
 from ..metrics import PerClass, evaluate_classes
 from ..models import fingerprint
 from ..models.checkpoint import save_checkpoint
-from ..protocol import Request, RequestData
+from ..requests import Request, RequestData, RequestKind
 from ..runstate import RunLog, crash_point
 from ..runtime import balanced_batches, rng, seed_request, step_scheduler
 from .config import EvalConfig, TrainConfig

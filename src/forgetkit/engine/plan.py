@@ -17,11 +17,11 @@ from ..classes import resolve_class_names
 from ..config import to_dict
 from ..data.config import DataConfig, check_data_config, model_data_config
 from ..errors import ForgetkitError
-from ..kinds import REQUEST_KINDS
 from ..methods.configs import resolved_method_config
 from ..models.formats import RUN_MODEL_DIR, read_manifest
 from ..models.presets import PRESETS
 from ..outputs import refuse_input_as_output, refuse_replacing
+from ..requests import REQUEST_KINDS
 from .config import PretrainConfig, RunConfig
 
 STATE_DIR = "state"

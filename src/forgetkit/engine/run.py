@@ -20,7 +20,6 @@ from ..config import to_dict
 from ..data import load_data
 from ..errors import ForgetkitError
 from ..io import read_json
-from ..kinds import REQUEST_KINDS
 from ..ledger import forgotten_classes
 from ..methods.base import model_capabilities
 from ..metrics import PerClass
@@ -30,7 +29,8 @@ from ..models.formats import load_checkpoint
 from ..models.presets import ModelSpec
 from ..models.vit import ForgetModel
 from ..outputs import OutputLock
-from ..protocol import Protocol
+from ..requests import REQUEST_KINDS
+from ..requests.protocol import Protocol
 from ..runstate import RunLog, RunState, crash_point
 from ..runtime import process_state, seed_everything, setup_device
 from ..verify import build_verifier

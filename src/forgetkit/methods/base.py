@@ -19,8 +19,8 @@ import torch
 
 from ..errors import ForgetkitError
 from ..ledger import register_edit_type
-from ..protocol import Request, RequestData
 from ..registry import Registry
+from ..requests import Request, RequestData
 from ..runtime import adamw
 from .configs import METHOD_CONFIGS, MethodConfig
 
@@ -76,7 +76,7 @@ class Method:
     config_cls: ClassVar[type]
     default_lr: ClassVar[float] = 1e-2
     supports: ClassVar[frozenset[str]] = frozenset({"forget"})
-    """request kinds (forgetkit.kinds) this method can carry out"""
+    """request kinds (forgetkit.requests) this method can carry out"""
     requires: ClassVar[frozenset[str]] = frozenset()
     """model capabilities it needs (see :func:`model_capabilities`), checked before any work"""
     edit_type: ClassVar[str] = "lora"

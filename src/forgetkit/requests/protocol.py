@@ -1,6 +1,6 @@
 """Forgetting protocols: class order, the sequence of tasks, and the data each task may use.
 
-Continual protocol of the GS-LoRA papers (gs-lora.md §3.2), with N classes retained at the first task, K forgotten
+Continual protocol of the GS-LoRA papers (docs/gs-lora.md), with N classes retained at the first task, K forgotten
 per task and T tasks over a seeded class order::
 
     retain_t = order[0 : N − t·K]
@@ -14,42 +14,16 @@ Single-step "C-Y" forgetting is the same with T = 1 and K = Y. Deletion requests
 from __future__ import annotations
 
 import random
-import warnings
-from dataclasses import dataclass, field
 
 import torch
 
-from .classes import resolve_class_names  # noqa: F401 (re-exported)
-from .data import DataSplits, LabeledImages
-from .data.datasets import held_out_mask
-from .engine.config import ProtocolConfig
-from .errors import ForgetkitError
-from .runtime import rng
-
-
-@dataclass
-class Request:
-    """One request on the model: its kind, the class indices it is about (to forget, to restore or to learn), the
-    classes retained beside them, those forgotten earlier, and the retained classes without data."""
-
-    index: int
-    kind: str
-    classes: list[int]
-    retain: list[int]
-    old: list[int]
-    missing: list[int] = field(default_factory=list)
-
-    @property
-    def forget(self) -> list[int]:
-        """Deprecated name of :attr:`classes` (a request may restore or learn them)."""
-        warnings.warn("Request.forget is deprecated and will be removed in forgetkit 0.3; use Request.classes",
-                      DeprecationWarning, stacklevel=2)
-        return self.classes
-
-    @property
-    def replay(self) -> list[int]:
-        """Retained classes that have replay data (all retained classes but the missing ones)."""
-        return [c for c in self.retain if c not in self.missing]
+from ..classes import resolve_class_names  # noqa: F401 (re-exported)
+from ..data import DataSplits
+from ..data.datasets import held_out_mask
+from ..engine.config import ProtocolConfig
+from ..errors import ForgetkitError
+from ..runtime import rng
+from .base import Request, RequestData
 
 
 def class_order(num_classes: int, seed: int | None) -> list[int]:
@@ -141,24 +115,6 @@ def _make_tasks(cfg: ProtocolConfig, classes: list[str], forgotten: list[int]) -
         lo, hi = n - t * k, n - (t - 1) * k
         tasks.append(Request(t, "forget", order[lo:hi], order[:lo], order[hi:], order[: cfg.missing]))
     return tasks
-
-
-@dataclass
-class RequestData:
-    """The training images one request may use, one subset per data stream its kind declares (forget: the classes'
-    images and the replay images)."""
-
-    streams: dict[str, LabeledImages]
-
-    @property
-    def forget(self) -> LabeledImages:
-        """The images of the request's classes (the stream named ``forget``)."""
-        return self.streams["forget"]
-
-    @property
-    def retain(self) -> LabeledImages:
-        """The replay images of the retained classes (the stream named ``retain``)."""
-        return self.streams["retain"]
 
 
 class Protocol:
