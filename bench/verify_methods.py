@@ -87,7 +87,7 @@ def across_seeds(outs: list[str], datasets: list[str]) -> list[str]:
                   + " | ".join(f"relearn k={k}" for k in shots) + " |",
                   "|---|---|" + "---|" * (len(columns) + len(shots))]
 
-        def cells(rows: dict[int, dict]) -> str:
+        def cells(rows: dict[int, dict], shots=shots) -> str:
             out = [", ".join(fmt(rows[s].get(key), digits) for s in sorted(rows)) for _, key, digits in columns]
             for k in shots:
                 steps = [rows[s]["relearn_steps"][k] for s in sorted(rows)]

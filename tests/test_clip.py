@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import forgetkit as fk
 from forgetkit.clip import (
     ProjectionLoRA,
     TextForgetConfig,
@@ -365,3 +366,10 @@ def test_openai_format_state_dict_needs_no_architecture_name(tmp_path):
     assert bundle.manifest["arch"] == "openai"
     assert torch.allclose(bundle.model.encode_text(tokens), model.eval().encode_text(tokens), atol=1e-5)
     assert torch.allclose(bundle.model.encode_image(image), model.encode_image(image), atol=1e-5)
+
+
+def test_text_forget_keep_is_a_choice_refused_in_python_and_in_yaml():
+    with pytest.raises(ForgetkitError, match=r"method\(clip_text\)\.keep must be one of best, last; got 'first'"):
+        TextForgetConfig(keep="first")
+    with pytest.raises(ForgetkitError, match="keep must be one of best, last"):
+        fk.load_config("clip_demo", ["method.keep=first"])

@@ -10,9 +10,10 @@ import forgetkit as fk
 from forgetkit.cli import main
 from forgetkit.losses import augmented_triplet_loss
 from forgetkit.methods import MethodContext, build_method
-from forgetkit.methods.incremental import KVLoRA, attach_kv_lora, class_means, merge_kv, stack_factors, with_prototypes
+from forgetkit.methods.incremental import KVLoRA, attach_kv_lora, merge_kv, stack_factors, with_prototypes
 from forgetkit.methods.lora_sub_drs import ProjectedAdam, energy_basis
 from forgetkit.models.vit import PrototypeHead
+from forgetkit.runtime import class_means
 
 LEARN = ["-q", "--allow-fail", "-o", "train.steps=12", "-o", "train.batch_size=16", "-o", "train.threads=1"]
 
@@ -140,6 +141,41 @@ def test_prototype_head_predicts_the_nearest_class_mean_and_grows(tiny_model_dir
     grown = with_prototypes(copy.deepcopy(model), means)
     assert grown.spec.head == "prototype" and grown.spec.num_classes == 2
     assert grown(data.test[0][0][None]).shape == (1, 2)
+
+
+def drs_setup(tiny_model_dir):
+    """LoRA-Sub-DRS fitted (no steps) on a request that learns classes 4 and 5 of a model that knows 0-3 and forgot
+    class 1."""
+    from forgetkit.methods import MethodContext, build_method
+    from forgetkit.requests import Request, RequestData
+
+    model, _ = fk.load_model(tiny_model_dir)
+    train = fk.load_data(fk.DataConfig(source="synthetic")).with_preprocess(model.spec.preprocess).train
+    request = Request(0, "learn", [4, 5], [0, 2, 3], [1])
+    data = RequestData({"forget": train.subset(train.indices_of([4, 5])),
+                        "retain": train.subset(train.indices_of([0, 2, 3]))})
+    method = build_method({"name": "lora_sub_drs"}, MethodContext(device=torch.device("cpu"), seed=0, num_classes=6,
+                                                                  steps=1))
+    method.fit(model, request, data, lambda: None)
+    return method, request, data
+
+
+def test_a_forgotten_class_zero_prototype_never_wins_and_is_no_triplet_negative(tiny_model_dir):
+    """After a class is forgotten its prototype row is zero. An image whose cosine to every real prototype is
+    negative still goes to a real class; LoRA-Sub-DRS's triplet takes only the retained classes' prototypes."""
+    head = PrototypeHead(2, 3, scale=16.0)
+    head.prototypes.data = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])   # class 1 forgotten
+    emb = torch.tensor([[-1.0, -0.2]])                                           # cos < 0 to classes 0 and 2
+    logits = head(emb)
+    assert logits.argmax(1).tolist() == [2] and torch.isfinite(logits).all()
+    assert logits[0, 1] < logits[0, [0, 2]].min()
+    from forgetkit.requests import Request
+
+    method, request, data = drs_setup(tiny_model_dir)
+    old = method.old_prototypes
+    assert (old[request.old].abs().sum(1) == 0).all()               # the forgotten class's row is zero ...
+    assert torch.equal(method.retained_prototypes, old[request.retain])   # ... and not among the negatives
+    assert isinstance(request, Request)
 
 
 def test_learn_forget_learn_on_one_model_keeps_one_ledger(tiny_model_dir, tmp_path, capsys):

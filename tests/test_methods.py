@@ -520,6 +520,26 @@ def test_lirf_eccv_trains_target_and_deposit_on_deposit_images_only(tiny_model_d
         load_deposit(tmp_path, module)
 
 
+def test_lirf_eccv_on_a_cosface_head_puts_the_margin_on_the_random_label_ce_only(tiny_model_dir):
+    """At the start student and teacher are one network: the preserved-class distillation is zero, and the forget CE
+    is the one of the margin-penalised logits (a margin on the distilled logits made the KD 5.15 here)."""
+    model = cosface_model()
+    method, module, _, task, forget, _ = setup(tiny_model_dir, "lirf_eccv", model=model)
+    losses = method.training_step(batch(forget, None), step=0)
+    assert losses["kd_preserved"].item() == pytest.approx(0.0, abs=1e-5)
+    assert losses["kd_deposit"].item() == pytest.approx(0.0, abs=1e-5)
+    xf, _ = forget
+    generator = torch.Generator().manual_seed(0)
+    method.generator = generator                   # the same random labels as a fresh draw below
+    draw = torch.randint(0, method.ctx.num_classes, (len(xf),), generator=torch.Generator().manual_seed(0))
+    again = method.training_step(batch(forget, None), step=0)
+    with torch.no_grad():
+        expected = F.cross_entropy(module(xf, draw), draw)      # the CosFace margin at the random labels
+        plain = F.cross_entropy(module(xf), draw)
+    assert again["forget"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(expected.item() - plain.item()) > 1e-3         # the margin matters on this head
+
+
 @pytest.mark.parametrize("split", [0, 3])
 def test_lirf_split_outside_the_backbone_is_refused(tiny_model_dir, split):
     assert fk.load_model(tiny_model_dir)[0].spec.depth == 2

@@ -22,4 +22,6 @@ def test_every_walkthrough_command_is_in_the_readme_word_for_word():
 
 def test_the_readme_opens_with_the_two_set_up_commands():
     first = (REPO / "README.md").read_text().split("```")[1]
-    assert "./setup.sh && .venv/bin/forgetkit demo" in first and "./setup.sh && .venv/bin/python -m pytest -q" in first
+    test_command = "./setup.sh && .venv/bin/ruff check src tests bench && .venv/bin/python -m pytest -q"
+    assert "./setup.sh && .venv/bin/forgetkit demo" in first and test_command in first
+    assert test_command in (REPO / ".ci" / "run").read_text()     # CI runs the README's test command

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import forgetkit as fk
 from forgetkit.cli import main
-from forgetkit.verify import (
+from forgetkit.verification import (
     Verifier,
     VerifyConfig,
     align_head,
@@ -163,7 +163,7 @@ def test_the_reference_free_check_judges_the_retain_only_rebound():
 
 def test_non_members_are_images_the_pre_trained_model_never_saw(tiny):
     from forgetkit.data.datasets import held_out_mask
-    from forgetkit.verify import membership_images
+    from forgetkit.verification import membership_images
 
     _, data = tiny
     members, nonmembers = membership_images(data.train, data.test, "test", 5, 0)
@@ -188,30 +188,32 @@ def test_a_reference_holds_out_the_images_the_full_model_holds_out(tiny):
     assert picked == {int(i) for i in full if int(data.train.targets[i]) in (4, 1)}
 
 
-def test_a_second_verifier_reuses_the_pre_trained_row_and_relearns_only_the_model(tiny, monkeypatch):
-    import forgetkit.verify as verify
+def test_a_second_verifier_with_the_same_memo_reuses_the_pre_trained_row(tiny, monkeypatch):
+    import forgetkit.verification as verify
 
     model, data = tiny
     edited = copy.deepcopy(model)
     with torch.no_grad():
         edited.head.fc.weight.mul_(0.5)
-    monkeypatch.setattr(verify, "_CONTEXT_ROWS", {})          # whatever earlier tests computed
+    memo: dict = {}                                          # what a bench holds for its runs
     calls = []
     relearn = verify.relearn_curve
     monkeypatch.setattr(verify, "relearn_curve", lambda net, *a, **k: calls.append(net) or relearn(net, *a, **k))
     cfg = VerifyConfig(images_per_class=10, probe_per_class=10, relearn_shots=[1], relearn_max_steps=5, folds=2,
                        rebound_steps=3, rebound_per_class=5, knn_k=5)
-    first = Verifier(cfg, data.train, data.test, 5, torch.device("cpu"), model)(edited, [1], [0, 2, 3, 4, 5])
+    first = Verifier(cfg, data.train, data.test, 5, torch.device("cpu"), model, memo=memo)(edited, [1], [0, 2, 3, 4, 5])
     assert len(calls) == 2                                   # the model's and the pre-trained model's
-    second = Verifier(cfg, data.train, data.test, 5, torch.device("cpu"), copy.deepcopy(model))(
+    second = Verifier(cfg, data.train, data.test, 5, torch.device("cpu"), copy.deepcopy(model), memo=memo)(
         copy.deepcopy(edited), [1], [0, 2, 3, 4, 5])
     assert len(calls) == 3 and calls[-1] is not model        # only the model row ran again
     for result in (first, second):
         for row in ("model", "pretrained"):
             result[row].pop("seconds")
     assert first == second
-    Verifier(cfg, data.train, data.test, 6, torch.device("cpu"), model)(edited, [1], [0, 2, 3, 4, 5])
+    Verifier(cfg, data.train, data.test, 6, torch.device("cpu"), model, memo=memo)(edited, [1], [0, 2, 3, 4, 5])
     assert len(calls) == 5                                   # another seed draws other images: computed anew
+    Verifier(cfg, data.train, data.test, 5, torch.device("cpu"), model)(edited, [1], [0, 2, 3, 4, 5])
+    assert len(calls) == 7                                   # no memo shared: nothing is reused
 
 
 def test_a_reference_head_covers_the_run_s_classes_with_zero_rows_for_the_missing(tiny):
@@ -251,10 +253,20 @@ def test_verify_command_and_run_option_on_a_forgotten_checkpoint(tiny_model_dir,
     # a model whose ledger forgot nothing: one line, exit 2
     assert main(["verify", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x")]) == 2
     assert "forgotten no class" in capsys.readouterr().err
+    # the Python API: the same checks and verdict, returned (a failed verdict raises nothing)
+    again = fk.verify(str(tmp_path / "m"), out=str(tmp_path / "api"), overrides=fast)
+    for row in ("model", "pretrained"):
+        again[row].pop("seconds"), saved[row].pop("seconds")
+    assert again == saved
+    with pytest.raises(fk.ForgetkitError, match="already holds a verification.*--overwrite"):
+        fk.verify(str(tmp_path / "m"), out=str(tmp_path / "api"), overrides=fast)
+    restored = fk.restore(str(tmp_path / "m"), [["class_0"]], output_dir=str(tmp_path / "r"), progress=False,
+                          overrides=["train.threads=1"])
+    assert restored["kind"] == "restore" and restored["tasks"][0]["verdict"]["pass"]
 
 
 def test_bench_puts_every_method_s_checks_beside_the_pretrained_and_reference_rows(tiny):
-    from forgetkit.bench import verification_section
+    from forgetkit.requests.forget import verification_section
 
     model, data = tiny
     verify = Verifier(FAST, data.train, data.test, 0, torch.device("cpu"), model, reference=model)(

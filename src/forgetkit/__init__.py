@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "forget": "api", "learn": "api", "unlearn": "api", "load_config": "api", "packaged_configs": "api",
+    "forget": "api", "restore": "api", "learn": "api", "unlearn": "api", "verify": "api", "load_config": "api",
+    "packaged_configs": "api",
     "from_dict": "config", "to_dict": "config",
     "DataConfig": "data.config", "load_data": "data",
     "EvalConfig": "engine.config", "RunConfig": "engine.config", "TrainConfig": "engine.config",

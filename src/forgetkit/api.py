@@ -6,6 +6,8 @@ Example:
     >>> results = fk.run_requests(cfg)                            # writes results.json, report.md, plots
     >>> results = fk.forget("builtin:fmnist_vit", [["Sandal", "Bag"]], output_dir="runs/no-bags")
     >>> edited = fk.unlearn(model, forget_set, retain_set, test_set, classes=names)   # in memory, no files
+    >>> fk.restore("runs/no-bags", [["Bag"]])                     # give Bag back (undo: exact for the latest)
+    >>> fk.verify("runs/no-bags", reference="checkpoints/no_bags_ref")["verdict"]
 """
 
 from __future__ import annotations
@@ -72,6 +74,53 @@ def learn(model: str, tasks: list[list[str]], *, method: str | dict = "lora_sub_
     the results dict; the grown checkpoint is written to ``output_dir/model`` (docs/learning.md). ``sections`` name
     the data holding the new classes: ``data={"source": "image_folder", "root": ...}``."""
     return _run_requests("learn", model, tasks, method, output_dir, overrides, progress, overwrite, sections)
+
+
+def restore(model: str, tasks: list[list[str]], *, method: str | dict = "undo", output_dir: str = "runs/restore",
+            overrides: list[str] | None = None, progress: bool = True, overwrite: bool = False, **sections) -> dict:
+    """Give back classes ``model`` forgot (one list per request) and return the results dict.
+
+    Args:
+        model: a forgetkit checkpoint whose ledger forgot the classes.
+        tasks: the classes of each request, by name.
+        method: ``undo`` (replays the ledger without the withdrawn request: exact for the latest one), ``withdraw``
+            (a LIRF deposit), or a method section as a dict.
+        output_dir: where results, report and the restored model go.
+        overrides: ``section.key=value`` strings.
+        progress: show progress bars.
+        overwrite: replace an earlier run in ``output_dir``.
+        sections: config sections as dicts (``data={...}``).
+    """
+    return _run_requests("restore", model, tasks, method, output_dir, overrides, progress, overwrite, sections)
+
+
+def verify(model: str, *, out: str = "runs/verify", classes: list[str] | None = None, reference: str | None = None,
+           base: str | None = None, data: dict | None = None, seed: int = 0, overrides: list[str] | None = None,
+           overwrite: bool = False) -> dict:
+    """Check that ``model``'s forgotten classes are gone from its features (docs/verify.md); writes verify.json,
+    verify.md and verify.png into ``out`` and returns the results, with the verdict in ``results["verdict"]``.
+
+    Args:
+        model: the checkpoint to verify.
+        out: the folder for the verification's files.
+        classes: the classes to check; None: those its ledger forgot.
+        reference: a checkpoint trained without those classes: the deep checks' bar.
+        base: the model before forgetting; None: the ledger's base.
+        data: the data section the model was trained on (``{"source": ..., "root": ...}``); None: the checkpoint's.
+        seed: the seed every draw flows from.
+        overrides: ``key=value`` strings of the checks' settings (``relearn_max_steps=200``).
+        overwrite: replace an earlier verification in ``out``.
+    """
+    from .data.config import DataConfig
+    from .engine.config import VerifyConfig
+    from .engine.plan import plan_verify
+
+    cfg = from_dict(VerifyConfig, apply_overrides({}, overrides or []), "verify")
+    data_cfg = from_dict(DataConfig, data, "data") if data is not None else None
+    plan = plan_verify(model, out, cfg, classes, reference, base, data_cfg, seed, 0, overwrite)
+    from .verification import verify_checkpoint
+
+    return verify_checkpoint(plan)
 
 
 def _run_requests(kind, model, tasks, method, output_dir, overrides, progress, overwrite, sections) -> dict:

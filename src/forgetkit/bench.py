@@ -128,12 +128,14 @@ def run_bench(spec: BenchSpec, progress: bool = True, resume: bool = False, over
         configs[name] = load_config(spec.base, overrides)
         plan_run(configs[name], overwrite=overwrite, resume=resume)  # every method checked before any runs
     all_results = {}
+    memo: dict = {}  # the verification's pre-trained and reference rows, measured once for every method
     for name, cfg in configs.items():
         start = time.time()
         if progress:
             print(f"[bench] {name} ...", flush=True)
         crash_point(f"bench_{name}")
-        all_results[name] = run_requests(cfg, progress=progress, overwrite=overwrite, resume=resume)
+        all_results[name] = run_requests(cfg, progress=progress, overwrite=overwrite, resume=resume,
+                                         verification_memo=memo)
         if progress:
             print(f"[bench] {name} done in {time.time() - start:.0f} s", flush=True)
     return compare(out, all_results, spec)

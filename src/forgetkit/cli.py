@@ -193,84 +193,26 @@ def cmd_ledger(args) -> None:
 
 
 def cmd_verify(args) -> None:
-    from .classes import resolve_class_names
-    from .config import check_threads, from_dict
-    from .data.config import DataConfig, check_data_config, model_data_config
+    from .config import from_dict
+    from .data.config import DataConfig
     from .engine.config import VerifyConfig
-    from .ledger import forgotten_classes
-    from .models.formats import read_manifest
-    from .outputs import OutputLock, refuse_input_as_output, refuse_replacing
-    from .requests import deep_failures
+    from .engine.plan import plan_verify
 
     # every check that needs no torch first
     cfg = from_dict(VerifyConfig, apply_overrides({}, list(args.override)), "verify")
-    check_threads(args.threads, "--threads")
-    source, manifest = read_manifest(args.model)
-    if manifest.get("classes") is None:
-        raise ForgetkitError("verify checks classifiers (forgetkit checkpoints with classes), not zero-shot CLIPs")
-    for other in (args.reference, args.base):
-        if other:
-            read_manifest(other)
-    data_cfg = (DataConfig(source=args.data or "image_folder", root=args.root) if args.data or args.root
-                else model_data_config(manifest, args.model))
-    check_data_config(data_cfg)
-    classes = list(manifest["classes"])
-    names = ([n.strip() for n in args.classes.split(",") if n.strip()] if args.classes else
-             sorted(forgotten_classes(manifest.get("ledger", [])), key=classes.index))
-    if not names:
-        raise ForgetkitError(f"{args.model}'s ledger has forgotten no class; name the classes to check with --classes")
-    forgotten = resolve_class_names(names, classes, "--classes")
-    if args.reference:
-        known = [n for n in read_manifest(args.reference)[1].get("classes") or [] if n in names]
-        if known:
-            raise ForgetkitError(f"the reference {args.reference} knows the forgotten class {known[0]!r}; a reference "
-                                 f"is a model trained without the forgotten classes (forgetkit pretrain -o "
-                                 f"data.classes=[the retained classes])")
-    if not (args.base or (manifest.get("base") or {}).get("path")):
-        raise ForgetkitError(f"{args.model} names no base model; give the model before forgetting with --base")
-    out = Path(args.out)
-    refuse_input_as_output(out, [source])
-    refuse_replacing(out / "verify.json", args.overwrite, "a verification (verify.json)")
+    data = (DataConfig(source=args.data or "image_folder", root=args.root) if args.data or args.root else None)
+    classes = [n.strip() for n in args.classes.split(",") if n.strip()] if args.classes else None
+    plan = plan_verify(args.model, args.out, cfg, classes, args.reference, args.base, data, args.seed, args.threads,
+                       args.overwrite)
+    from .report import verify_table
+    from .verification import verdict_lines, verify_checkpoint
 
-
-    from .data import load_data
-    from .io import write_json, write_text
-    from .models.formats import load_checkpoint
-    from .report import plot_verify, verify_table
-    from .runtime import process_state, setup_device
-    from .verify import Verifier, held_per_class, membership_images, verification_models
-
-    with OutputLock(out), process_state():
-        device = setup_device("auto", args.threads)
-        model, manifest = load_checkpoint(source)
-        splits = load_data(data_cfg)
-        missing = [name for name in classes if name not in splits.classes]
-        if missing:
-            raise ForgetkitError(f"the data lacks the model's class {missing[0]!r}; give the data it was trained on "
-                                 f"(--data, --root)")
-        splits = splits.select(classes).with_preprocess(model.spec.preprocess)
-        retained = [c for c in range(len(classes)) if c not in forgotten]
-        pretrained, base_manifest, references = verification_models(manifest, classes, device, args.base,
-                                                                    args.reference)
-        members, nonmembers = membership_images(splits.train, splits.test, "test", held_per_class(base_manifest) or 0,
-                                                0)
-        verifier = Verifier(cfg, members, nonmembers, args.seed, device, pretrained, references=references)
-        results = verifier(model.to(device), forgotten, retained)
-        results["classes"] = names
-        failed = deep_failures(results, cfg)
-        results["verdict"] = {"pass": not failed, "failed": failed, "reference": "reference" in results}
-        verdict = (["", f"**{'PASS' if not failed else 'FAIL'}**" + (" (judged without a reference: the retain-only "
-                                                                     "rebound only)" if "reference" not in results
-                                                                     else "")] + [f"- {line}" for line in failed])
-        write_text(out / "verify.md", "\n".join([f"# Verification of {args.model}: {', '.join(names)}", ""]
-                                                 + verify_table(results) + verdict) + "\n")
-        plot_verify(results, out / "verify.png")
-        write_json(out / "verify.json", results)
-    print("\n".join(verify_table(results) + verdict))
-    print(f"\nverify.json, verify.md and verify.png in {out}/ (docs/verify.md says how to read them)")
-    if failed:
+    results = verify_checkpoint(plan)
+    print("\n".join(verify_table(results) + verdict_lines(results)))
+    print(f"\nverify.json, verify.md and verify.png in {plan.out}/ (docs/verify.md says how to read them)")
+    if not results["verdict"]["pass"]:
         raise RequestFailed(f"the forgotten classes can be recovered more than from a model that never learnt them: "
-                            f"{failed[0]}")
+                            f"{results['verdict']['failed'][0]}")
 
 
 def cmd_methods(args) -> None:

@@ -11,5 +11,5 @@ class ForgetkitError(Exception):
 
 
 BUDGET_HINT = "try a larger budget (-o train.steps=600) or, if retained classes fell, more replay images"
-"""the advice for a forget request that missed its goal, shared by the forget kind (requests/forget.py) and the methods that
-say more (Method.fix_hint)"""
+"""the advice for a forget request that missed its goal, shared by the forget kind (requests/forget.py) and the
+methods that say more (Method.fix_hint)"""

@@ -10,8 +10,9 @@ weights from its base and those edits, checking every fingerprint on the way: wh
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .errors import ForgetkitError
 from .registry import Registry

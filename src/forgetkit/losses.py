@@ -1,8 +1,8 @@
-"""The forgetting losses of GS-LoRA, as pure functions (gs-lora.md §2)."""
+"""The forgetting losses of GS-LoRA, as pure functions (docs/gs-lora.md#what-is-implemented)."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,7 @@ def group_norms(groups: dict[str, list[torch.Tensor]]) -> dict[str, float]:
 
 def augmented_triplet_loss(features: torch.Tensor, labels: torch.Tensor, margin: float,
                            old_prototypes: torch.Tensor | None = None) -> torch.Tensor:
-    """LoRA-Sub-DRS's augmented triplet loss (clip-lirf-drs.md c.5), vectorised: on L2-normalised features,
+    """LoRA-Sub-DRS's augmented triplet loss (docs/learning.md#methods), vectorised: on L2-normalised features,
 
     ``mean_i ReLU(e_ap(i) − e_an(i) + m)``, ``e_ap(i) = max_{j: y_j = y_i} d_ij`` (the self pair included) and
     ``e_an(i) = min(min_{j: y_j ≠ y_i} d_ij, min_c ‖f_i − p̂_c‖)`` over the old classes' normalised prototypes p̂_c.

@@ -1,6 +1,6 @@
 """Accuracy per class, forgetting metrics (Acc_f, Acc_r, Acc_o, H-Mean) and LoRA group statistics.
 
-Definitions (gs-lora.md §4):
+Definitions (docs/gs-lora.md#what-is-implemented):
 
 * ``Acc_f``: top-1 accuracy on the test images of the classes forgotten in this task;
 * ``Acc_r``: on the classes retained;
@@ -19,8 +19,8 @@ cut into batches of B, and the mean of the batches' accuracies (the last, smalle
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm

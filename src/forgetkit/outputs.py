@@ -43,10 +43,10 @@ class OutputLock:
         self.directory, self.later = Path(directory), later
         self._file = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self if self.later else self.acquire()
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             handle = open(self.directory / LOCK_NAME, "a+")

@@ -92,7 +92,9 @@ def markdown_report(results: dict) -> str:
             f"- average H: {fmt(s['h_mean_avg'])}", f"- average Acc_f: {fmt(s['acc_f_avg'])}",
             f"- average Acc_r: {fmt(s['acc_r_avg'])}", f"- average Acc_o: {fmt(s['acc_o_avg'])}",
             f"- total seconds: {s['seconds_total']}", "",
-            "Plots: `accuracy.png` (accuracies after each task), `group_norms.png` (LoRA group norms).", ""]
+            "Plots: `accuracy.png` (accuracies after each task)"
+            + (", `group_norms.png` (LoRA group norms)" if any("group_norms" in t for t in results["tasks"]) else "")
+            + ".", ""]
     return "\n".join(out)
 
 
@@ -312,7 +314,7 @@ def plot_verify(verify: dict, path: Path) -> None:
     for n in names:
         for k, curve in verify[n]["relearn_curve"].items():
             right.plot([c[0] for c in curve], [c[1] for c in curve], marker=".", label=f"{n} (k={k})")
-    for k, value in (verify.get("relearn_target") or {}).items():
+    for value in (verify.get("relearn_target") or {}).values():
         right.axhline(value, color="grey", linestyle="--", linewidth=0.8)
     right.set_xlabel("relearning steps (forgotten and retained images)")
     right.set_ylabel("macro-F1 on forgotten classes (%)")

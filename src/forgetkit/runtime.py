@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ def seed_everything(seed: int) -> torch.Generator:
 # Every random choice of forgetkit draws from one of these named streams. The numbers are only salts: a stream is
 # derived from (seed, request index, salt), so request k's draws never depend on how many numbers request k-1 (or
 # model construction, or a crash and resume) consumed. The original code's subsets changed when building the model
-# consumed random numbers (gs-lora.md §3.6).
+# consumed random numbers (docs/gs-lora.md#what-is-implemented).
 STREAMS = {
     # per request
     "forget_subset": 1,        # which training images of the forget classes a request may use

@@ -26,10 +26,14 @@ class TextForgetConfig:
     lambda_f_step: float = field(default=0.05, metadata={"help": "λ_f increase after a rejected trial"})
     max_trials: int = field(default=100, metadata={"help": "trials before giving up (the last one is kept)"})
     keep: Literal["best", "last"] = field(default="best", metadata={
-        "help": "best (lowest total loss over the steps, as the paper intends) or last (the original code)"})
+        "help": "best (lowest total loss over the steps, as the paper intends) or last (the weights after the last "
+                "step; the original code kept those before it, one update earlier: docs/clip.md)"})
     resample_scale: float = field(default=0.5, metadata={
         "help": "noise scale when the empty-prompt target lands nearest a forget class and is re-drawn"})
     max_resamples: int = field(default=1000, metadata={"help": "re-draws of the target before giving up"})
+
+    def __post_init__(self):  # also the method config clip_text's (methods/configs.py), whose name it reports
+        check_choices(self, f"method({getattr(self, 'name', 'clip_text')})")
 
 
 @dataclass

@@ -13,7 +13,8 @@ trained, full batch, on text features ``h`` (the projection's input) of bare nam
 ``reduction_threshold`` (70 %), λ_f rises by ``lambda_f_step`` and training restarts from a fresh LoRA.
 
 Deviations from the original code, each recorded in docs/clip.md: the weights kept are those of the lowest total
-loss (the original's "best" bookkeeping never fired, so it kept the last step; ``keep: last`` restores that); the
+loss (the original's "best" bookkeeping never fired, so it kept the weights recorded before its last optimiser step;
+``keep: last`` keeps those after the last step, one update later); the
 LoRA never shares storage with the model's projection; features are computed in batches.
 """
 
@@ -116,8 +117,6 @@ def forget_text_classes(bundle: ClipBundle, forget: list[str], retain_names: lis
 
     Returns the new projection ``P'`` (width × embed dim, for :func:`set_projection`) and what happened.
     """
-    if cfg.keep not in ("best", "last"):
-        raise ForgetkitError(f"method.keep must be best or last, not {cfg.keep!r}")
     if not forget:
         raise ForgetkitError("nothing to forget: give at least one class name")
     unknown = [c for c in forget if c not in dataset_classes]

@@ -88,15 +88,6 @@ def image_features(bundle: ClipBundle, images: LabeledImages, batch_size: int = 
     return torch.cat(feats), torch.cat(labels)
 
 
-def per_class_accuracy(features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Accuracy (percent) per class of the top-1 zero-shot prediction over all classes (forgotten ones included)."""
-    pred = (features @ weights.T).argmax(dim=1)
-    num = weights.shape[0]
-    total = torch.bincount(labels, minlength=num).float()
-    correct = torch.bincount(labels[pred == labels], minlength=num).float()
-    return 100 * correct / total.clamp_min(1)
-
-
 def accuracy_over(features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                   classes: list[int] | None = None) -> float | None:
     """Sample-weighted accuracy (percent) on the images of ``classes`` (all classes when None)."""

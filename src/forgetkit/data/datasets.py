@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,7 @@ def validation_holdout(targets: torch.Tensor, num_classes: int, per_class: int) 
     return torch.sort(torch.cat(held)).values if held else torch.zeros(0, dtype=torch.long)
 
 
-def held_out_mask(images: "LabeledImages", per_class: int) -> torch.Tensor:
+def held_out_mask(images: LabeledImages, per_class: int) -> torch.Tensor:
     """Which of ``images`` are validation images, as a boolean mask: the same images of a class whichever other
     classes the data holds. A model pre-trained on some classes of a source (a reference trained without the
     forgotten classes, ``data.classes``) thus holds out exactly the images the model trained on all of them holds
@@ -95,11 +95,11 @@ class LabeledImages(torch.utils.data.Dataset):
             img = self.preprocess(img)
         return img, int(self.targets[index])
 
-    def with_preprocess(self, preprocess: Preprocess) -> "LabeledImages":
+    def with_preprocess(self, preprocess: Preprocess) -> LabeledImages:
         self.preprocess = preprocess
         return self
 
-    def subset(self, indices: torch.Tensor) -> "SubsetImages":
+    def subset(self, indices: torch.Tensor) -> SubsetImages:
         """The items at ``indices``, keeping labels and the class list."""
         return SubsetImages(self, torch.as_tensor(indices, dtype=torch.long))
 
@@ -119,7 +119,7 @@ class SubsetImages(LabeledImages):
     def __getitem__(self, index: int):
         return self.parent[int(self.indices[index])]
 
-    def with_preprocess(self, preprocess: Preprocess) -> "SubsetImages":
+    def with_preprocess(self, preprocess: Preprocess) -> SubsetImages:
         self.parent.with_preprocess(preprocess)
         return self
 
@@ -183,7 +183,7 @@ class RelabelledImages(LabeledImages):
     def __getitem__(self, index: int):
         return self.parent[int(self.indices[index])][0], int(self.targets[index])
 
-    def with_preprocess(self, preprocess: Preprocess) -> "RelabelledImages":
+    def with_preprocess(self, preprocess: Preprocess) -> RelabelledImages:
         self.parent.with_preprocess(preprocess)
         return self
 
@@ -219,7 +219,7 @@ class ConcatImages(LabeledImages):
         k, i = self._locate(int(index))
         return self.parts[k][i][0], int(self.targets[index])
 
-    def with_preprocess(self, preprocess: Preprocess) -> "ConcatImages":
+    def with_preprocess(self, preprocess: Preprocess) -> ConcatImages:
         for part in self.parts:
             part.with_preprocess(preprocess)
         self.preprocess = preprocess
@@ -255,17 +255,17 @@ class DataSplits:
     def classes(self) -> list[str]:
         return self.train.classes
 
-    def with_preprocess(self, preprocess: Preprocess) -> "DataSplits":
+    def with_preprocess(self, preprocess: Preprocess) -> DataSplits:
         self.train.with_preprocess(preprocess)
         self.test.with_preprocess(preprocess)
         return self
 
-    def select(self, classes: list[str]) -> "DataSplits":
+    def select(self, classes: list[str]) -> DataSplits:
         """Only the images of ``classes``, labelled by their place in that list (itself when it is the same list)."""
         if list(classes) == list(self.classes):
             return self
         return DataSplits(self.name, RelabelledImages(self.train, classes), RelabelledImages(self.test, classes))
 
-    def merged(self, other: "DataSplits") -> "DataSplits":
+    def merged(self, other: DataSplits) -> DataSplits:
         """These images and ``other``'s, whose classes must be new ones: its classes come after these."""
         return DataSplits(self.name, ConcatImages([self.train, other.train]), ConcatImages([self.test, other.test]))

@@ -46,7 +46,7 @@ class Editor:
     progress: bool = False
     other_images: dict = field(default_factory=dict)
     verifier: Any = None
-    """a :class:`forgetkit.verify.Verifier` run after every request (eval.verify), or None"""
+    """a :class:`forgetkit.verification.Verifier` run after every request (eval.verify), or None"""
 
     @classmethod
     def create(cls, method_config: MethodConfig, kind: RequestKind, model, classes: list[str], eval_images,

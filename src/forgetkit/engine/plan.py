@@ -22,7 +22,7 @@ from ..models.formats import RUN_MODEL_DIR, read_manifest
 from ..models.presets import PRESETS
 from ..outputs import refuse_input_as_output, refuse_replacing
 from ..requests import REQUEST_KINDS
-from .config import PretrainConfig, RunConfig
+from .config import PretrainConfig, RunConfig, VerifyConfig
 
 STATE_DIR = "state"
 RESUMABLE_CHANGES = ("output_dir", "train.threads")
@@ -158,3 +158,70 @@ def plan_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> None:
     PRESETS.get(cfg.arch)  # an unknown preset: the registry's one-line error, with the closest name
     check_data_config(cfg.data)
     refuse_replacing(Path(cfg.out) / "manifest.json", overwrite, "a checkpoint")
+
+
+@dataclass
+class VerifyPlan:
+    """A checked ``forgetkit verify``: what to load and where to write (:func:`plan_verify`)."""
+
+    model: str
+    source: Path
+    cfg: VerifyConfig
+    data: DataConfig
+    classes: list[str]
+    """the checkpoint's classes"""
+    forgotten: list[str]
+    """the classes checked, by name"""
+    out: Path
+    reference: str | None = None
+    base: str | None = None
+    seed: int = 0
+    threads: int = 0
+
+
+def plan_verify(model: str, out: str | Path, cfg: VerifyConfig, classes: list[str] | None = None,
+                reference: str | None = None, base: str | None = None, data: DataConfig | None = None,
+                seed: int = 0, threads: int = 0, overwrite: bool = False) -> VerifyPlan:
+    """Every check of a verification before any work (torch-free).
+
+    Args:
+        model: the checkpoint to verify (a folder, a run folder or ``builtin:NAME``).
+        out: the folder for verify.json, verify.md and verify.png.
+        cfg: the checks' settings (``eval.verify``'s section).
+        classes: the classes to check; None: those the model's ledger has forgotten.
+        reference: a checkpoint trained without those classes (its rows are the verdict's bar).
+        base: the model before forgetting; None: the ledger's base.
+        data: the data the model was trained on; None: what its checkpoint records.
+        seed: the seed every draw flows from.
+        threads: CPU threads (0: torch's default).
+        overwrite: replace an earlier verification in ``out``.
+    """
+    from ..config import check_threads
+    from ..ledger import forgotten_classes
+
+    check_threads(threads, "--threads")
+    source, manifest = read_manifest(model)
+    if manifest.get("classes") is None:
+        raise ForgetkitError("verify checks classifiers (forgetkit checkpoints with classes), not zero-shot CLIPs")
+    for other in (reference, base):
+        if other:
+            read_manifest(other)
+    data = data or model_data_config(manifest, model)
+    check_data_config(data)
+    names = list(manifest["classes"])
+    wanted = list(classes) if classes else sorted(forgotten_classes(manifest.get("ledger", [])), key=names.index)
+    if not wanted:
+        raise ForgetkitError(f"{model}'s ledger has forgotten no class; name the classes to check with --classes")
+    resolve_class_names(wanted, names, "--classes")
+    if reference:
+        known = [n for n in read_manifest(reference)[1].get("classes") or [] if n in wanted]
+        if known:
+            raise ForgetkitError(f"the reference {reference} knows the forgotten class {known[0]!r}; a reference "
+                                 f"is a model trained without the forgotten classes (forgetkit pretrain -o "
+                                 f"data.classes=[the retained classes])")
+    if not (base or (manifest.get("base") or {}).get("path")):
+        raise ForgetkitError(f"{model} names no base model; give the model before forgetting with --base")
+    out = Path(out)
+    refuse_input_as_output(out, [source])
+    refuse_replacing(out / "verify.json", overwrite, "a verification (verify.json)")
+    return VerifyPlan(model, source, cfg, data, names, wanted, out, reference, base, seed, threads)

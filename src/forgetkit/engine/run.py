@@ -11,7 +11,7 @@ import copy
 import logging
 import shutil
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -33,7 +33,7 @@ from ..requests import REQUEST_KINDS
 from ..requests.protocol import Protocol
 from ..runstate import RunLog, RunState, crash_point
 from ..runtime import process_state, seed_everything, setup_device
-from ..verify import build_verifier
+from ..verification import build_verifier
 from .config import RunConfig, TrainConfig
 from .editor import Editor
 from .plan import plan_run
@@ -48,7 +48,7 @@ def ledger_entry(record: dict, method_spec: dict, train: TrainConfig) -> dict:
             "verdict": record["verdict"],
             "metrics": {k: record[k] for k in REQUEST_KINDS.get(record["kind"]).ledger_metrics},
             "fingerprint_before": record["fingerprint_before"], "fingerprint_after": record["fingerprint_after"],
-            "edit": record["edit"], "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "edit": record["edit"], "time": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def _per_class_to_json(pc: PerClass) -> dict:
@@ -66,7 +66,8 @@ def _per_class_from_json(data: dict) -> PerClass:
 
 
 def run_requests(cfg: RunConfig, progress: bool = True, overwrite: bool = False,
-                   model: torch.nn.Module | None = None, resume: bool = False) -> dict:
+                 model: torch.nn.Module | None = None, resume: bool = False,
+                 verification_memo: dict | None = None) -> dict:
     """Run a sequence of requests (a protocol) on a model, saving the state after every request; returns the results
     dict (also written as ``results.json``, the marker of a finished run).
 
@@ -80,12 +81,14 @@ def run_requests(cfg: RunConfig, progress: bool = True, overwrite: bool = False,
         resume: continue a run killed at any point from its last finished request (from the start if none had
             finished); the results equal those of an uninterrupted run but for timings. A finished run with the
             same config is returned as it is; another config is refused.
+        verification_memo: with ``eval.verify``, the rows of the pre-trained model and the references measured by
+            earlier runs of this process (:class:`~forgetkit.verification.Verifier`'s ``memo``); a bench passes one.
     """
     plan = plan_run(cfg, overwrite=overwrite, resume=resume, model_given=model is not None)
     if plan.finished:
         return read_json(plan.out / "results.json")
     with OutputLock(plan.out, later=True) as lock, process_state():
-        return _run(cfg, plan, progress, resume, model, lock)
+        return _run(cfg, plan, progress, resume, model, lock, verification_memo)
 
 
 def run_forgetting(*args, **kwargs) -> dict:
@@ -95,7 +98,8 @@ def run_forgetting(*args, **kwargs) -> dict:
     return run_requests(*args, **kwargs)
 
 
-def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: OutputLock) -> dict:
+def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: OutputLock,
+         verification_memo: dict | None) -> dict:
     from ..report import write_outputs
 
     out, model_dir, config = plan.out, plan.model_dir, plan.config
@@ -138,7 +142,8 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
                            device, progress, other_images, ledger=prior_ledger, source=source)
     method = editor.method
     if cfg.eval.verify.enabled:
-        editor.verifier = build_verifier(cfg.eval.verify, model, manifest, protocol, classes, cfg.seed, device)
+        editor.verifier = build_verifier(cfg.eval.verify, model, manifest, protocol, classes, cfg.seed, device,
+                                         verification_memo)
     start_model = copy.deepcopy(model) if cfg.protocol.independent else None
 
     lock.acquire()  # every input checked: from here on the run writes its folder

@@ -36,7 +36,7 @@ class MethodConfig:
         check_choices(self, f"method({self.name})")
 
     @classmethod
-    def parse(cls, value: dict, where: str = "method") -> "MethodConfig":
+    def parse(cls, value: dict, where: str = "method") -> MethodConfig:
         value = dict(value)
         value["name"] = value.get("name") or DEFAULT_METHOD
         config_cls = METHOD_CONFIGS.get(value["name"])

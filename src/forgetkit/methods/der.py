@@ -1,4 +1,4 @@
-"""DER and DER++ (Buzzega et al.) as the papers' baselines (gs-lora.md §5).
+"""DER and DER++ (Buzzega et al.) as the papers' baselines (docs/baselines.md).
 
 ``DER:   L = CE(f(x_f), ỹ_f) + λ_der · Σ_batch ‖e(x_r) − e_T(x_r)‖²``
 ``DER++: L = DER + λ_plus · CE(f(x_r'), y_r')`` on a second, independently drawn replay batch (of the run's batch

@@ -3,7 +3,7 @@
 * All parameters train except the classifier head (as in the papers' baselines; ``train_head`` opens it).
 * "Forgetting" by cross-entropy towards a random *wrong* label, drawn uniformly from every class but the true one.
   The original drew ``(y + randint(1, 100)) mod K`` (both ends included) with K = the number of forget classes, i.e.
-  only from the first K label indices, whatever those classes are (gs-lora.md §5), and replaced a draw equal to y by
+  only from the first K label indices, whatever those classes are (docs/baselines.md), and replaced a draw equal to y by
   (y + 1) mod K; ``faithful_relabel: true`` reproduces both.
 * A frozen teacher is a copy of the model at the start of each task (the original copied the pre-trained model
   once; both are the same on the first task).
@@ -73,7 +73,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     """Hinton distillation: ``T² · KL(softmax(t/T) ‖ softmax(s/T))``, averaged over the batch.
 
     The original LwF took the log of a log-softmax, replaced the NaNs by 0, and so optimised a KD term that was
-    identically zero (gs-lora.md §5); this is the intended term.
+    identically zero (docs/baselines.md); this is the intended term.
     """
     log_p_student = torch.log_softmax(student_logits / temperature, dim=1)
     p_teacher = torch.softmax(teacher_logits / temperature, dim=1)

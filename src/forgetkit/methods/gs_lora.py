@@ -1,6 +1,6 @@
 """GS-LoRA: group-sparse LoRA for continual forgetting (Zhao et al., CVPR 2024; T-PAMI 2026).
 
-Loss per step (gs-lora.md §2.5)::
+Loss per step (docs/gs-lora.md#what-is-implemented)::
 
     L = β_t · ReLU(BND − CE(f(x_f), y_f)) + CE(f(x_r), y_r) + α(step) · Σ_blocks sqrt(Σ ||A||² + ||B||²)
         [+ γ · mean_f −log(1 − p(every class forgotten so far | x_f))]      (forgetkit's term, off in the paper)
@@ -9,7 +9,7 @@ LoRA (scaling 1/8; rank 4 by default, the paper's 8 in its presets) on every blo
 trains; the update is merged into the
 weights after each task and fresh adapters start the next one. ``α`` is 0 during a warm-up of some steps: from
 a zero ``B`` the lasso otherwise shrinks ``A`` before the task loss can use it, and whole blocks collapse at
-random (calibration.md), which is the warm-up the original ``--warmup_alpha`` adds.
+random (docs/gs-lora.md#defaults-and-presets), which is the warm-up the original ``--warmup_alpha`` adds.
 
 ``lasso_update: proximal`` (the default) takes the lasso out of the loss and applies its proximal operator after
 each optimiser step instead (each group shrinks by lr·α·√(its size) in norm, small groups become exactly zero);

@@ -1,7 +1,8 @@
 """GS-LoRA++: GS-LoRA with prototype regularisation (Zhao et al., "Practical Continual Forgetting", T-PAMI 2026).
 
 Class prototypes are the mean embeddings of each class's training images available to the task (its forget and
-replay subsets), computed with the model at the start of the task. Added to GS-LoRA's loss (gs-lora.md §2.3)::
+replay subsets), computed with the model at the start of the task. Added to GS-LoRA's loss
+(docs/gs-lora.md#gs-lora-gs_lora_pp)::
 
     w_f · ReLU(BND_pro − mean_i D(x_f,i, P_{y_f,i}))   push forget embeddings away from their class prototype
   + w_r · mean_i D(x_r,i, P_{y_r,i})                  pull replay embeddings towards theirs

@@ -145,6 +145,9 @@ class LearnMethod(Method):
             if task.retain:
                 old[task.retain] = class_means(model, data.retain, task.retain, self.device)
         self.old_prototypes = old
+        # the known classes' prototypes as negatives (LoRA-Sub-DRS's triplet): a forgotten class's zero row would sit
+        # at distance exactly 1 from every normalised feature and count as a false negative
+        self.retained_prototypes = old[task.retain]
         self.factors = self.train(model, task, data, train_steps)
         learned = merge_kv(model, self.factors)
         new = class_means(learned, data.forget, task.classes, self.device)

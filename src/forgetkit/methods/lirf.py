@@ -1,4 +1,4 @@
-"""LIRF* (Ye et al., "Learning with Recoverable Forgetting"), as the GS-LoRA papers' baseline (gs-lora.md §5).
+"""LIRF* (Ye et al., "Learning with Recoverable Forgetting"), as the GS-LoRA papers' baseline (docs/baselines.md).
 
 The backbone is split at its middle block. The *student* (deployed) model trains its lower half only; the upper
 half is frozen and shared. A frozen *teacher* copy gives targets, and a *deposit* lower half learns to keep the
@@ -177,7 +177,11 @@ class LIRFECCV(LIRF):
         xf, yf = forget
         random_labels = torch.randint(0, self.ctx.num_classes, yf.shape, generator=self.generator).to(yf.device)
         s_mid = self.module.lower(xf, self.split_at)
-        z_t = self.module.upper(s_mid, self.split_at, random_labels)
+        emb = self.module.upper_embed(s_mid, self.split_at)
+        # The target's logits as the teacher's (no margin) for the distillation and the recover net; a CosFace
+        # head's margin belongs to the CE on the random labels alone (a linear head has none: one set of logits).
+        z_t = self.module.head(emb)
+        z_random = self.module.head(emb, random_labels) if getattr(self.module.head, "margin", 0) else z_t
         with torch.no_grad():
             t_mid = self.teacher.lower(xf, self.split_at)
             z_0 = self.teacher.upper(t_mid, self.split_at)
@@ -185,7 +189,7 @@ class LIRFECCV(LIRF):
         z_r = recover_logits(z_t, z_d, self.task.classes)
         preserved = [c for c in range(self.ctx.num_classes) if c not in self.task.classes]
         losses = {"kd_preserved": sliced_kd(z_0, z_t, preserved, cfg.temperature),
-                  "forget": F.cross_entropy(z_t, random_labels),
+                  "forget": F.cross_entropy(z_random, random_labels),
                   "kd_deposit": sliced_kd(z_0, z_r, self.task.classes, cfg.temperature),
                   "recover": F.cross_entropy(z_r, yf),
                   "at": F.mse_loss(attention_map(s_mid), attention_map(t_mid))}

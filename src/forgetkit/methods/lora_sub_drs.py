@@ -1,5 +1,5 @@
 """LoRA-Sub-DRS (Liu & Chang, CVPR 2025): exemplar-free class-incremental learning in a drift-resistant space
-(clip-lirf-drs.md part c), and sequential LoRA fine-tuning, its baseline.
+(docs/learning.md#methods), and sequential LoRA fine-tuning, its baseline.
 
 Each learn request trains one new rank-r LoRA on the K and V projections of every block. Before training, the
 earlier requests' LoRA updates are *subtracted* from the weights, the new classes' images are passed through that
@@ -146,7 +146,7 @@ class LoRASubDRS(LearnMethod):
         losses = {"ce": F.cross_entropy(self.head(features), self.local[y])}
         loss = losses["ce"]
         if self.cfg.atl_weight:
-            losses["atl"] = augmented_triplet_loss(features, y, self.cfg.margin, self.old_prototypes)
+            losses["atl"] = augmented_triplet_loss(features, y, self.cfg.margin, self.retained_prototypes)
             loss = loss + self.cfg.atl_weight * losses["atl"]
         losses["loss"] = loss
         return losses

@@ -1,4 +1,4 @@
-"""L2*, EWC* and MAS*: rehearsal plus an importance-weighted pull towards earlier weights (gs-lora.md §5).
+"""L2*, EWC* and MAS*: rehearsal plus an importance-weighted pull towards earlier weights (docs/baselines.md).
 
 ``L = w_f·CE(f(x_f), ỹ_f) + w_r·CE(f(x_r), y_r) + λ · Σ_tasks Σ_θ Ω_θ (θ − θ*_task)²``, with θ* the weights at
 the start of each task so far and Ω: 1 (L2), the diagonal empirical Fisher of CE on the replay data (EWC), or the

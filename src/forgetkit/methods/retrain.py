@@ -2,7 +2,7 @@
 
 ``L = CE(f(x_r), y_r)``; all parameters train, the head included. It is the papers' oracle-style baseline
 with the same (small) replay budget as every other method. Its H is computed against the pre-trained model
-like every other row; the original's logged H used a random network as reference (gs-lora.md §4).
+like every other row; the original's logged H used a random network as reference (docs/gs-lora.md#what-is-implemented).
 """
 
 from __future__ import annotations

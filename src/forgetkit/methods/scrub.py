@@ -1,4 +1,4 @@
-"""SCRUB and SCRUB-S (Kurmanji et al.), as the papers' baselines (gs-lora.md §5).
+"""SCRUB and SCRUB-S (Kurmanji et al.), as the papers' baselines (docs/baselines.md).
 
 Per step, during the first ``max_steps`` steps a *max* pass on the forget batch, then always a *min* pass on
 the replay batch, each its own optimiser step (Adam, weight decay 5e-4)::

@@ -180,7 +180,7 @@ def _face_transformer_to_timm(state: dict[str, torch.Tensor], spec) -> dict[str,
     ``(p1 p2 c)``, i.e. a convolution whose weight is permuted; the final ``mlp_head`` LayerNorm is applied to the
     class token only, which equals timm's norm of every token followed by class-token pooling; the CosFace weight
     ``loss.weight`` is the head. LoRA factors are dropped: GS-LoRA saves after ``eval()``, when loralib has already
-    merged them into the weights (gs-lora.md §1.4), so keeping them would apply the update twice.
+    merged them into the weights (docs/paper-settings.md, CASIA-100), so keeping them would apply the update twice.
     """
     out = {}
     p, c = spec.patch_size, spec.in_chans

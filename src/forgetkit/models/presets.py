@@ -59,7 +59,7 @@ class ModelSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
+    def from_dict(cls, d: dict) -> ModelSpec:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -111,8 +111,9 @@ def vit_test(num_classes: int) -> ModelSpec:
 
 @PRESETS.register("face_vit_p8s8")
 def face_vit_p8s8(num_classes: int) -> ModelSpec:
-    """Face Transformer "ViT-P8S8" of GS-LoRA (gs-lora.md §1.1): 112 px RGB, patch 8, dim 512, depth 6, 8 heads,
-    MLP 2048, no qkv bias, dropout 0.1, softmax scale dim**-0.5, CosFace head (s 64, m 0.35), input in [0,1]."""
+    """Face Transformer "ViT-P8S8" of GS-LoRA (docs/paper-settings.md, CASIA-100): 112 px RGB, patch 8, dim 512,
+    depth 6, 8 heads, MLP 2048, no qkv bias, dropout 0.1, softmax scale dim**-0.5, CosFace head (s 64, m 0.35),
+    input in [0,1]."""
     return ModelSpec("face_vit_p8s8", num_classes, image_size=112, in_chans=3, patch_size=8, embed_dim=512, depth=6,
                      num_heads=8, mlp_ratio=4.0, qkv_bias=False, drop_rate=0.1, norm_eps=1e-5,
                      attn_scale="model_dim", head="cosface", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))

@@ -54,7 +54,11 @@ class PrototypeHead(nn.Module):
         self.prototypes = nn.Parameter(torch.zeros(num_classes, dim), requires_grad=False)
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.scale * F.linear(F.normalize(emb), F.normalize(self.prototypes))
+        logits = self.scale * F.linear(F.normalize(emb), F.normalize(self.prototypes))
+        # A forgotten class keeps a zero row (cosine 0 to everything): below every real class, not above those
+        # with a negative cosine; finite, so a softmax or a distillation over the logits stays defined.
+        forgotten = self.prototypes.detach().abs().sum(dim=1) == 0
+        return logits.masked_fill(forgotten, -2.0 * self.scale) if forgotten.any() else logits
 
 
 class ForgetModel(nn.Module):
@@ -73,8 +77,8 @@ class ForgetModel(nn.Module):
             global_pool="token", class_token=True,
         )
         if spec.attn_scale == "model_dim":
-            # Face Transformer quirk (gs-lora.md §1.1): softmax scale dim**-0.5, not head_dim**-0.5. timm's fused
-            # attention ignores `scale`, so the explicit path is used.
+            # Face Transformer quirk (docs/paper-settings.md, CASIA-100): softmax scale dim**-0.5, not
+            # head_dim**-0.5. timm's fused attention ignores `scale`, so the explicit path is used.
             for block in self.backbone.blocks:
                 block.attn.fused_attn = False
                 block.attn.scale = spec.embed_dim ** -0.5

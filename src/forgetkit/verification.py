@@ -45,6 +45,7 @@ from .models.formats import load_checkpoint, resolve_model_path
 from .runtime import rng
 
 if TYPE_CHECKING:
+    from .engine.plan import VerifyPlan
     from .requests.protocol import Protocol
 
 
@@ -300,12 +301,15 @@ class Verifier:
 
     ``train`` are the images the models were trained on (members), ``test`` images none of them saw (non-members);
     see :func:`membership_images`. ``pretrained`` is the model before any forgetting; ``reference`` (optional) a
-    model trained without the forgotten classes, with its head aligned to the run's classes (:func:`align_head`)."""
+    model trained without the forgotten classes, with its head aligned to the run's classes (:func:`align_head`).
+    ``memo`` keeps the pre-trained and reference rows by what they depend on (models, draws, classes): a bench hands
+    one to every run, so that its methods share those rows instead of measuring them again."""
 
     def __init__(self, cfg: VerifyConfig, train, test, seed: int, device, pretrained, reference=None,
-                 references: list | None = None, exact: bool = False):
+                 references: list | None = None, exact: bool = False, memo: dict | None = None):
         self.cfg, self.train, self.test, self.seed, self.device = cfg, train, test, seed, device
         self.pretrained, self.exact = pretrained, exact
+        self.memo = memo if memo is not None else {}
         self.references = list(references or []) + ([reference] if reference is not None else [])
 
     def reference_for(self, forgotten: list[int], retained: list[int]):
@@ -362,13 +366,13 @@ class Verifier:
         for name, net in rows:
             start = time.perf_counter()
             key = (name, *context) if name != "model" else None
-            if key in _CONTEXT_ROWS:
-                results[name] = {**_CONTEXT_ROWS[key], "seconds": round(time.perf_counter() - start, 2)}
+            if key in self.memo:
+                results[name] = {**self.memo[key], "seconds": round(time.perf_counter() - start, 2)}
             else:
                 results[name] = self._row(name, net, draws, forgotten, reference, pre_ft, results)
                 results[name]["seconds"] = round(time.perf_counter() - start, 2)  # docs/verify.md's cost claim
                 if key is not None:
-                    _CONTEXT_ROWS[key] = copy.deepcopy(results[name])
+                    self.memo[key] = copy.deepcopy(results[name])
             if name == "reference" or (name == "pretrained" and reference is None):
                 results["relearn_target"] = self._relearn_target(results)
         for name, _ in rows:  # steps to the target, read off each curve
@@ -427,9 +431,6 @@ class Verifier:
         return row
 
 
-_CONTEXT_ROWS: dict[tuple, dict] = {}
-
-
 def _fingerprint(model) -> str | None:
     return fingerprint(model) if model is not None else None
 
@@ -470,10 +471,10 @@ def align_head(reference, reference_classes: list[str], classes: list[str]):
 
 
 def build_verifier(cfg: VerifyConfig, model, manifest: dict, protocol: Protocol, classes: list[str], seed: int,
-                   device):
-    """The run's :class:`~forgetkit.verify.Verifier`, on the members and non-members of
-    :func:`~forgetkit.verify.membership_images` (non-members from the run's evaluation split); the pre-trained row is
-    the ledger's base model (or the model at the start), the references those of ``eval.verify.reference``."""
+                   device, memo: dict | None = None):
+    """The run's :class:`Verifier`, on the members and non-members of :func:`membership_images` (non-members from
+    the run's evaluation split); the pre-trained row is the ledger's base model (or the model at the start), the
+    references those of ``eval.verify.reference``."""
     pretrained, base_manifest, references = verification_models(manifest, classes, device, reference=cfg.reference)
     base_manifest = base_manifest if pretrained is not None else manifest
     pretrained = pretrained if pretrained is not None else copy.deepcopy(model)
@@ -482,7 +483,7 @@ def build_verifier(cfg: VerifyConfig, model, manifest: dict, protocol: Protocol,
         protocol.splits.train, protocol.splits.test, protocol.cfg.eval_split, held_per_class(base_manifest) or 0,
         protocol.cfg.val_per_class, min((h for h in reference_held if h is not None), default=None))
     return Verifier(cfg, members, nonmembers, seed, device, pretrained.eval(), references=references,
-                    exact=isinstance(cfg.reference, list))
+                    exact=isinstance(cfg.reference, list), memo=memo)
 
 
 def verification_models(manifest: dict, classes: list[str], device, base: str | None = None,
@@ -499,3 +500,52 @@ def verification_models(manifest: dict, classes: list[str], device, base: str | 
         aligned.manifest = ref_manifest
         references.append(aligned)
     return (pretrained.to(device) if pretrained is not None else None), base_manifest, references
+
+
+def verify_checkpoint(plan: VerifyPlan) -> dict:
+    """``forgetkit verify``: the checks of :class:`Verifier` on a checkpoint's forgotten classes, against the
+    pre-trained model and the reference, with the deep verdict; writes verify.json, verify.md and verify.png into
+    ``plan.out`` and returns the results (``results["verdict"]``: pass, failed lines, whether a reference judged).
+
+    Members are the training images the base model trained on, non-members the test split
+    (:func:`membership_images`)."""
+    from .data import load_data
+    from .io import write_json, write_text
+    from .outputs import OutputLock
+    from .report import plot_verify, verify_table
+    from .requests import deep_failures
+    from .runtime import process_state, setup_device
+
+    cfg, classes = plan.cfg, plan.classes
+    forgotten = [classes.index(name) for name in plan.forgotten]
+    with OutputLock(plan.out), process_state():
+        device = setup_device("auto", plan.threads)
+        model, manifest = load_checkpoint(plan.source)
+        splits = load_data(plan.data)
+        missing = [name for name in classes if name not in splits.classes]
+        if missing:
+            raise ForgetkitError(f"the data lacks the model's class {missing[0]!r}; give the data it was trained on "
+                                 f"(--data, --root)")
+        splits = splits.select(classes).with_preprocess(model.spec.preprocess)
+        retained = [c for c in range(len(classes)) if c not in forgotten]
+        pretrained, base_manifest, references = verification_models(manifest, classes, device, plan.base,
+                                                                    plan.reference)
+        members, nonmembers = membership_images(splits.train, splits.test, "test", held_per_class(base_manifest) or 0,
+                                                0)
+        verifier = Verifier(cfg, members, nonmembers, plan.seed, device, pretrained, references=references)
+        results = verifier(model.to(device), forgotten, retained)
+        results["classes"] = plan.forgotten
+        failed = deep_failures(results, cfg)
+        results["verdict"] = {"pass": not failed, "failed": failed, "reference": "reference" in results}
+        write_text(plan.out / "verify.md", "\n".join([f"# Verification of {plan.model}: {', '.join(plan.forgotten)}",
+                                                      ""] + verify_table(results) + verdict_lines(results)) + "\n")
+        plot_verify(results, plan.out / "verify.png")
+        write_json(plan.out / "verify.json", results)
+    return results
+
+
+def verdict_lines(results: dict) -> list[str]:
+    """The verdict of :func:`verify_checkpoint` as markdown lines."""
+    verdict = results["verdict"]
+    judged = "" if verdict["reference"] else " (judged without a reference: the retain-only rebound only)"
+    return ["", f"**{'PASS' if verdict['pass'] else 'FAIL'}**{judged}"] + [f"- {line}" for line in verdict["failed"]]
