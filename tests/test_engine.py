@@ -8,6 +8,7 @@ from helpers import batch
 import forgetkit as fk
 from forgetkit.errors import ForgetkitError
 from forgetkit.methods.gs_lora import GSLoRA
+from forgetkit.requests import Protocol
 
 
 def run(model_dir, out, *extra, overwrite=False):
@@ -92,7 +93,7 @@ def test_class_mismatch_between_model_and_data(tiny_model_dir, tmp_path):
 def test_one_step_moves_only_lora(tiny_model_dir):
     model, _ = fk.load_model(tiny_model_dir)
     splits = fk.load_data(fk.DataConfig(source="synthetic")).with_preprocess(model.spec.preprocess)
-    proto = fk.protocol.Protocol(fk.ProtocolConfig(num_tasks=1), splits, seed=0)
+    proto = Protocol(fk.ProtocolConfig(num_tasks=1), splits, seed=0)
     task = proto.tasks[0]
     ctx = fk.methods.MethodContext(device=torch.device("cpu"), seed=0, num_classes=6, steps=8)
     method = fk.methods.build_method({"name": "gs_lora", "alpha_warmup_steps": 0}, ctx)
