@@ -144,3 +144,14 @@ def test_a_class_that_comes_back_lowers_cumulative_h_only():
     per_task = fk.metrics.h_mean(90.0, 0.0, 85.0)
     relapsed = fk.metrics.h_mean(90.0, 45.0, 85.0)   # the earlier class back to 90 %: the pair averages 45 %
     assert relapsed < per_task - 20
+
+
+def test_request_record_round_trips_results_json_key_for_key(tiny_model_dir, tmp_path):
+    """The typed record writes the schema of results.json unchanged, key order included, and reads it back."""
+    from forgetkit.requests import RequestRecord
+
+    task = run(tiny_model_dir, tmp_path / "r")["tasks"][0]
+    record = RequestRecord.from_dict(task)
+    assert record.to_dict() == task and list(record.to_dict()) == list(task)
+    assert record.classes == task["classes"] and record.after["acc_f"] == task["after"]["acc_f"]
+    assert record.passed == task["verdict"]["pass"] and "group_norms" in record.stats

@@ -197,7 +197,7 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
         model, record, _, _ = editor.run(model, task, data, before, before)
     entry = ledger_entry(record, method_spec, train)
     entry["config"]["seed"] = seed
-    return Unlearned(model, record, ledger + [entry])
+    return Unlearned(model, record.to_dict(), ledger + [entry])
 
 
 def check_input_shape(images, preprocess, what: str) -> None:

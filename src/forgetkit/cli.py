@@ -17,17 +17,9 @@ class RequestFailed(Exception):
 
 
 def _print_table(results: dict, wall: float) -> None:
-    from .report import results_table
     from .requests import REQUEST_KINDS
 
-    if results["kind"] != "forget":  # other kinds print their report's first table
-        print(REQUEST_KINDS.get(results["kind"])().report(results).split("\n\n## ")[0])
-        return
-    print(results_table([(results["method"], results["tasks"])]))
-    s = results["summary"]
-    print(f"\naverage cumulative H {s['h_cumulative_avg']:.2f}  H {s['h_mean_avg']:.2f}  Acc_f {s['acc_f_avg']:.2f}  "
-          f"Acc_r {s['acc_r_avg']:.2f}  ({s['seconds_total']:.0f} s of training, {wall:.0f} s in all with "
-          f"loading, evaluation and saving)")
+    print(REQUEST_KINDS.get(results["kind"])().summary_lines(results, wall))
 
 
 def cmd_forget(args) -> None:
@@ -64,6 +56,7 @@ def cmd_forget(args) -> None:
 
     from .engine.run import run_requests
     from .methods import METHODS
+    from .requests import RequestRecord
 
     start = time.monotonic()
     results = run_requests(cfg, progress=_progress(args), overwrite=args.overwrite, resume=args.resume)
@@ -71,15 +64,15 @@ def cmd_forget(args) -> None:
     print(f"\nresults, report.md and plots in {cfg.output_dir}/" + (
         f"; the edited model and its ledger in {plan.model_dir}/ (--model {cfg.output_dir} names it)"
         if cfg.save_model else ""))
-    failed = [t for t in results["tasks"] if not t["verdict"]["pass"]]
-    for t in results["tasks"]:
-        exact = " (exact: the weights before the withdrawn request, bit for bit)" if t["verdict"].get("exact") else ""
-        print(f"{'PASS' if t['verdict']['pass'] else 'FAIL'} request {t['index'] + 1} "
-              f"({t['kind']} {', '.join(t['classes'])})" + (f": {'; '.join(t['verdict']['failed'])}"
-                                                       if not t["verdict"]["pass"] else exact),
-              file=sys.stderr if not t["verdict"]["pass"] else sys.stdout)
+    records = [RequestRecord.from_dict(t) for t in results["tasks"]]
+    failed = [r for r in records if not r.passed]
+    for r in records:
+        exact = " (exact: the weights before the withdrawn request, bit for bit)" if r.verdict.get("exact") else ""
+        print(f"{'PASS' if r.passed else 'FAIL'} request {r.index + 1} ({r.kind} {', '.join(r.classes)})"
+              + (f": {'; '.join(r.verdict['failed'])}" if not r.passed else exact),
+              file=sys.stdout if r.passed else sys.stderr)
     if failed and not args.allow_fail:
-        hint = METHODS.get(results["method"]).fix_hint or REQUEST_KINDS.get(failed[0].get("kind", "forget")).fix_hint
+        hint = METHODS.get(results["method"]).fix_hint or REQUEST_KINDS.get(failed[0].kind).fix_hint
         raise RequestFailed(f"{len(failed)} of {len(results['tasks'])} requests missed their goal; {hint}; "
                             f"--allow-fail accepts the result")
 

@@ -24,7 +24,7 @@ from ..methods.configs import MethodConfig
 from ..metrics import PerClass, evaluate_classes
 from ..models import fingerprint
 from ..models.checkpoint import save_checkpoint
-from ..requests import Request, RequestData, RequestKind
+from ..requests import Request, RequestData, RequestKind, RequestRecord
 from ..runstate import RunLog, crash_point
 from ..runtime import balanced_batches, rng, seed_request, step_scheduler
 from .config import EvalConfig, TrainConfig
@@ -76,7 +76,7 @@ class Editor:
             log: RunLog | None = None, edit_dir: Path | None = None, last_good: Path | None = None):
         """One request: let the method fit it (by default, the step loop below), evaluate, judge.
 
-        Returns (model, record, loss rows, per-class accuracy after)."""
+        Returns (model, its :class:`~forgetkit.requests.RequestRecord`, loss rows, per-class accuracy after)."""
         start = time.time()
         seed_request(self.seed, task.index)
         method = self.method
@@ -117,26 +117,14 @@ class Editor:
                 metrics[side]["acc_other"] = sum(values.values()) / len(values)
                 metrics[side]["acc_other_per_dataset"] = values
         names = self.classes
-        record = {
-            "index": task.index,
-            "kind": self.kind.name,
-            **self.kind.describe(task, names),
-            **metrics,
+        record = RequestRecord(
+            task.index, self.kind.name, {**self.kind.describe(task, names), **metrics},
             # the classes the request is about (for learning: only the classes the model knows)
-            "per_class": {side: {names[c]: pc.accuracy([c]) for c in sorted(task.classes + task.retain + task.old)}
-                          for side, pc in (("before", before), ("after", after))},
-            "verdict": self.kind.verdict(metrics, self.eval),
-            "seconds": round(seconds, 2),
-            "trainable_params": trainable,
-            "total_params": sum(p.numel() for p in model.parameters()),
-            "forget_images": len(data.forget),
-            "retain_images": len(data.retain),
-            "steps": self.train.steps,
-            "fingerprint_before": fingerprint_before,
-            "fingerprint_after": fingerprint(model),
-            "edit": edit,
-            **stats,
-        }
+            {side: {names[c]: pc.accuracy([c]) for c in sorted(task.classes + task.retain + task.old)}
+             for side, pc in (("before", before), ("after", after))},
+            self.kind.verdict(metrics, self.eval), round(seconds, 2), trainable,
+            sum(p.numel() for p in model.parameters()), len(data.forget), len(data.retain), self.train.steps,
+            fingerprint_before, fingerprint(model), edit, stats)
         if log is not None:  # the request's numbers: its accuracies after, and the kind's summary values
             numbers = {**metrics["after"], **{k: v for k, v in metrics.items() if not isinstance(v, dict)}}
             log.log(task.index, self.train.steps, {k: v for k, v in numbers.items() if isinstance(v, (int, float))},

@@ -29,7 +29,7 @@ from ..models.formats import load_checkpoint
 from ..models.presets import ModelSpec
 from ..models.vit import ForgetModel
 from ..outputs import OutputLock
-from ..requests import REQUEST_KINDS
+from ..requests import REQUEST_KINDS, RequestRecord
 from ..requests.protocol import Protocol
 from ..runstate import RunLog, RunState, crash_point
 from ..runtime import process_state, seed_everything, setup_device
@@ -41,14 +41,14 @@ from .plan import plan_run
 logger = logging.getLogger("forgetkit")
 
 
-def ledger_entry(record: dict, method_spec: dict, train: TrainConfig) -> dict:
+def ledger_entry(record: RequestRecord, method_spec: dict, train: TrainConfig) -> dict:
     """The ledger's view of one finished request (its kind says which of its results the ledger keeps)."""
-    return {"index": record["index"], "kind": record["kind"], "classes": record["classes"],
+    return {"index": record.index, "kind": record.kind, "classes": record.classes,
             "method": method_spec["name"], "config": {"method": method_spec, "train": to_dict(train)},
-            "verdict": record["verdict"],
-            "metrics": {k: record[k] for k in REQUEST_KINDS.get(record["kind"]).ledger_metrics},
-            "fingerprint_before": record["fingerprint_before"], "fingerprint_after": record["fingerprint_after"],
-            "edit": record["edit"], "time": datetime.now(UTC).isoformat(timespec="seconds")}
+            "verdict": record.verdict,
+            "metrics": {k: record.details[k] for k in REQUEST_KINDS.get(record.kind).ledger_metrics},
+            "fingerprint_before": record.fingerprint_before, "fingerprint_after": record.fingerprint_after,
+            "edit": record.edit, "time": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def _per_class_to_json(pc: PerClass) -> dict:
@@ -180,7 +180,7 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
                 model, task, protocol.task_data(task), current, pretrained, log,
                 edit_dir=model_dir / "edits" / f"request_{task.index:03d}" if cfg.save_model else None,
                 last_good=out / "last_good")
-            records.append(record)
+            records.append(record.to_dict())
             loss_log += rows
             ledger.append(ledger_entry(record, method_spec, cfg.train))
             crash_point(f"request_{task.index}_done")

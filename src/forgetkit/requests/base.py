@@ -82,6 +82,63 @@ class RequestData:
         return self.streams["retain"]
 
 
+_RECORD_FIELDS = ("seconds", "trainable_params", "total_params", "forget_images", "retain_images", "steps",
+                  "fingerprint_before", "fingerprint_after", "edit")
+
+
+@dataclass
+class RequestRecord:
+    """One finished request as ``results.json`` keeps it (one entry of its ``tasks``), typed.
+
+    ``details`` are what the request's kind reports (its classes by name, its metrics ``before``/``after``, H, the
+    verification), ``stats`` what the method adds (group norms, subspace sizes); :meth:`to_dict` writes the schema of
+    ``results.json`` unchanged, key order included, and :meth:`from_dict` reads it back."""
+
+    index: int
+    kind: str
+    details: dict
+    per_class: dict
+    verdict: dict
+    seconds: float
+    trainable_params: int
+    total_params: int
+    forget_images: int
+    retain_images: int
+    steps: int
+    fingerprint_before: str
+    fingerprint_after: str
+    edit: dict | None
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        """The classes the request is about, by name."""
+        return self.details["classes"]
+
+    @property
+    def before(self) -> dict:
+        return self.details["before"]
+
+    @property
+    def after(self) -> dict:
+        return self.details["after"]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.verdict["pass"])
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "kind": self.kind, **self.details, "per_class": self.per_class,
+                "verdict": self.verdict, **{name: getattr(self, name) for name in _RECORD_FIELDS}, **self.stats}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RequestRecord:
+        keys = list(data)
+        head, tail = keys[2:keys.index("per_class")], keys[keys.index("edit") + 1:]
+        return cls(data["index"], data["kind"], {k: data[k] for k in head}, data["per_class"], data["verdict"],
+                   *(data[name] for name in _RECORD_FIELDS), stats={k: data[k] for k in tail})
+
+
 def register_kind(name: str):
     def decorator(cls):
         cls.name = name
@@ -144,6 +201,10 @@ class RequestKind:
     def summary(self, records: list[dict]) -> dict:
         """Run-level numbers over all requests, besides the averages every kind gets."""
         return {}
+
+    def summary_lines(self, results: dict, wall: float) -> str:
+        """What the CLI prints after a run: by default the first table of the kind's report."""
+        return self.report(results).split("\n\n## ")[0]
 
     def describe(self, task, names: list[str]) -> dict:
         """The request's classes by name, for results.json (``classes``: the classes the request is about)."""

@@ -61,6 +61,15 @@ class Forget(RequestKind):
         plot_accuracy(results, out / "accuracy.png")
         plot_group_norms(results, out / "group_norms.png")
 
+    def summary_lines(self, results, wall):
+        from ..report import results_table
+
+        s = results["summary"]
+        return (results_table([(results["method"], results["tasks"])])
+                + f"\n\naverage cumulative H {s['h_cumulative_avg']:.2f}  H {s['h_mean_avg']:.2f}  Acc_f "
+                  f"{s['acc_f_avg']:.2f}  Acc_r {s['acc_r_avg']:.2f}  ({s['seconds_total']:.0f} s of training, "
+                  f"{wall:.0f} s in all with loading, evaluation and saving)")
+
     def compare(self, out, runs, spec, highlight):
         return write_comparison(out, runs, spec, highlight)
 
