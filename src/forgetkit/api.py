@@ -63,7 +63,15 @@ def forget(model: str, tasks: list[list[str]], *, method: str | dict = "gs_lora"
            overrides: list[str] | None = None, progress: bool = True, overwrite: bool = False, **sections) -> dict:
     """Forget the named classes (one list per request) from ``model`` and return the results dict.
 
-    ``sections`` are config sections as dicts (``data={...}``, ``train={...}``); ``overrides`` are dotted strings.
+    Args:
+        model: a checkpoint (folder, run folder, ``model.safetensors`` or ``builtin:NAME``).
+        tasks: the classes of each request, by name.
+        method: a registered method's name (``forgetkit methods``) or a method section as a dict.
+        output_dir: where results, report, plots and the edited model (``output_dir/model``) go.
+        overrides: ``section.key=value`` strings, applied last.
+        progress: show progress bars.
+        overwrite: replace an earlier run in ``output_dir``.
+        sections: config sections as dicts (``data={...}``, ``train={...}``).
     """
     return _run_requests("forget", model, tasks, method, output_dir, overrides, progress, overwrite, sections)
 
@@ -71,8 +79,19 @@ def forget(model: str, tasks: list[list[str]], *, method: str | dict = "gs_lora"
 def learn(model: str, tasks: list[list[str]], *, method: str | dict = "lora_sub_drs", output_dir: str = "runs/learn",
           overrides: list[str] | None = None, progress: bool = True, overwrite: bool = False, **sections) -> dict:
     """Teach ``model`` the named classes (one list per request, without images of the classes it knows) and return
-    the results dict; the grown checkpoint is written to ``output_dir/model`` (docs/learning.md). ``sections`` name
-    the data holding the new classes: ``data={"source": "image_folder", "root": ...}``."""
+    the results dict; the grown checkpoint is written to ``output_dir/model`` (docs/learning.md).
+
+    Args:
+        model: a checkpoint, or a backbone whose classes are all new.
+        tasks: the classes of each request, by name.
+        method: ``lora_sub_drs`` (default), ``seq_lora``, ``ncm``, ``joint``, or a method section as a dict.
+        output_dir: where results, report and the grown model go.
+        overrides: ``section.key=value`` strings, applied last.
+        progress: show progress bars.
+        overwrite: replace an earlier run in ``output_dir``.
+        sections: config sections as dicts; ``data`` names the data holding the new classes
+            (``data={"source": "image_folder", "root": ...}``).
+    """
     return _run_requests("learn", model, tasks, method, output_dir, overrides, progress, overwrite, sections)
 
 

@@ -128,18 +128,14 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
     forgotten = [classes.index(name) for name in forgotten_classes(prior_ledger) if name in classes]
     protocol = Protocol(cfg.protocol, splits, cfg.seed, forgotten=forgotten, first_index=len(prior_ledger),
                         kind=kind, known=known)
-    for task in protocol.tasks:  # every request checked against the model's ledger before any work
-        kind.check(task, prior_ledger, classes)
+    _check_requests(cfg, kind, protocol, prior_ledger, classes, model)
     model = model.to(device)
-    if cfg.eval.other_data and "zero_shot" not in model_capabilities(model):
-        raise ForgetkitError("eval.other_data needs a zero-shot model (a CLIP) that can classify other datasets' "
-                             "classes; remove it for this model")
     other_images = {}
     for other_cfg in cfg.eval.other_data:
         other = load_data(other_cfg)
         other_images[other.name] = other.test.with_preprocess(model.spec.preprocess)
     editor = Editor.create(cfg.method, kind, model, classes, protocol.eval_images, cfg.train, cfg.eval, cfg.seed,
-                           device, progress, other_images, ledger=prior_ledger, source=source)
+                           device, progress, other_images, ledger=prior_ledger, source=source)  # checks the method
     method = editor.method
     if cfg.eval.verify.enabled:
         editor.verifier = build_verifier(cfg.eval.verify, model, manifest, protocol, classes, cfg.seed, device,
@@ -218,6 +214,17 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
     write_outputs(out, results, config, kind)  # results.json last: the marker of a finished run
     shutil.rmtree(state.root, ignore_errors=True)  # the finished run needs no state (it can be a model's size)
     return results
+
+
+def _check_requests(cfg: RunConfig, kind, protocol: Protocol, ledger: list[dict], classes: list[str], model) -> None:
+    """What the run's inputs can only tell once the model and the data are loaded, checked before any work (the rest
+    is in engine/plan.py; the method's check of the model is :meth:`Editor.create`'s): every request against the
+    model's ledger, and the evaluation's other datasets against the model."""
+    for request in protocol.tasks:
+        kind.check(request, ledger, classes)
+    if cfg.eval.other_data and "zero_shot" not in model_capabilities(model):
+        raise ForgetkitError("eval.other_data needs a zero-shot model (a CLIP) that can classify other datasets' "
+                             "classes; remove it for this model")
 
 
 def _recorded_path(name: str, source: Path) -> str:
