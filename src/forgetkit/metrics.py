@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .runtime import inference_loader
+
 
 @dataclass
 class PerClass:
@@ -62,7 +64,7 @@ def evaluate_classes(model, dataset, device="cpu", batch_size: int = 256, margin
         return per_class(model.predict(dataset), dataset.targets, len(dataset.classes), batch_mean)
     was_training = model.training
     model.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = inference_loader(dataset, batch_size)
     preds, labels = [], []
     for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         logits = model(x.to(device), y.to(device) if margin else None)

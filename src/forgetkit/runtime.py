@@ -173,6 +173,12 @@ def process_state():
             torch.cuda.set_rng_state_all(cuda)
 
 
+def inference_loader(images, batch_size: int) -> torch.utils.data.DataLoader:
+    """The loader of every inference pass (evaluation, features, importance and prototype passes): the images in
+    order, unshuffled. One seam, where workers, pinned memory and a device prefetch plug in."""
+    return torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
+
+
 @torch.no_grad()
 def class_means(model: torch.nn.Module, images, classes: list[int], device, batch_size: int = 256) -> torch.Tensor:
     """The mean (un-normalised) embedding of each class's images, rows in ``classes`` order."""
@@ -180,7 +186,7 @@ def class_means(model: torch.nn.Module, images, classes: list[int], device, batc
     dim = model.spec.embed_dim
     sums = torch.zeros(max(classes) + 1 if classes else 0, dim, device=device)
     counts = torch.zeros(len(sums), device=device)
-    for x, y in torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False):
+    for x, y in inference_loader(images, batch_size):
         y = y.to(device)
         keep = y < len(sums)
         sums.index_add_(0, y[keep], model.embed(x.to(device))[keep])

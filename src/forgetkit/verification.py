@@ -42,7 +42,7 @@ from .engine.config import VerifyConfig
 from .errors import ForgetkitError
 from .models.checkpoint import fingerprint
 from .models.formats import load_checkpoint, resolve_model_path
-from .runtime import rng
+from .runtime import inference_loader, rng
 
 if TYPE_CHECKING:
     from .engine.plan import VerifyPlan
@@ -55,7 +55,7 @@ def outputs(model, images, device, batch_size: int = 256) -> dict[str, torch.Ten
     """Penultimate features, logits and labels of ``images`` (eval mode)."""
     model.eval()
     feats, logits, labels = [], [], []
-    for x, y in torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False):
+    for x, y in inference_loader(images, batch_size):
         emb = model.embed(x.to(device))
         feats.append(emb.cpu())
         logits.append(model.head(emb).cpu())
@@ -262,7 +262,7 @@ def retain_rebound(model, retained_shots, forget_held, cfg: VerifyConfig, device
 
 
 def _stack(images) -> tuple[torch.Tensor, torch.Tensor]:
-    return next(iter(torch.utils.data.DataLoader(images, batch_size=max(1, len(images)), shuffle=False)))
+    return next(iter(inference_loader(images, max(1, len(images)))))
 
 
 # ------------------------------------------------------------------------------------------------------ the suite
@@ -439,7 +439,7 @@ def _digest(subsets) -> str:
     """SHA-256 of the drawn images and labels: the same draws of the same data, whatever objects hold them."""
     digest = hashlib.sha256()
     for subset in subsets:
-        for x, y in torch.utils.data.DataLoader(subset, batch_size=512, shuffle=False):
+        for x, y in inference_loader(subset, 512):
             digest.update(x.contiguous().numpy().tobytes())
             digest.update(y.numpy().tobytes())
     return digest.hexdigest()

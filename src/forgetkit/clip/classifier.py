@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..data import LabeledImages, Preprocess
 from ..models.checkpoint import fingerprint
+from ..runtime import inference_loader
 from .model import ClipBundle, load_clip, save_clip
 from .names import NameList, shipped_names
 from .zeroshot import class_weights, projection, set_projection
@@ -85,7 +86,7 @@ class ZeroShotClassifier(torch.nn.Module):
         if key not in self._features:
             images.with_preprocess(self.bundle.preprocess)
             device = next(self.clip.parameters()).device
-            loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
+            loader = inference_loader(images, batch_size)
             was_training = self.training
             self.eval()
             self._features = {k: v for k, v in self._features.items() if k[2] == key[2]}  # drop a stale tower's

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import LabeledImages
+from ..runtime import inference_loader
 from .model import ClipBundle
 
 EVAL_TEMPLATE = "a photo of a {}."  # the paper's one template (its flower dataset adds ", a type of flower")
@@ -80,7 +81,7 @@ def image_features(bundle: ClipBundle, images: LabeledImages, batch_size: int = 
                    desc: str = "image features") -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised image embeddings and labels of a dataset (its preprocessing set to the CLIP's)."""
     images.with_preprocess(bundle.preprocess)
-    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
+    loader = inference_loader(images, batch_size)
     feats, labels = [], []
     for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
         feats.append(bundle.model.encode_image(x, normalize=True).float())

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ForgetkitError
-from ..runtime import rng
+from ..runtime import inference_loader, rng
 from .base import register_method
 from .configs import GSLoRAPPConfig
 from .gs_lora import GSLoRA
@@ -47,7 +47,7 @@ def class_prototypes(model, datasets, num_classes: int, device, batch_size: int 
     for dataset in datasets:
         if len(dataset) == 0:
             continue
-        for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+        for x, y in inference_loader(dataset, batch_size):
             emb = model.embed(x.to(device)).cpu()
             if sums is None:
                 sums = torch.zeros(num_classes, emb.shape[1])

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..errors import ForgetkitError
 from ..io import load_weights
 from ..losses import augmented_triplet_loss
+from ..runtime import inference_loader
 from .base import register_method
 from .incremental import FACTORS, LearnMethod, attach_kv_lora, detach_kv_lora, kv_deltas, stack_factors
 
@@ -118,7 +119,7 @@ class LoRASubDRS(LearnMethod):
             layer.covariance.zero_()
             layer.tokens = 0
         model.eval()
-        for x, _ in torch.utils.data.DataLoader(images, batch_size=256, shuffle=False):
+        for x, _ in inference_loader(images, 256):
             model.embed(x.to(self.device))
         projections, self.space_dims = {}, []
         for layer in self.layers:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ForgetkitError
-from ..runtime import BalancedBatchSampler, rng
+from ..runtime import BalancedBatchSampler, inference_loader, rng
 from .base import register_method
 from .finetune import FullFinetune
 
@@ -84,7 +84,7 @@ class ImportanceRegularised(FullFinetune):
             order = next(iter(BalancedBatchSampler(retain.targets, cap, rng(
                 self.ctx.seed, "importance_images", self.task.index))))
             images = retain.subset(torch.tensor(order))
-        loader = torch.utils.data.DataLoader(images, batch_size=self.ctx.batch_size)
+        loader = inference_loader(images, self.ctx.batch_size)
         for x, y in loader:
             yield x.to(self.ctx.device), y.to(self.ctx.device)
 
