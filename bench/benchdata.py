@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from forgetkit.requests import RequestRecord
+
 DATASETS = Path(__file__).parent / "datasets.yaml"
 
 
@@ -35,9 +37,9 @@ def deep_overrides(name: str | None) -> list[str]:
     return ["eval.verify.enabled=true", f"eval.verify.reference=[{', '.join(refs)}]"]
 
 
-def deep_row(task: dict) -> dict | None:
+def deep_row(request: RequestRecord) -> dict | None:
     """A request's deep checks as gaps to its reference (points; relearn steps side by side), or None."""
-    v = task.get("verify")
+    v = request.verify
     if not v or "reference" not in v:
         return None
     m, r = v["model"], v["reference"]

@@ -13,7 +13,6 @@ and its rank. ``--report-only`` rebuilds the table from finished runs.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from benchdata import dataset_overrides, deep_overrides, deep_row
@@ -21,6 +20,7 @@ from benchdata import dataset_overrides, deep_overrides, deep_row
 from forgetkit.bench import load_bench_spec, report_only, run_bench
 from forgetkit.io import write_text
 from forgetkit.report import fmt
+from forgetkit.requests import RunRecord
 
 
 def main() -> None:
@@ -98,25 +98,25 @@ def deep_report(out: Path, datasets: list[str], seeds: list[str], methods: list[
         names = methods or sorted({p.name for s in seeds for p in (out / dataset / f"seed{s}").iterdir()
                                    if (p / "results.json").is_file()})
         for name in names:
-            tasks = []
+            requests = []
             for seed in seeds:
                 path = out / dataset / f"seed{seed}" / name / "results.json"
                 if path.is_file():
-                    tasks += json.loads(path.read_text())["tasks"]
-            if not tasks:
+                    requests += RunRecord.read(path).requests
+            if not requests:
                 continue
-            rows = [r for r in (deep_row(t) for t in tasks) if r is not None]
+            rows = [r for r in (deep_row(t) for t in requests) if r is not None]
             relearn = [m is None or (r is not None and m >= r) for m, r in (row["relearn"] for row in rows)]
-            passed = sum(not t["verdict"].get("deep_failed", []) for t in tasks)
-            strict = sum(t["after"]["acc_f"] <= 2 and (t["after"]["acc_o"] or 0) <= 2 for t in tasks)
-            zeroed = _mean([t.get("groups_zeroed") for t in tasks])
-            size = _mean([t.get("edit_bytes") for t in tasks])
-            h = _mean([t["h_cumulative"] for t in tasks])
+            passed = sum(not t.verdict.get("deep_failed", []) for t in requests)
+            strict = sum(t.after["acc_f"] <= 2 and (t.after["acc_o"] or 0) <= 2 for t in requests)
+            zeroed = _mean([t.stats.get("groups_zeroed") for t in requests])
+            size = _mean([t.stats.get("edit_bytes") for t in requests])
+            h = _mean([t.h_cumulative for t in requests])
             gaps = {k: _mean([row[k] for row in rows]) for k in ("probe", "knn", "proto", "rebound")}
             front.setdefault(dataset, {})[name] = (h, gaps["probe"])
             lines.append(f"| {name} | {fmt(h)} | {fmt(gaps['probe'], 1)} | {fmt(gaps['knn'], 1)} | "
                          f"{fmt(gaps['proto'], 1)} | {fmt(gaps['rebound'], 1)} | "
-                         f"{sum(relearn)}/{len(relearn)} | {passed}/{len(tasks)} | {strict}/{len(tasks)} | "
+                         f"{sum(relearn)}/{len(relearn)} | {passed}/{len(requests)} | {strict}/{len(requests)} | "
                          f"{fmt(zeroed, 1)} | {fmt(size, 0)} |")
         lines.append("")
     fig, axes = new_figure(1, max(1, len(front)), figsize=(4.2 * max(1, len(front)), 3.8))

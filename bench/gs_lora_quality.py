@@ -17,7 +17,6 @@ Writes ``quality.md`` and ``quality.json`` next to the run's own outputs and exi
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -29,7 +28,7 @@ from benchdata import dataset_overrides
 import forgetkit as fk
 from forgetkit.io import write_json, write_text
 from forgetkit.methods.configs import resolved_method_config
-from forgetkit.report import fmt, task_label
+from forgetkit.report import fmt, request_label
 
 # the bar every dataset must meet with the default config (issue 10); the others are issue 2's, on the demo
 ISSUE_10_CHECKS = ("acc_f <= 2", "acc_o <= 2", "acc_r >= pre - 3")
@@ -37,22 +36,22 @@ ISSUE_10_CHECKS = ("acc_f <= 2", "acc_o <= 2", "acc_r >= pre - 3")
 
 def check(results: dict, alpha: float) -> list[dict]:
     rows = []
-    for t in results["tasks"]:
-        pre, after = t["pretrained"], t["after"]
+    for t in results.requests:
+        pre, after = t.pretrained, t.after
         h_max = 2 * pre["acc_f"] * pre["acc_r"] / (pre["acc_f"] + pre["acc_r"])
-        ratio = 100 * t["trainable_params"] / t["total_params"]
+        ratio = 100 * t.trainable_params / t.total_params
         checks = {
             "acc_f <= 2": after["acc_f"] <= 2,
             "acc_o <= 2": after["acc_o"] is None or after["acc_o"] <= 2,
             "acc_r >= pre - 3": after["acc_r"] >= pre["acc_r"] - 3,
-            "H >= 0.95 H_max": t["h_mean"] >= 0.95 * h_max,
+            "H >= 0.95 H_max": t.h_mean >= 0.95 * h_max,
             "trainable <= 5 %": ratio <= 5,
             "a group near zero": alpha == 0 or t.get("groups_zeroed", 0) >= 1,
         }
-        rows.append({"task": task_label(t), "h": t["h_mean"], "h_max": h_max, "acc_r": after["acc_r"],
+        rows.append({"task": request_label(t), "h": t.h_mean, "h_max": h_max, "acc_r": after["acc_r"],
                      "acc_r_pre": pre["acc_r"], "acc_f": after["acc_f"], "acc_o": after["acc_o"],
                      "trainable_pct": ratio, "groups_zeroed": t.get("groups_zeroed"), "num_groups": t.get("num_groups"),
-                     "seconds": t["seconds"], "checks": checks})
+                     "seconds": t.seconds, "checks": checks})
     return rows
 
 
@@ -66,9 +65,9 @@ def main() -> int:
     parser.add_argument("--dataset", help="a dataset of bench/datasets.yaml (default: the config's own data)")
     args = parser.parse_args()
     if args.from_results:
-        results = json.loads((Path(args.from_results) / "results.json").read_text())
+        results = fk.RunRecord.read(args.from_results)
         cfg = fk.load_config(str(Path(args.from_results) / "config.yaml"))
-        wall = results["summary"]["seconds_total"]
+        wall = results.summary["seconds_total"]
         args.out = args.from_results
     else:
         cfg = fk.load_config(args.config, dataset_overrides(args.dataset, "test") + args.override
@@ -79,7 +78,7 @@ def main() -> int:
     alpha = resolved_method_config(cfg.method).get("alpha", 0.0)
     rows = check(results, alpha)
     names = list(rows[0]["checks"])
-    lines = [f"# GS-LoRA quality bar: {results['dataset']}, {results['setting']}", "",
+    lines = [f"# GS-LoRA quality bar: {results.dataset}, {results.setting}", "",
              "Command: `PYTHONPATH=bench .venv/bin/python bench/gs_lora_quality.py "
              + (f"--from-results {args.from_results}" if args.from_results else f"--config {args.config}")
              + (f" --dataset {args.dataset}" if args.dataset else "")
@@ -90,13 +89,13 @@ def main() -> int:
              + " | ".join(names) + " |", "|" + "---|" * (8 + len(names))]
     for r in rows:
         lines.append(
-            f"| {r['task']} | {fmt(r['h'])} ({fmt(r['h_max'])}) | {fmt(r['acc_r'])} ({fmt(r['acc_r_pre'])}) | "
+            f"| {r['request']} | {fmt(r['h'])} ({fmt(r['h_max'])}) | {fmt(r['acc_r'])} ({fmt(r['acc_r_pre'])}) | "
             f"{fmt(r['acc_f'])} | {fmt(r['acc_o'])} | {r['trainable_pct']:.2f} % | "
             f"{r['groups_zeroed']}/{r['num_groups']}"
             f" | {r['seconds']:.1f} | " + " | ".join("pass" if r["checks"][n] else "FAIL" for n in names) + " |")
     norms = ["", "Group norms per block (√Σ‖P‖², end of task):", ""]
-    for t in results["tasks"]:
-        norms.append(f"- {task_label(t)}: " + ", ".join(f"{k}: {v:.3g}" for k, v in t["group_norms"].items()))
+    for t in results.requests:
+        norms.append(f"- {request_label(t)}: " + ", ".join(f"{k}: {v:.3g}" for k, v in t.stats["group_norms"].items()))
     ok = all(all(r["checks"].values()) for r in rows)
     failed = sorted({n for r in rows for n, passed in r["checks"].items() if not passed})
     bar = not any(n in ISSUE_10_CHECKS for n in failed)

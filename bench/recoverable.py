@@ -43,9 +43,9 @@ def run(overrides: list[str]) -> dict:
     return fk.run_requests(fk.load_config("demo", overrides), progress=False, overwrite=True)
 
 
-def lirf_row(task: dict, reference: dict) -> dict:
+def lirf_row(request: dict, reference: dict) -> dict:
     """Dep/Pre/Avg Acc of one request's results (forget or restore), F against T0 (``reference``)."""
-    after = task["after"]
+    after = request.after
     dep = after["acc_f"] if "acc_f" in after else after["acc_restored"]
     return {"dep": dep, "pre": after["acc_r"], "avg": after["acc_all"], "f": reference["dep"] - dep}
 
@@ -67,28 +67,28 @@ def main() -> None:
             root = Path(args.out) / dataset / way
             lr = [f"train.lr={LRS[way]}"] if way in LRS else []
             print(f"[recoverable] {dataset} {way}: forget ...", flush=True)
-            forgot = run(data + ["protocol.num_tasks=1", f"method={{name: {forget_method}}}", *lr,
+            forgot = run(data + ["protocol.num_requests=1", f"method={{name: {forget_method}}}", *lr,
                                  f"output_dir={root / 'forget'}", f"model_dir={root / 'forget'}", "kind=forget",
                                  *args.override])
-            task = forgot["tasks"][0]
-            t0 = {"dep": task["pretrained"]["acc_f"], "pre": task["pretrained"]["acc_r"],
-                  "avg": task["pretrained"]["acc_all"], "f": 0.0}
-            edit_dir = root / "forget" / task["edit"]["path"] if task.get("edit") else None
+            request = forgot.requests[0]
+            t0 = {"dep": request.pretrained["acc_f"], "pre": request.pretrained["acc_r"],
+                  "avg": request.pretrained["acc_all"], "f": 0.0}
+            edit_dir = root / "forget" / request.edit["path"] if request.edit else None
             kept = (folder_bytes(edit_dir, ("deposit.safetensors", "deposit.json")) if back == "withdraw"
                     else folder_bytes(edit_dir) if edit_dir else None)
-            after_forget = lirf_row(task, t0)
+            after_forget = lirf_row(request, t0)
             after_forget["h"] = h_mean(t0["dep"], after_forget["dep"], after_forget["pre"])
             if back is None:  # the way back of Retrain is the model trained on everything: T0 itself
                 after_back, back_seconds = dict(t0), None
             else:
                 print(f"[recoverable] {dataset} {way}: {back} ...", flush=True)
                 restored = run(data + [f"model={root / 'forget'}", "kind=restore", f"method={{name: {back}}}",
-                                       f"protocol.tasks={json.dumps([task['forget_classes']])}",
+                                       f"protocol.requests={json.dumps([request.classes])}",
                                        f"output_dir={root / 'back'}", f"model_dir={root / 'back'}"])
-                after_back, back_seconds = lirf_row(restored["tasks"][0], t0), restored["tasks"][0]["seconds"]
-            rows.append({"dataset": dataset, "way": way, "classes": task["forget_classes"], "t0": t0,
-                         "forget": after_forget, "forget_verdict": task["verdict"]["pass"],
-                         "back": after_back, "forget_seconds": task["seconds"], "back_seconds": back_seconds,
+                after_back, back_seconds = lirf_row(restored.requests[0], t0), restored.requests[0].seconds
+            rows.append({"dataset": dataset, "way": way, "classes": request.classes, "t0": t0,
+                         "forget": after_forget, "forget_verdict": request.passed,
+                         "back": after_back, "forget_seconds": request.seconds, "back_seconds": back_seconds,
                          "kept_bytes": kept})
     lines = [f"# Forget, then give back ({args.split} split, seed {args.seed})", "",
              "Dep Acc: the deposited (forgotten, then restored) classes; Pre Acc: the others; F: Dep Acc's drop from "

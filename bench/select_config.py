@@ -24,7 +24,7 @@ from gs_lora_quality import ISSUE_10_CHECKS, check
 import forgetkit as fk
 from forgetkit.io import write_text
 from forgetkit.methods.configs import resolved_method_config
-from forgetkit.report import fmt, task_label
+from forgetkit.report import fmt, request_label
 
 
 def parse_grid(items: list[str]) -> list[list[str]]:
@@ -78,25 +78,25 @@ def main() -> None:
                                  + [f"seed={seed}", f"output_dir={args.out}/run-{i}-{seed}"])
             results = fk.run_requests(cfg, progress=False, overwrite=True)
             checks = check(results, resolved_method_config(cfg.method).get("alpha", 0.0))
-            for t, row in zip(results["tasks"], checks):
-                a = t["after"]
-                zeroed = f"{t['groups_zeroed']}/{t['num_groups']}" if "groups_zeroed" in t else "–"
+            for t, row in zip(results.requests, checks):
+                a = t.after
+                zeroed = f"{t.stats['groups_zeroed']}/{t.stats['num_groups']}" if "groups_zeroed" in t.stats else "–"
                 failed = [k for k, ok in row["checks"].items() if not ok and k in ISSUE_10_CHECKS]
-                failures += [f"{k} ({task_label(t)}, seed {seed})" for k in failed]
-                lines.append(f"| {name} | {seed} | {task_label(t)} | {fmt(t['h_mean'])} | {fmt(t['h_cumulative'])} | "
-                             f"{fmt(a['acc_r'])} ({fmt(t['pretrained']['acc_r'])}) | {fmt(a['acc_f'])} | "
+                failures += [f"{k} ({request_label(t)}, seed {seed})" for k in failed]
+                lines.append(f"| {name} | {seed} | {request_label(t)} | {fmt(t.h_mean)} | {fmt(t.h_cumulative)} | "
+                             f"{fmt(a['acc_r'])} ({fmt(t.pretrained['acc_r'])}) | {fmt(a['acc_f'])} | "
                              f"{fmt(a['acc_o'])} | {fmt(a.get('acc_m'))} | {zeroed} | {', '.join(failed) or '–'} |")
                 d = deep_row(t)
                 if d is not None:
-                    deep_failed = t["verdict"]["deep_failed"]
+                    deep_failed = t.verdict["deep_failed"]
                     deep_lines.append(
-                        f"| {name} | {seed} | {task_label(t)} | {d['probe']:+.1f} | {d['knn']:+.1f} | "
+                        f"| {name} | {seed} | {request_label(t)} | {d['probe']:+.1f} | {d['knn']:+.1f} | "
                         f"{d['proto']:+.1f} | {d['relearn'][0] if d['relearn'][0] is not None else '> cap'} / "
                         f"{d['relearn'][1] if d['relearn'][1] is not None else '> cap'} | {d['rebound']:+.1f} | "
                         f"{'pass' if not deep_failed else f'{len(deep_failed)} missed'} |")
-            h.append(results["summary"]["h_mean_avg"])
-            h_cum.append(results["summary"]["h_cumulative_avg"])
-            print("\n".join(lines[-len(results['tasks']):]), flush=True)
+            h.append(results.summary["h_mean_avg"])
+            h_cum.append(results.summary["h_cumulative_avg"])
+            print("\n".join(lines[-len(results.requests):]), flush=True)
         summary.append(f"| {name} | {fmt(sum(h) / len(h))} | {fmt(sum(h_cum) / len(h_cum))} | "
                        f"{len(failures)}{': ' + '; '.join(failures) if failures else ''} |")
         print(summary[-1], flush=True)

@@ -30,7 +30,7 @@ GRID = {
     "der": [1e-3, 1e-4], "der_pp": [1e-3, 1e-4], "fdr": [1e-3, 1e-4],
     "scrub": [1e-4, 1e-3], "scrub_s": [1e-4, 1e-3], "lirf": [1e-4, 1e-3],
 }
-FIRST_TASK = ["protocol.num_tasks=1", "save_model=false"]
+FIRST_REQUEST = ["protocol.num_requests=1", "save_model=false"]
 
 
 def main() -> None:
@@ -49,13 +49,13 @@ def main() -> None:
         for lr in GRID[name]:
             hs = []
             for dataset in datasets:
-                overrides = dataset_overrides(dataset, "val") + FIRST_TASK + args.override + method_overrides(
+                overrides = dataset_overrides(dataset, "val") + FIRST_REQUEST + args.override + method_overrides(
                     base_method, name, {}) + [f"train.lr={lr}", f"output_dir={args.out}/{dataset}/{name}-{lr:g}"]
                 start = time.time()
-                task = fk.run_requests(fk.load_config(args.base, overrides), progress=False,
-                                         overwrite=True)["tasks"][0]
-                row = {"method": name, "lr": lr, "dataset": dataset, "h_mean": task["h_mean"],
-                       "acc_r": task["after"]["acc_r"], "acc_f": task["after"]["acc_f"],
+                request = fk.run_requests(fk.load_config(args.base, overrides), progress=False,
+                                          overwrite=True).requests[0]
+                row = {"method": name, "lr": lr, "dataset": dataset, "h_mean": request.h_mean,
+                       "acc_r": request.after["acc_r"], "acc_f": request.after["acc_f"],
                        "seconds": round(time.time() - start, 1)}
                 rows.append(row)
                 hs.append(row["h_mean"])

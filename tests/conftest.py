@@ -27,7 +27,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 def tiny_run_overrides(model_dir: Path, out: Path) -> list[str]:
-    return [f"model={model_dir}", "data.source=synthetic", "protocol.classes_per_request=2", "protocol.num_tasks=2",
+    return [f"model={model_dir}", "data.source=synthetic", "protocol.classes_per_request=2", "protocol.num_requests=2",
             "protocol.forget_ratio=1.0", "protocol.retain_ratio=0.5", "train.steps=48", "train.batch_size=16",
             "train.threads=1", "method.bnd=5", "method.alpha=0.01", "method.alpha_warmup_steps=8",
             f"output_dir={out}"]

@@ -23,14 +23,16 @@ def test_unlearn_takes_plain_datasets_and_keeps_a_ledger(tiny_model_dir):
     names, test = splits.classes, plain(splits.test, range(6))
     first = fk.unlearn(model, plain(splits.train, [0]), plain(splits.train, [1, 2, 3, 4, 5]), test, classes=names,
                        **TINY)
-    assert first.results["before"]["acc_f"] >= 50 and first.results["after"]["acc_f"] <= 5
-    assert first.results["verdict"]["pass"]
+    assert first.record.before["acc_f"] >= 50 and first.record.after["acc_f"] <= 5
+    assert first.record.passed
+    with pytest.warns(DeprecationWarning, match="Unlearned.record"):     # the old name, for one release
+        assert first.results == first.record.to_dict()
     assert first.ledger[0]["classes"] == [names[0]] and first.ledger[0]["kind"] == "forget"
     assert first.ledger[0]["fingerprint_after"] == fk.fingerprint(first.model)
     second = fk.unlearn(first.model, plain(splits.train, [1]), plain(splits.train, [2, 3, 4, 5]), test,
                         classes=names, ledger=first.ledger, **TINY)
-    assert second.results["index"] == 1 and second.results["old_classes"] == [names[0]]
-    assert second.results["after"]["acc_o"] <= 10  # the first request's class stays forgotten
+    assert second.record.index == 1 and second.record.old_classes == [names[0]]
+    assert second.record.after["acc_o"] <= 10  # the first request's class stays forgotten
     assert [e["classes"] for e in second.ledger] == [[names[0]], [names[1]]]
     with pytest.raises(fk.ForgetkitError, match="already forgotten by request 1"):
         fk.unlearn(second.model, plain(splits.train, [0]), plain(splits.train, [3]), test, classes=names,
@@ -62,7 +64,8 @@ def test_old_names_of_forgetkit_0_1_still_work_with_a_warning(monkeypatch):
     request = Request(0, "forget", [1, 2], [0], [])
     with pytest.warns(DeprecationWarning, match="Request.classes"):
         assert request.forget == [1, 2]
-    with pytest.warns(DeprecationWarning, match="Old.setup_task is deprecated.*name it setup"):
+    with (pytest.warns(DeprecationWarning, match="Old.setup_task is deprecated.*name it setup"),
+          pytest.warns(DeprecationWarning, match="Old.finish_task is deprecated.*name it finish")):
         class Old(Method):
             def setup_task(self, model, request, data):
                 return "set up"
@@ -70,3 +73,37 @@ def test_old_names_of_forgetkit_0_1_still_work_with_a_warning(monkeypatch):
             def finish_task(self):
                 return "finished"
     assert Old.setup is Old.__dict__["setup_task"] and Old.finish is Old.__dict__["finish_task"]
+
+
+def test_the_task_names_of_0_1_still_work_with_a_warning(monkeypatch):
+    """make_tasks, a kind's make_tasks, a method's task_stats and the API's tasks= keyword: deprecated aliases of the
+    request names, for one release."""
+    import forgetkit.api as api
+    from forgetkit.engine.config import ProtocolConfig
+    from forgetkit.methods.base import Method
+    from forgetkit.requests import RequestKind, make_requests, make_tasks
+
+    names = [str(i) for i in range(10)]
+    cfg = ProtocolConfig(classes_per_request=2, num_requests=2)
+    with pytest.warns(DeprecationWarning, match="make_tasks is deprecated.*make_requests"):
+        assert make_tasks(cfg, names) == make_requests(cfg, names)
+    with pytest.warns(DeprecationWarning, match="OldKind.make_tasks is deprecated"):
+        class OldKind(RequestKind):
+            def make_tasks(self, cfg, classes, forgotten, first_index, known=None):
+                return ["made"]
+    assert OldKind().make_requests(cfg, names, [], 0) == ["made"]
+    with pytest.warns(DeprecationWarning, match="OldStats.task_stats is deprecated.*request_stats"):
+        class OldStats(Method):
+            def task_stats(self):
+                return {"norm": 1.0}
+    assert OldStats.request_stats is OldStats.__dict__["task_stats"]
+
+    seen = {}
+    monkeypatch.setattr("forgetkit.engine.run.run_requests", lambda cfg, **kw: seen.setdefault("cfg", cfg))
+    with pytest.warns(DeprecationWarning, match="tasks= is deprecated.*requests="):
+        api.forget("builtin:fmnist_vit", tasks=[["Bag"]], output_dir="unused")
+    assert seen["cfg"].protocol.requests == [["Bag"]]
+    with pytest.raises(fk.ForgetkitError, match="one argument"), pytest.warns(DeprecationWarning):
+        api.forget("builtin:fmnist_vit", [["Bag"]], tasks=[["Coat"]])
+    with pytest.raises(fk.ForgetkitError, match="needs the classes of each request"):
+        api.forget("builtin:fmnist_vit")

@@ -4,6 +4,7 @@ import pytest
 from conftest import tiny_run_overrides
 
 from forgetkit.cli import main
+from forgetkit.requests import RunRecord
 
 
 def test_forget_command_runs_and_prints_table(tiny_model_dir, tmp_path, capsys):
@@ -25,7 +26,7 @@ def test_config_typo_is_one_clear_line(capsys):
 
 def test_unknown_class_in_a_request(tiny_model_dir, tmp_path, capsys):
     args = ["forget", "-c", "demo", "-q"]
-    for item in tiny_run_overrides(tiny_model_dir, tmp_path / "x") + ["protocol.tasks=[[class_9]]"]:
+    for item in tiny_run_overrides(tiny_model_dir, tmp_path / "x") + ["protocol.requests=[[class_9]]"]:
         args += ["-o", item]
     assert main(args) == 2
     assert "unknown class 'class_9'" in capsys.readouterr().err
@@ -59,8 +60,8 @@ def test_image_folder_pretrain_then_forget_by_name(tmp_path, capsys):
                         data={"source": "image_folder", "root": str(root)},
                         overrides=["protocol.forget_ratio=1.0", "protocol.retain_ratio=1.0", "train.steps=8",
                                    "train.batch_size=4"])
-    assert [t["forget_classes"] for t in results["tasks"]] == [["dog"], ["owl"]]
-    assert results["tasks"][1]["old_classes"] == ["dog"] and results["dataset"] == "imgs"
+    assert [t.classes for t in results.requests] == [["dog"], ["owl"]]
+    assert results.requests[1].old_classes == ["dog"] and results.dataset == "imgs"
 
 
 def test_import_weights_from_torchvision_pth(tmp_path, capsys):
@@ -179,8 +180,8 @@ def test_a_request_that_forgets_nothing_fails_loudly(tiny_model_dir, tmp_path, c
     err = capsys.readouterr().err
     assert "FAIL request 1" in err and "forgotten classes still at" in err
     assert "error: 2 of 2 requests missed their goal" in err and "train.steps=600" in err
-    results = json.loads((tmp_path / "weak" / "results.json").read_text())   # nothing lost: the run is saved
-    assert [t["verdict"]["pass"] for t in results["tasks"]] == [False, False]
+    results = RunRecord.read(tmp_path / "weak")   # nothing lost: the run is saved
+    assert [t.passed for t in results.requests] == [False, False]
     assert main(args + ["--overwrite", "--allow-fail"]) == 0
 
 
@@ -189,10 +190,10 @@ def test_a_request_that_reaches_its_goal_passes(tiny_model_dir, tmp_path):
     from forgetkit.requests import REQUEST_KINDS
 
     results = fk_run(tiny_model_dir, tmp_path)
-    assert all(t["verdict"] == {"pass": True, "failed": []} for t in results["tasks"])
+    assert all(t.verdict == {"pass": True, "failed": []} for t in results.requests)
     strict = EvalConfig(forget_threshold=5.0, max_retain_drop=0.0)       # the same numbers under a stricter bar
-    t = results["tasks"][0]
-    worse = {**t, "after": {**t["after"], "acc_r": t["before"]["acc_r"] - 0.5}}
+    t = results.requests[0]
+    worse = {**t.details, "after": {**t.after, "acc_r": t.before["acc_r"] - 0.5}}
     assert REQUEST_KINDS.get("forget")().verdict(worse, strict)["failed"][0].startswith("retained classes fell")
 
 

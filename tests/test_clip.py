@@ -241,7 +241,7 @@ def clip_run(tmp_path, names_file, **sections):
 
     synthetic = {"source": "synthetic", "num_classes": 6, "test_per_class": 10}
     cfg = {"model": str(tmp_path / "ckpt"), "data": synthetic,
-           "protocol": {"tasks": [["class_0"], ["class_0", "class_1", "class_2"]], "independent": True,
+           "protocol": {"requests": [["class_0"], ["class_0", "class_1", "class_2"]], "independent": True,
                         "forget_ratio": 0.2, "retain_ratio": 0.2},
            "method": {"name": "clip_text", "steps": 60, "names": str(names_file)},
            "eval": {"other_data": [{**synthetic, "seed": 1}]}, "save_model": False,
@@ -256,19 +256,19 @@ def test_text_forgetting_runs_through_the_shared_runner(tiny_clip, tmp_path, nam
 
     save_clip(tiny_clip, tmp_path / "ckpt")
     results = run_requests(clip_run(tmp_path, names_file), progress=False)
-    first, second = results["tasks"]
-    assert results["method"] == "clip_text" and second["forget_classes"] == ["class_0", "class_1", "class_2"]
+    first, second = results.requests
+    assert results.method == "clip_text" and second.classes == ["class_0", "class_1", "class_2"]
     # independent requests: each starts from the original CLIP, so both have the same "before"
-    assert first["before"]["acc_r"] is not None and first["per_class"]["before"] == second["per_class"]["before"]
-    for task in results["tasks"]:
+    assert first.before["acc_r"] is not None and first.per_class["before"] == second.per_class["before"]
+    for request in results.requests:
         for when in ("before", "after"):
-            assert set(task[when]) >= {"acc_f", "acc_r", "acc_other", "acc_other_per_dataset"}
-        assert "pass" in task["verdict"]
-    assert first["retain_names"] == ["second item", "widget", "class_0x"]
-    assert first["trainable_params"] == 5 * (tiny_clip.model.text_projection.shape[0]
+            assert set(getattr(request, when)) >= {"acc_f", "acc_r", "acc_other", "acc_other_per_dataset"}
+        assert "pass" in request.verdict
+    assert first.stats["retain_names"] == ["second item", "widget", "class_0x"]
+    assert first.trainable_params == 5 * (tiny_clip.model.text_projection.shape[0]
                                              + tiny_clip.model.text_projection.shape[1])
     assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "log.csv").is_file()
-    assert len(results["ledger"]) == 2 and results["ledger"][0]["method"] == "clip_text"
+    assert len(results.ledger) == 2 and results.ledger[0]["method"] == "clip_text"
 
 
 def test_a_clip_checkpoint_is_edited_saved_and_replayed(tiny_clip, tmp_path, names_file, tiny_model_dir):
@@ -278,21 +278,21 @@ def test_a_clip_checkpoint_is_edited_saved_and_replayed(tiny_clip, tmp_path, nam
     from forgetkit.engine import run_requests
 
     save_clip(tiny_clip, tmp_path / "ckpt")
-    cfg = clip_run(tmp_path, names_file, protocol={"tasks": [["class_0"], ["class_3"]], "independent": False},
+    cfg = clip_run(tmp_path, names_file, protocol={"requests": [["class_0"], ["class_3"]], "independent": False},
                    save_model=True)
     results = run_requests(cfg, progress=False)
-    assert results["tasks"][1]["old_classes"] == ["class_0"]
+    assert results.requests[1].old_classes == ["class_0"]
     ledger, manifest = fk.read_ledger(tmp_path / "run" / "model")
     assert [e["edit"]["type"] for e in ledger] == ["text_projection", "text_projection"]
     assert fk.fingerprint(fk.replay_ledger(tmp_path / "run" / "model")) == manifest["fingerprint"]
     with pytest.raises(ForgetkitError, match="no one edited model to save"):
         run_requests(clip_run(tmp_path, names_file, save_model=True), progress=False, overwrite=True)
     with pytest.raises(ForgetkitError, match="unknown class 'class_9'"):
-        run_requests(clip_run(tmp_path, names_file, protocol={"tasks": [["class_9"]]}), progress=False,
+        run_requests(clip_run(tmp_path, names_file, protocol={"requests": [["class_9"]]}), progress=False,
                        overwrite=True)
     with pytest.raises(ForgetkitError, match="clip_text needs a model with text_projection"):  # a ViT classifier
         run_requests(clip_run(tmp_path, names_file, model=str(tiny_model_dir), eval={"other_data": []},
-                                protocol={"tasks": [["class_0"]]}), progress=False, overwrite=True)
+                                protocol={"requests": [["class_0"]]}), progress=False, overwrite=True)
 
 
 def test_a_local_clip_weights_file_runs_through_the_runner(tiny_clip, tmp_path, names_file):
@@ -300,8 +300,8 @@ def test_a_local_clip_weights_file_runs_through_the_runner(tiny_clip, tmp_path, 
 
     torch.save(tiny_clip.model.state_dict(), tmp_path / "clip.pth")
     cfg = clip_run(tmp_path, names_file, model=str(tmp_path / "clip.pth"), model_arch="clip_test",
-                   protocol={"tasks": [["class_1"]]})
-    assert run_requests(cfg, progress=False)["tasks"][0]["forget_classes"] == ["class_1"]
+                   protocol={"requests": [["class_1"]]})
+    assert run_requests(cfg, progress=False).requests[0].classes == ["class_1"]
     cfg.save_model, cfg.protocol.independent = True, False
     with pytest.raises(ForgetkitError, match="weights file.*save_model: false"):
         run_requests(cfg, progress=False, overwrite=True)
@@ -313,14 +313,14 @@ def test_gs_lora_edits_the_image_tower_of_a_zero_shot_classifier(tiny_clip, tmp_
 
     save_clip(tiny_clip, tmp_path / "ckpt")
     cfg = clip_run(tmp_path, names_file, method={"name": "gs_lora", "lora": {"rank": 2}, "alpha": 0.0},
-                   train={"steps": 8, "batch_size": 8}, protocol={"tasks": [["class_0"]]})
+                   train={"steps": 8, "batch_size": 8}, protocol={"requests": [["class_0"]]})
     results = run_requests(cfg, progress=False)
-    task = results["tasks"][0]
-    assert task["num_groups"] == 2 and task["forget_images"] == 12  # one lasso group per image-tower block
-    assert task["fingerprint_after"] != task["fingerprint_before"]
-    assert "acc_other" in task["after"]
+    request = results.requests[0]
+    assert request.stats["num_groups"] == 2 and request.forget_images == 12  # one lasso group per image-tower block
+    assert request.fingerprint_after != request.fingerprint_before
+    assert "acc_other" in request.after
     classifier = ZeroShotClassifier(tiny_clip, CLASSES)
-    assert fingerprint(classifier) == task["fingerprint_before"]   # the loaded CLIP was edited, not this one
+    assert fingerprint(classifier) == request.fingerprint_before   # the loaded CLIP was edited, not this one
 
 
 def test_clip_demo_command_and_alias(tiny_clip, tmp_path, names_file, capsys):
@@ -330,7 +330,7 @@ def test_clip_demo_command_and_alias(tiny_clip, tmp_path, names_file, capsys):
     synthetic = "{source: synthetic, num_classes: 6, test_per_class: 5}"
     args = ["clip-forget", "-c", "clip_demo", "-q", "--allow-fail", "-o", f"model={tmp_path / 'ckpt'}", "-o",
             f"data={synthetic}", "-o", "eval.other_data=[]", "-o", f"method.names={names_file}", "-o",
-            "protocol.tasks=[[class_2]]", "-o", "method.steps=20", "--out", str(tmp_path / "run")]
+            "protocol.requests=[[class_2]]", "-o", "method.steps=20", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     assert "| clip_text |" in capsys.readouterr().out
     assert main(args) == 2 and "already holds a finished run (results.json)" in capsys.readouterr().err

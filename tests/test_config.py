@@ -22,9 +22,9 @@ def test_unknown_method_key_and_method():
 
 
 def test_types_are_checked_and_overrides_parsed():
-    cfg = from_dict(RunConfig, apply_overrides({}, ["train.steps=3", "train.lr=1e-3", "protocol.tasks=[[a, b]]",
+    cfg = from_dict(RunConfig, apply_overrides({}, ["train.steps=3", "train.lr=1e-3", "protocol.requests=[[a, b]]",
                                                      "method.beta=[0.1, 0.2]"]))
-    assert cfg.train.steps == 3 and cfg.train.lr == 1e-3 and cfg.protocol.tasks == [["a", "b"]]
+    assert cfg.train.steps == 3 and cfg.train.lr == 1e-3 and cfg.protocol.requests == [["a", "b"]]
     assert resolved_method_config(cfg.method)["beta"] == [0.1, 0.2]
     with pytest.raises(ForgetkitError, match="train.steps must be an integer"):
         from_dict(RunConfig, {"train": {"steps": "many"}})
@@ -85,7 +85,7 @@ def test_choice_fields_list_their_choices_in_errors_and_in_the_config_listing():
 
 def test_a_renamed_key_is_read_with_a_warning_and_both_names_are_refused():
     with pytest.warns(FutureWarning, match="protocol.forget_per_task is deprecated.*protocol.classes_per_request"):
-        cfg = fk.load_config("demo", ["protocol.forget_per_task=3", "protocol.num_tasks=2"])
+        cfg = fk.load_config("demo", ["protocol.forget_per_task=3", "protocol.num_requests=2"])
     assert cfg.protocol.classes_per_request == 3
     from forgetkit.config import from_dict
     from forgetkit.engine.config import ProtocolConfig
@@ -94,3 +94,17 @@ def test_a_renamed_key_is_read_with_a_warning_and_both_names_are_refused():
         assert from_dict(ProtocolConfig, {"forget_per_task": 4}, "config.protocol").classes_per_request == 4
     with pytest.raises(ForgetkitError, match="are one setting"):
         from_dict(ProtocolConfig, {"forget_per_task": 4, "classes_per_request": 4}, "config.protocol")
+
+
+@pytest.mark.parametrize("old, new, value", [("num_tasks", "num_requests", 3), ("tasks", "requests", [["Bag"]])])
+def test_the_task_keys_of_0_1_are_read_as_request_keys(old, new, value):
+    from forgetkit.config import apply_overrides, from_dict
+    from forgetkit.engine.config import ProtocolConfig
+
+    with pytest.warns(FutureWarning, match=f"protocol.{old} is deprecated.*protocol.{new}"):
+        assert getattr(fk.load_config("demo", [f"protocol.{old}={value}"]).protocol, new) == value
+    with pytest.warns(FutureWarning):                      # a file of 0.1 with the old name
+        assert getattr(from_dict(ProtocolConfig, {old: value}, "config.protocol"), new) == value
+    # an override under the new name replaces the file's old-named setting instead of clashing with it
+    data = apply_overrides({"protocol": {old: value}}, [f"protocol.{new}={value}"])
+    assert data["protocol"] == {new: value}

@@ -129,10 +129,10 @@ def test_validation_holdout_is_fixed_nested_and_left_out_by_pretrain(tmp_path):
     assert len(held5) == 15 and torch.bincount(splits.train.targets[held5]).tolist() == [5, 5, 5]
     assert set(held5.tolist()) <= set(validation_holdout(splits.train.targets, 3, 8).tolist())  # nested
     for seed in (0, 1):  # a run's seed does not move the hold-out, and the run never trains on it
-        proto = Protocol(ProtocolConfig(num_tasks=1, classes_per_request=1, val_per_class=5, eval_split="val",
+        proto = Protocol(ProtocolConfig(num_requests=1, classes_per_request=1, val_per_class=5, eval_split="val",
                                         forget_ratio=1.0, retain_ratio=1.0), splits, seed=seed)
         assert torch.equal(torch.sort(proto.eval_images.indices).values, held5)
-        data = proto.task_data(proto.tasks[0])
+        data = proto.request_data(proto.requests[0])
         assert not set(data.forget.indices.tolist() + data.retain.indices.tolist()) & set(held5.tolist())
     _, info = pretrain(PretrainConfig(data=DataConfig(source="synthetic", num_classes=3, train_per_class=12),
                                       arch="vit_test", epochs=1, batch_size=4, val_per_class=5, threads=1,

@@ -70,7 +70,7 @@ def _train(method, module, forget, retain, steps=6):
 
 
 def test_the_update_leaves_every_retained_input_untouched(tiny_model_dir):
-    method, module, original, task, forget, retain = setup(tiny_model_dir, "fg_oriu")
+    method, module, original, request, forget, retain = setup(tiny_model_dir, "fg_oriu")
     losses = _train(method, module, forget, retain)
     assert float(losses["forget_subspace"].detach()) > 0
     for param, index, name, side in method.factors:
@@ -88,7 +88,7 @@ def test_the_update_leaves_every_retained_input_untouched(tiny_model_dir):
 
 
 def test_faithful_mode_projects_as_the_released_code(tiny_model_dir):
-    method, module, original, task, forget, retain = setup(tiny_model_dir, "fg_oriu", faithful=True)
+    method, module, original, request, forget, retain = setup(tiny_model_dir, "fg_oriu", faithful=True)
     g = {}
     for param, index, name, side in method.factors:
         g[(index, name, side)] = torch.randn(param.shape, generator=torch.Generator().manual_seed(index))
@@ -124,8 +124,8 @@ def test_a_tiny_fg_oriu_run_forgets(tiny_model_dir, tmp_path):
 
     cfg = fk.load_config(None, tiny_run_overrides(tiny_model_dir, tmp_path) + [
         # a 32-wide, 2-block toy: the 0.99 subspaces would leave LoRA almost no direction to move in
-        "method={name: fg_oriu, energy: 0.9}", "protocol.num_tasks=2", "train.steps=48"])
-    tasks = fk.run_requests(cfg, progress=False)["tasks"]
-    assert tasks[0]["before"]["acc_f"] >= 50
-    assert all(t["after"]["acc_f"] <= t["before"]["acc_f"] - 20 for t in tasks), [t["after"] for t in tasks]
-    assert set(tasks[1]["subspace_dims"]) == {"forget", "retain", "retain_inputs"}
+        "method={name: fg_oriu, energy: 0.9}", "protocol.num_requests=2", "train.steps=48"])
+    requests = fk.run_requests(cfg, progress=False).requests
+    assert requests[0].before["acc_f"] >= 50
+    assert all(t.after["acc_f"] <= t.before["acc_f"] - 20 for t in requests), [t.after for t in requests]
+    assert set(requests[1].stats["subspace_dims"]) == {"forget", "retain", "retain_inputs"}

@@ -17,6 +17,7 @@ from PIL import Image
 
 import forgetkit as fk
 from forgetkit.cli import main
+from forgetkit.requests import RunRecord
 
 QUICK = ["-q", "--allow-fail", "-o", "train.steps=8", "-o", "train.batch_size=8", "-o", "train.threads=1"]
 
@@ -50,8 +51,8 @@ def test_learn_from_a_folder_of_new_classes_keeps_every_class_the_model_knows(ti
     err = capsys.readouterr().err
     assert "6 class(es) the model knows are not in the data given" in err and "synthetic" in err
     assert known_classes(tmp_path / "m2" / "model") == [f"class_{i}" for i in range(6)] + ["alice", "bob"]
-    task = json.loads((tmp_path / "m2" / "results.json").read_text())["tasks"][0]
-    assert task["known_classes"] == [f"class_{i}" for i in range(6)] and task["after"]["acc_old"] > 50
+    request = RunRecord.read(tmp_path / "m2").requests[0]
+    assert request.details["known_classes"] == [f"class_{i}" for i in range(6)] and request.after["acc_old"] > 50
 
 
 def test_learn_on_a_model_that_forgot_classes_keeps_them_forgotten(tiny_model_dir, tmp_path):
@@ -62,8 +63,8 @@ def test_learn_on_a_model_that_forgot_classes_keeps_them_forgotten(tiny_model_di
     assert main(["learn", "--model", str(tmp_path / "m1"), "--root", str(folder), "--classes", "alice,bob",
                  "--out", str(tmp_path / "m2"), *QUICK]) in (0, 3)
     assert known_classes(tmp_path / "m2" / "model") == [f"class_{i}" for i in range(6)] + ["alice", "bob"]
-    task = json.loads((tmp_path / "m2" / "results.json").read_text())["tasks"][0]
-    assert task["old_classes"] == ["class_0"] and task["after"]["acc_o"] is not None
+    request = RunRecord.read(tmp_path / "m2").requests[0]
+    assert request.old_classes == ["class_0"] and request.after["acc_o"] is not None
     assert [e["kind"] for e in fk.read_ledger(tmp_path / "m2")[0]] == ["forget", "learn"]
 
 
@@ -103,10 +104,10 @@ def test_an_exact_undo_passes_even_after_a_poor_request(tiny_model_dir, tmp_path
                  "-q"]) == 0
     out = capsys.readouterr().out
     assert "PASS request 3" in out and "exact" in out
-    task = json.loads((tmp_path / "r" / "results.json").read_text())["tasks"][0]
+    request = RunRecord.read(tmp_path / "r").requests[0]
     ledger = fk.read_ledger(tmp_path / "m")[0]
-    assert task["exact"] and task["fingerprint_after"] == ledger[1]["fingerprint_before"]
-    assert task["reference"]["label"] == "the model before request 2"
+    assert request.details["exact"] and request.fingerprint_after == ledger[1]["fingerprint_before"]
+    assert request.details["reference"]["label"] == "the model before request 2"
 
 
 def test_an_approximate_restore_is_judged_against_the_model_before_the_request(tiny_model_dir, tmp_path):
@@ -114,11 +115,11 @@ def test_an_approximate_restore_is_judged_against_the_model_before_the_request(t
                  "--out", str(tmp_path / "m"), *QUICK]) in (0, 3)
     assert main(["restore", "--model", str(tmp_path / "m"), "--classes", "class_0", "--out", str(tmp_path / "r"),
                  "-q", "--allow-fail"]) in (0, 3)
-    task = json.loads((tmp_path / "r" / "results.json").read_text())["tasks"][0]
-    assert not task["exact"] and task["reference"]["label"] == "the model before request 1"
-    assert task["gap_to_reference"] == pytest.approx(task["reference"]["acc_restored"]
-                                                     - task["after"]["acc_restored"])
-    failed = " ".join(task["verdict"]["failed"])
+    request = RunRecord.read(tmp_path / "r").requests[0]
+    assert not request.details["exact"] and request.details["reference"]["label"] == "the model before request 1"
+    assert request.details["gap_to_reference"] == pytest.approx(request.details["reference"]["acc_restored"]
+                                                        - request.after["acc_restored"])
+    failed = " ".join(request.failed)
     assert "base model" not in failed  # the base is the second row, not the bar
 
 

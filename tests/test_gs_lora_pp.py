@@ -31,7 +31,7 @@ def test_prototype_distances_hand_computed():
 
 @pytest.mark.parametrize("distance", ["kl", "l2"])
 def test_push_and_pull_terms(tiny_model_dir, distance):
-    method, module, original, task, (xf, yf), (xr, yr) = setup(
+    method, module, original, request, (xf, yf), (xr, yr) = setup(
         tiny_model_dir, "gs_lora_pp", proto_forget_weight=[0.3], proto_retain_weight=[0.7], proto_bound=5.0,
         proto_distance=distance, alpha_warmup_steps=0, alpha=0.2, **PAPER_FORM)
     with torch.no_grad():
@@ -55,8 +55,8 @@ def test_push_and_pull_terms(tiny_model_dir, distance):
 
 
 def test_prototypes_come_from_the_start_of_task_model_not_a_random_one(tiny_model_dir):
-    method, module, original, task, *_ = setup(tiny_model_dir, "gs_lora_pp")
-    assert sorted(method.present.nonzero().flatten().tolist()) == sorted(task.classes + task.replay)
+    method, module, original, request, *_ = setup(tiny_model_dir, "gs_lora_pp")
+    assert sorted(method.present.nonzero().flatten().tolist()) == sorted(request.classes + request.replay)
     data = [method.data.forget, method.data.retain]
     expected, _ = class_prototypes(original, data, 6, "cpu")
     assert torch.allclose(method.prototypes, expected, atol=1e-5)
@@ -66,8 +66,8 @@ def test_prototypes_come_from_the_start_of_task_model_not_a_random_one(tiny_mode
 
 
 def test_ema_is_applied_to_the_merged_model(tiny_model_dir):
-    method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora_pp", ema_decay=0.5,
-                                                           ema_start_step=0)
+    method, module, original, request, forget, retain = setup(tiny_model_dir, "gs_lora_pp", ema_decay=0.5,
+                                                              ema_start_step=0)
     layers = method.lora_layers()
     name = next(iter(layers))
     deltas = []
@@ -92,26 +92,26 @@ def test_gs_lora_pp_end_to_end_with_missing_classes(tiny_model_dir, tmp_path):
     cfg = fk.load_config(None, tiny_run_overrides(tiny_model_dir, tmp_path) + [
         "method.name=gs_lora_pp", "protocol.missing=1", "method.proto_retain_weight=[0.01]"])
     results = fk.run_requests(cfg, progress=False)
-    for t in results["tasks"]:
-        assert t["missing_classes"] and "acc_m" in t["after"] and "acc_r_data" in t["after"]
-        assert t["after"]["acc_f"] <= 10
-    assert results["setting"] == "continual_1missing"
+    for t in results.requests:
+        assert t.missing_classes and "acc_m" in t.after and "acc_r_data" in t.after
+        assert t.after["acc_f"] <= 10
+    assert results.setting == "continual_1missing"
 
 
 def test_prototypes_average_a_seeded_sample_of_each_class(tiny_model_dir):
     from forgetkit.methods.gs_lora_pp import per_class_sample
     from forgetkit.runtime import rng
 
-    method, module, original, task, *_ = setup(tiny_model_dir, "gs_lora_pp", prototype_images=5)
+    method, module, original, request, *_ = setup(tiny_model_dir, "gs_lora_pp", prototype_images=5)
     retain = method.data.retain
     sample = per_class_sample(retain, 5, torch.Generator().manual_seed(0))
     counts = torch.bincount(sample.targets, minlength=6)
-    assert all(counts[c] == 5 for c in task.replay) and len(sample) == 5 * len(task.replay)
+    assert all(counts[c] == 5 for c in request.replay) and len(sample) == 5 * len(request.replay)
     again = per_class_sample(retain, 5, torch.Generator().manual_seed(0))
     assert torch.equal(sample.targets, again.targets) and torch.equal(sample.indices, again.indices)
     assert per_class_sample(retain, 0, torch.Generator()) is retain   # 0 = every image
     # the method's prototypes are the class means over such a sample, from the start-of-task model
-    gen = rng(0, "prototype_images", task.index)
+    gen = rng(0, "prototype_images", request.index)
     data = [per_class_sample(d, 5, gen) for d in (method.data.forget, retain)]
     expected, _ = class_prototypes(original, data, 6, "cpu")
     assert torch.allclose(method.prototypes, expected, atol=1e-5)

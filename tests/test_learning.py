@@ -13,6 +13,7 @@ from forgetkit.methods import MethodContext, build_method
 from forgetkit.methods.incremental import KVLoRA, attach_kv_lora, merge_kv, stack_factors, with_prototypes
 from forgetkit.methods.lora_sub_drs import ProjectedAdam, energy_basis
 from forgetkit.models.vit import PrototypeHead
+from forgetkit.requests import RunRecord
 from forgetkit.runtime import class_means
 
 LEARN = ["-q", "--allow-fail", "-o", "train.steps=12", "-o", "train.batch_size=16", "-o", "train.threads=1"]
@@ -186,8 +187,8 @@ def test_learn_forget_learn_on_one_model_keeps_one_ledger(tiny_model_dir, tmp_pa
     assert manifest["classes"] == [f"class_{i}" for i in range(8)]       # the six it knew, then the two new ones
     model, _ = fk.load_model(tmp_path / "l1")
     assert model.spec.head == "prototype" and model.head.prototypes.shape[0] == 8
-    first = json.loads((tmp_path / "l1" / "results.json").read_text())["tasks"][0]
-    assert first["known_classes"] == [f"class_{i}" for i in range(6)] and first["after"]["acc_new"] is not None
+    first = RunRecord.read(tmp_path / "l1").requests[0]
+    assert first.details["known_classes"] == [f"class_{i}" for i in range(6)] and first.after["acc_new"] is not None
     assert main(["forget", "--model", str(tmp_path / "l1"), "--classes", "class_6", "--out", str(tmp_path / "f"),
                  "-q", "--allow-fail", "-o", "train.steps=12", "-o", "train.threads=1"]) == 0
     assert main(["learn", "--model", str(tmp_path / "f"), "--classes", "class_8,class_9", "--out",
@@ -198,10 +199,10 @@ def test_learn_forget_learn_on_one_model_keeps_one_ledger(tiny_model_dir, tmp_pa
         ("learn", "lora_sub_drs", ["class_8", "class_9"])]
     assert manifest["classes"] == [f"class_{i}" for i in range(10)]
     assert fk.fingerprint(fk.replay_ledger(tmp_path / "l2")) == manifest["fingerprint"]
-    last = json.loads((tmp_path / "l2" / "results.json").read_text())["tasks"][0]
-    assert last["old_classes"] == ["class_6"] and "class_6" not in last["known_classes"]
-    assert last["drs_dims"]                               # the second learn request projects its updates
-    assert set(last["prototype_gap"]) == set(last["known_classes"] + last["learn_classes"])
+    last = RunRecord.read(tmp_path / "l2").requests[0]
+    assert last.old_classes == ["class_6"] and "class_6" not in last.details["known_classes"]
+    assert last.stats["drs_dims"]                               # the second learn request projects its updates
+    assert set(last.details["prototype_gap"]) == set(last.details["known_classes"] + last.classes)
     # learning a class the model knows, or one the data lacks: one line, exit 2
     capsys.readouterr()
     for classes, message in (("class_7", "already knows 'class_7'"), ("class_12", "unknown class 'class_12'")):
@@ -218,18 +219,19 @@ def test_every_learn_method_runs_a_two_task_protocol_from_a_backbone(method, tin
     out = tmp_path / method
     cfg = fk.load_config("cil", [f"model={tiny_model_dir}", "data.source=image_folder", f"data.root={tmp_path}/d",
                                  "data.classes=null",
-                                 f"method={{name: {method}}}", "protocol.classes_per_request=2", "protocol.num_tasks=2",
+                                 f"method={{name: {method}}}", "protocol.classes_per_request=2",
+                                 "protocol.num_requests=2",
                                  "train.steps=8", "train.batch_size=8", "train.threads=1", f"output_dir={out}"])
     from conftest import make_image_folder
 
     make_image_folder(tmp_path / "d", classes=("ant", "bee", "cow", "elk", "owl"), per_class=6, size=(16, 16),
                       mode="L")
     results = fk.run_requests(cfg, progress=False)
-    assert [len(t["learn_classes"]) for t in results["tasks"]] == [2, 2]
-    assert results["tasks"][0]["known_classes"] == [] and len(results["tasks"][1]["known_classes"]) == 2
-    s = results["summary"]
+    assert [len(t.classes) for t in results.requests] == [2, 2]
+    assert results.requests[0].details["known_classes"] == [] and len(results.requests[1].details["known_classes"]) == 2
+    s = results.summary
     assert len(s["accuracy_matrix"]) == 2 and s["accuracy_matrix"][0][1] is None
-    assert s["last_accuracy"] == results["tasks"][1]["after"]["acc_seen"] and s["forgetting"] is not None
+    assert s["last_accuracy"] == results.requests[1].after["acc_seen"] and s["forgetting"] is not None
     assert s["feature_drift"][0] is None and s["feature_drift"][1] is not None
     if method == "ncm":  # frozen features: the known classes' prototypes and embeddings do not move
         assert abs(s["feature_drift"][1]) < 1e-6
@@ -241,10 +243,10 @@ def test_every_learn_method_runs_a_two_task_protocol_from_a_backbone(method, tin
 def test_the_python_api_learns_like_the_command(tiny_model_dir, tmp_path):
     results = fk.learn(str(tiny_model_dir), [["class_7"], ["class_6"]], method="ncm", output_dir=str(tmp_path / "r"),
                        data={"source": "synthetic", "num_classes": 8}, train={"threads": 1}, progress=False)
-    assert [t["learn_classes"] for t in results["tasks"]] == [["class_7"], ["class_6"]]
+    assert [t.classes for t in results.requests] == [["class_7"], ["class_6"]]
     assert fk.read_ledger(tmp_path / "r" / "model")[1]["classes"] == [f"class_{i}" for i in range(6)] + [
         "class_7", "class_6"]                                    # in the order learnt: the model knows a prefix
-    assert results["tasks"][1]["trainable_params"] == 0         # NCM trains nothing
+    assert results.requests[1].trainable_params == 0         # NCM trains nothing
 
 
 def test_bench_compares_learn_runs_and_runs_variants_under_their_own_names(tiny_model_dir, tmp_path):
@@ -255,7 +257,7 @@ def test_bench_compares_learn_runs_and_runs_variants_under_their_own_names(tiny_
     make_image_folder(tmp_path / "d", classes=("ant", "bee", "cow", "elk"), per_class=6, size=(16, 16), mode="L")
     spec = BenchSpec(base="cil", output_dir=str(tmp_path / "b"),
                      overrides=[f"model={tiny_model_dir}", "data.source=image_folder", f"data.root={tmp_path}/d",
-                                "data.classes=null", "protocol.classes_per_request=2", "protocol.num_tasks=2",
+                                "data.classes=null", "protocol.classes_per_request=2", "protocol.num_requests=2",
                                 "train.steps=4", "train.batch_size=8", "train.threads=1"],
                      methods={"ncm": {}, "frozen": {"method": "ncm"}, "seq_lora": {}})
     rows = run_bench(spec, progress=False)
@@ -286,9 +288,9 @@ def test_a_learn_run_killed_after_a_request_resumes_to_the_same_results(tiny_mod
     extra += ["--resume"]
     resumed = learn(tmp_path / "run")
     assert resumed.returncode == 0, resumed.stderr
-    ref, run = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("ref", "run"))
-    assert [t["fingerprint_after"] for t in run["tasks"]] == [t["fingerprint_after"] for t in ref["tasks"]]
-    assert run["summary"]["accuracy_matrix"] == ref["summary"]["accuracy_matrix"]
+    ref, run = (RunRecord.read(tmp_path / name) for name in ("ref", "run"))
+    assert [t.fingerprint_after for t in run.requests] == [t.fingerprint_after for t in ref.requests]
+    assert run.summary["accuracy_matrix"] == ref.summary["accuracy_matrix"]
 
 
 def test_a_classifier_that_forgot_a_class_learns_without_bringing_it_back(tiny_model_dir, tmp_path):
@@ -302,5 +304,5 @@ def test_a_classifier_that_forgot_a_class_learns_without_bringing_it_back(tiny_m
     assert manifest["classes"] == [f"class_{i}" for i in range(7)]
     rows = model.head.prototypes.detach()
     assert rows[2].abs().sum() == 0 and (rows[[0, 1, 3, 4, 5, 6]].norm(dim=1) > 0).all()
-    task = json.loads((tmp_path / "l" / "results.json").read_text())["tasks"][0]
-    assert task["old_classes"] == ["class_2"] and "class_2" not in task["known_classes"]
+    request = RunRecord.read(tmp_path / "l").requests[0]
+    assert request.old_classes == ["class_2"] and "class_2" not in request.details["known_classes"]

@@ -73,7 +73,7 @@ def test_no_saved_checkpoint_applies_an_update_twice(tmp_path):
     peft_model, base = _trained_adapter()
     base_model = fk.create_model("vit_test", 4)
     base_model.load_state_dict(base)
-    save_adapter(peft_model, tmp_path / "adapter", fingerprint(base_model), task=0)
+    save_adapter(peft_model, tmp_path / "adapter", fingerprint(base_model), request=0)
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         expected = peft_model(x)

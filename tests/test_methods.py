@@ -41,16 +41,16 @@ def setup(tiny_model_dir, name, model=None, **cfg):
     """A method set up on a one-request protocol of the synthetic data (``model``: another vit_test-sized model)."""
     model = model if model is not None else fk.load_model(tiny_model_dir)[0]
     splits = fk.load_data(fk.DataConfig(source="synthetic")).with_preprocess(model.spec.preprocess)
-    proto = Protocol(ProtocolConfig(num_tasks=1, forget_ratio=0.5, retain_ratio=0.2), splits, seed=0)
-    task = proto.tasks[0]
+    proto = Protocol(ProtocolConfig(num_requests=1, forget_ratio=0.5, retain_ratio=0.2), splits, seed=0)
+    request = proto.requests[0]
     ctx = MethodContext(device=torch.device("cpu"), seed=0, num_classes=6, steps=16)
     method = build_method({"name": name, **cfg}, ctx)
     original = copy.deepcopy(model)
-    module = method.setup(model, task, proto.task_data(task))
-    data = proto.task_data(task)
+    module = method.setup(model, request, proto.request_data(request))
+    data = proto.request_data(request)
     forget = next(iter(torch.utils.data.DataLoader(data.forget, batch_size=8)))
     retain = next(iter(torch.utils.data.DataLoader(data.retain, batch_size=8)))
-    return method, module, original, task, forget, retain
+    return method, module, original, request, forget, retain
 
 
 def expected_trainable(name, module):
@@ -68,7 +68,7 @@ def expected_trainable(name, module):
 
 @pytest.mark.parametrize("name", VIT_METHODS)
 def test_one_step_changes_only_what_it_should(tiny_model_dir, name):
-    method, module, original, task, forget, retain = setup(tiny_model_dir, name)
+    method, module, original, request, forget, retain = setup(tiny_model_dir, name)
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     optimizer = method.make_optimizer(1e-3, 0.0)
     for _ in range(2):  # two steps: on the first, LoRA's A gets no gradient while B is still zero
@@ -104,8 +104,8 @@ def _replay_wrong(y, method):
 
 
 def test_gs_lora_loss_terms(tiny_model_dir):
-    method, module, _, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, "gs_lora", alpha_warmup_steps=0,
-                                                        alpha=0.3, bnd=20.0, beta=[0.5], **PAPER_FORM)
+    method, module, _, request, (xf, yf), (xr, yr) = setup(tiny_model_dir, "gs_lora", alpha_warmup_steps=0,
+                                                           alpha=0.3, bnd=20.0, beta=[0.5], **PAPER_FORM)
     with torch.no_grad():
         for n, p in module.named_parameters():
             if "lora_B" in n:
@@ -126,9 +126,9 @@ def test_gs_lora_loss_terms(tiny_model_dir):
 
 
 def test_gs_lora_proximal_lasso(tiny_model_dir):
-    method, module, _, _task, forget, retain = setup(tiny_model_dir, "gs_lora", alpha_warmup_steps=0,
-                                                     lasso_update="proximal", alpha=5.0,
-                                                     forgotten_mass_weight=0.0)
+    method, module, _, _request, forget, retain = setup(tiny_model_dir, "gs_lora", alpha_warmup_steps=0,
+                                                        lasso_update="proximal", alpha=5.0,
+                                                        forgotten_mass_weight=0.0)
     losses = method.training_step(batch(forget, retain), step=0)
     plain = method.beta * losses["forget"] + losses["retain"]
     assert torch.allclose(losses["loss"], plain) and losses["structure"] > 0   # the lasso is not in the loss
@@ -146,13 +146,13 @@ def test_gs_lora_proximal_lasso(tiny_model_dir):
 
 
 def test_gs_lora_forgotten_mass_term(tiny_model_dir):
-    method, module, _, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, "gs_lora", alpha=0.0, beta=[0.5],
-                                                        forgotten_mass_weight=2.0)
+    method, module, _, request, (xf, yf), (xr, yr) = setup(tiny_model_dir, "gs_lora", alpha=0.0, beta=[0.5],
+                                                           forgotten_mass_weight=2.0)
     perturb(module)
-    task.old = [task.retain[0]]           # as if a class had been forgotten by an earlier request
+    request.old = [request.retain[0]]           # as if a class had been forgotten by an earlier request
     losses = method.training_step(batch((xf, yf), (xr, yr)), step=0)
     p_forget_images = F.softmax(module(xf), dim=1)
-    mass = p_forget_images[:, task.classes + task.old].sum(dim=1)
+    mass = p_forget_images[:, request.classes + request.old].sum(dim=1)
     expected_mass = -torch.log(1 - mass).mean()
     assert torch.allclose(losses["forgotten_mass"], expected_mass, atol=1e-5)
     assert torch.allclose(losses["loss"], 0.5 * losses["forget"] + losses["retain"] + 2.0 * expected_mass, atol=1e-5)
@@ -162,7 +162,7 @@ def test_gs_lora_forgotten_mass_term(tiny_model_dir):
 
 @pytest.mark.parametrize("name", ["l2", "ewc", "mas"])
 def test_importance_penalty_terms(tiny_model_dir, name):
-    method, module, original, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, name, reg_lambda=2.0)
+    method, module, original, request, (xf, yf), (xr, yr) = setup(tiny_model_dir, name, reg_lambda=2.0)
     fix_labels(method)
     wrong = _replay_wrong(yf, method)
     theta0 = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
@@ -191,7 +191,7 @@ def test_wrong_labels_are_wrong_and_cover_all_classes(tiny_model_dir):
     wrong = method.wrong_labels(y)
     assert (wrong != 2).all() and set(wrong.tolist()) == {0, 1, 3, 4, 5}
     method.cfg.faithful_relabel = True  # the original's bug: only indices below K = number of forget classes
-    k = len(method.task.classes)
+    k = len(method.request.classes)
     assert set(method.wrong_labels(y).tolist()) <= set(range(k))
     low = torch.arange(k).repeat(500)  # true labels below K never keep their own label (the original's y + 1 fix)
     assert (method.wrong_labels(low) != low).all()
@@ -199,7 +199,7 @@ def test_wrong_labels_are_wrong_and_cover_all_classes(tiny_model_dir):
 
 def test_lwf_der_fdr_terms(tiny_model_dir):
     for name in ("lwf", "der", "der_pp", "fdr"):
-        method, module, original, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, name)
+        method, module, original, request, (xf, yf), (xr, yr) = setup(tiny_model_dir, name)
         fix_labels(method)
         wrong = _replay_wrong(yf, method)
         perturb(module)
@@ -224,7 +224,7 @@ def test_lwf_der_fdr_terms(tiny_model_dir):
 
 
 def test_scrub_passes(tiny_model_dir):
-    method, module, original, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, "scrub_s", smoothing=0.5)
+    method, module, original, request, (xf, yf), (xr, yr) = setup(tiny_model_dir, "scrub_s", smoothing=0.5)
     perturb(module)
     swa = method.swa
     smooth = sum((p - swa[n]).norm() for n, p in module.named_parameters() if p.requires_grad)
@@ -237,7 +237,7 @@ def test_scrub_passes(tiny_model_dir):
 
 
 def test_lirf_terms_use_the_real_class_indices(tiny_model_dir):
-    method, module, original, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, "lirf")
+    method, module, original, request, (xf, yf), (xr, yr) = setup(tiny_model_dir, "lirf")
     fix_labels(method)
     wrong = _replay_wrong(yf, method)
     perturb(module)
@@ -252,8 +252,8 @@ def test_lirf_terms_use_the_real_class_indices(tiny_model_dir):
         return (p * (p.log() - F.log_softmax(b[:, cols] / 10, 1))).sum(1).mean() * 100
 
     at = F.mse_loss(attention_map(module.lower(xf, 1)), attention_map(teacher.lower(xf, 1)))
-    expected = (0.9 * F.cross_entropy(s, wrong) - 300 * at + 10 * 0.1 * kl(t, s, task.retain)
-                + 0.05 * (0.1 * kl(t, d, task.classes) + 0.9 * F.cross_entropy(d, yf))
+    expected = (0.9 * F.cross_entropy(s, wrong) - 300 * at + 10 * 0.1 * kl(t, s, request.retain)
+                + 0.05 * (0.1 * kl(t, d, request.classes) + 0.9 * F.cross_entropy(d, yf))
                 + 5 * F.cross_entropy(module(xr), yr))
     assert torch.allclose(losses["loss"], expected, rtol=1e-4)
     optimizer = method.make_optimizer(1e-3, 0.0)
@@ -276,10 +276,10 @@ TOY_OVERRIDES = {"fdr": ["method.fdr_weight=1.0"], "fg_oriu": ["method.energy=0.
 @pytest.mark.parametrize("name", VIT_METHODS)
 def test_forgetting_happens_on_a_toy_task(tiny_model_dir, tmp_path, name):
     cfg = fk.load_config(None, tiny_run_overrides(tiny_model_dir, tmp_path) + [
-        f"method={{name: {name}}}", "protocol.num_tasks=1", "train.steps=48"] + TOY_OVERRIDES.get(name, []))
-    task = fk.run_requests(cfg, progress=False)["tasks"][0]
-    assert task["before"]["acc_f"] >= 50
-    assert task["after"]["acc_f"] <= task["before"]["acc_f"] - 20, task["after"]
+        f"method={{name: {name}}}", "protocol.num_requests=1", "train.steps=48"] + TOY_OVERRIDES.get(name, []))
+    request = fk.run_requests(cfg, progress=False).requests[0]
+    assert request.before["acc_f"] >= 50
+    assert request.after["acc_f"] <= request.before["acc_f"] - 20, request.after
 
 
 @pytest.fixture(scope="module")
@@ -302,15 +302,15 @@ def test_every_method_runs_on_an_image_folder(folder_model, tmp_path, name, requ
                         data={"source": "image_folder", "root": str(root)},
                         overrides=["protocol.forget_ratio=1.0", "protocol.retain_ratio=1.0", "train.steps=8",
                                    "train.batch_size=4"])
-    assert results["setting"] == ("continual" if len(requests) == 2 else "single_step")
-    assert [t["forget_classes"] for t in results["tasks"]] == requests
+    assert results.setting == ("continual" if len(requests) == 2 else "single_step")
+    assert [t.classes for t in results.requests] == requests
     if len(requests) == 2:
-        assert results["tasks"][1]["old_classes"] == ["bee"]
+        assert results.requests[1].old_classes == ["bee"]
     assert (tmp_path / "model" / "model.safetensors").is_file()
 
 
 def test_mas_importance_and_retrain_loss_by_hand(tiny_model_dir):
-    method, module, original, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, "mas")
+    method, module, original, request, (xf, yf), (xr, yr) = setup(tiny_model_dir, "mas")
     module.eval()
     batches = list(method.replay_batches())
     name0 = "backbone.blocks.1.mlp.fc2.weight"
@@ -364,8 +364,8 @@ def test_scrub_max_pass_applies_the_cosface_margin(tiny_model_dir):
 
 
 def test_lirf_cosface_margins_and_frozen_upper_half_in_eval_mode(tiny_model_dir):
-    method, module, original, task, (xf, yf), (xr, yr) = setup(tiny_model_dir, "lirf",
-                                                               model=cosface_model(drop_rate=0.3))
+    method, module, original, request, (xf, yf), (xr, yr) = setup(tiny_model_dir, "lirf",
+                                                                  model=cosface_model(drop_rate=0.3))
     split = method.split_at
     tokens = module.lower(xf, split)
     # the shared upper half has no dropout during training (the original keeps teacher_up in eval mode) ...
@@ -391,7 +391,7 @@ def test_importance_sees_every_retained_class(tiny_model_dir, name):
     (the old pass took the first batches of a class-sorted set, i.e. the lowest classes only)."""
     method, *_ = setup(tiny_model_dir, name, importance_images=8)
     seen = torch.cat([y for _, y in method.replay_batches()])
-    assert len(seen) == 8 and sorted(set(seen.tolist())) == sorted(method.task.replay)
+    assert len(seen) == 8 and sorted(set(seen.tolist())) == sorted(method.request.replay)
     method.cfg.importance_images = 0  # every replay image exactly once
     seen = torch.cat([y for _, y in method.replay_batches()])
     assert torch.equal(torch.sort(seen).values, torch.sort(method.data.retain.targets).values)
@@ -425,9 +425,9 @@ def test_lirf_recover_logits_take_deposited_columns_from_the_deposit_and_couple_
 def test_gs_lora_replay_logit_matching_is_on_by_default_only_when_retained_classes_lack_replay_data(tiny_model_dir):
     import dataclasses
 
-    method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora")
+    method, module, original, request, forget, retain = setup(tiny_model_dir, "gs_lora")
     assert method.replay_logit_weight == 0.0        # every retained class has replay data: off
-    missing = dataclasses.replace(task, missing=[task.retain[0]])
+    missing = dataclasses.replace(request, missing=[request.retain[0]])
     method.setup(original, missing, None)
     assert method.replay_logit_weight == 1.0        # a retained class without replay data: on
     optimizer = method.make_optimizer(1e-2, 0.0)
@@ -442,8 +442,8 @@ def test_gs_lora_replay_logit_matching_is_on_by_default_only_when_retained_class
 def test_gs_lora_forget_feature_term_moves_the_forgotten_class_means_onto_the_replay_centre(tiny_model_dir):
     from forgetkit.losses import class_mean_gap
 
-    method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora", forget_feature_weight=5.0,
-                                                           alpha=0.0, beta=[0.0], forgotten_mass_weight=0.0)
+    method, module, original, request, forget, retain = setup(tiny_model_dir, "gs_lora", forget_feature_weight=5.0,
+                                                              alpha=0.0, beta=[0.0], forgotten_mass_weight=0.0)
     inner = module.base_model.model
 
     def gap() -> float:
@@ -467,8 +467,8 @@ def test_gs_lora_forget_feature_term_moves_the_forgotten_class_means_onto_the_re
 def test_gs_lora_relabel_term_moves_forget_features_onto_their_nearest_retained_ones(tiny_model_dir):
     from forgetkit.losses import feature_relabel_loss
 
-    method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora", forget_relabel_weight=5.0,
-                                                           alpha=0.0, beta=[0.0], forgotten_mass_weight=0.0)
+    method, module, original, request, forget, retain = setup(tiny_model_dir, "gs_lora", forget_relabel_weight=5.0,
+                                                              alpha=0.0, beta=[0.0], forgotten_mass_weight=0.0)
     inner = module.base_model.model
     with torch.no_grad():   # the targets: the pre-request features of each forget image's nearest replay image
         before_f, before_r = original.embed(forget[0]), original.embed(retain[0])
@@ -495,7 +495,7 @@ def test_gs_lora_relabel_term_moves_forget_features_onto_their_nearest_retained_
 def test_lirf_eccv_trains_target_and_deposit_on_deposit_images_only(tiny_model_dir, tmp_path):
     from forgetkit.methods.lirf import load_deposit
 
-    method, module, original, task, forget, retain = setup(tiny_model_dir, "lirf_eccv")
+    method, module, original, request, forget, retain = setup(tiny_model_dir, "lirf_eccv")
     losses = method.training_step(batch(forget, retain), step=0)
     assert set(losses) >= {"kd_preserved", "forget", "kd_deposit", "recover", "loss"}
     losses["recover"].backward()                  # the coupling: L_re on z_R moves the target's lower half too
@@ -507,7 +507,7 @@ def test_lirf_eccv_trains_target_and_deposit_on_deposit_images_only(tiny_model_d
     # the deposit goes to disk with its target's fingerprints, and comes back only onto weights with its upper half
     assert method.save_edit(tmp_path) is False
     info, state = load_deposit(tmp_path, module)
-    assert info["classes"] == task.classes and info["split"] == method.split_at and set(state) == lower
+    assert info["classes"] == request.classes and info["split"] == method.split_at and set(state) == lower
     # T0 differs from the target in the lower half only (as a later LIRF request's target does): accepted
     assert load_deposit(tmp_path, original)[0] == info
     upper = next(p for n, p in original.named_parameters() if n not in lower)
@@ -524,7 +524,7 @@ def test_lirf_eccv_on_a_cosface_head_puts_the_margin_on_the_random_label_ce_only
     """At the start student and teacher are one network: the preserved-class distillation is zero, and the forget CE
     is the one of the margin-penalised logits (a margin on the distilled logits made the KD 5.15 here)."""
     model = cosface_model()
-    method, module, _, task, forget, _ = setup(tiny_model_dir, "lirf_eccv", model=model)
+    method, module, _, request, forget, _ = setup(tiny_model_dir, "lirf_eccv", model=model)
     losses = method.training_step(batch(forget, None), step=0)
     assert losses["kd_preserved"].item() == pytest.approx(0.0, abs=1e-5)
     assert losses["kd_deposit"].item() == pytest.approx(0.0, abs=1e-5)
@@ -548,7 +548,7 @@ def test_lirf_split_outside_the_backbone_is_refused(tiny_model_dir, split):
 
 
 def test_gs_lora_replay_logit_matching_compares_with_the_model_before_the_request(tiny_model_dir):
-    method, module, original, task, forget, retain = setup(tiny_model_dir, "gs_lora", replay_logit_weight=1.0)
+    method, module, original, request, forget, retain = setup(tiny_model_dir, "gs_lora", replay_logit_weight=1.0)
     optimizer = method.make_optimizer(1e-2, 0.0)
     first = method.step(batch(forget, retain), 0, optimizer)
     assert first["replay_logits"].item() == pytest.approx(0.0, abs=1e-10)   # LoRA's B = 0: the same logits

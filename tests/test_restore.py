@@ -1,11 +1,11 @@
 """Restore requests: undo gives forgotten classes back from the ledger's edits, exactly for the latest request."""
 
-import json
 
 import pytest
 
 import forgetkit as fk
 from forgetkit.cli import main
+from forgetkit.requests import RunRecord
 
 COMMON = ["-q", "--allow-fail", "-o", "train.steps=24", "-o", "train.threads=1", "-o", "protocol.retain_ratio=0.5",
           "-o", "method.bnd=5", "-o", "method.alpha=0.01", "-o", "method.alpha_warmup_steps=4"]
@@ -28,10 +28,10 @@ def test_undoing_the_latest_request_gives_the_model_before_it_bit_for_bit(two_re
     assert manifest["fingerprint"] == fk.read_ledger(root / "m1")[1]["fingerprint"]
     assert [(e["kind"], e["classes"]) for e in ledger] == [("forget", ["class_0"]), ("forget", ["class_1"]),
                                                            ("restore", ["class_1"])]
-    task = json.loads((root / "r" / "results.json").read_text())["tasks"][0]
-    assert task["exact_undo_of_requests"] == [2] and task["verdict"]["pass"]
-    assert task["after"]["acc_restored"] > task["before"]["acc_restored"] + 30
-    assert task["after"]["acc_o"] <= 5                       # class_0 stays forgotten
+    request = RunRecord.read(root / "r").requests[0]
+    assert request.stats["exact_undo_of_requests"] == [2] and request.passed
+    assert request.after["acc_restored"] > request.before["acc_restored"] + 30
+    assert request.after["acc_o"] <= 5                       # class_0 stays forgotten
     assert fk.fingerprint(fk.replay_ledger(root / "r")) == manifest["fingerprint"]  # the restore replays too
     # forget -> restore -> forget again
     assert main(["forget", "--model", str(root / "r"), "--classes", "class_1", "--out", str(root / "again"),
@@ -43,11 +43,11 @@ def test_undoing_an_earlier_lora_request_subtracts_its_update(two_requests):
     root = two_requests
     assert main(["restore", "--model", str(root / "m2"), "--classes", "class_0", "--out", str(root / "r"), "-q",
                  "--allow-fail"]) == 0
-    task = json.loads((root / "r" / "results.json").read_text())["tasks"][0]
-    assert task["exact_undo_of_requests"] == []              # approximate: request 2 was trained on top of it
-    assert task["after"]["acc_restored"] > task["before"]["acc_restored"] + 30
-    assert task["old_classes"] == ["class_1"]
-    assert "gap_to_base" in task and "pass" in task["verdict"]
+    request = RunRecord.read(root / "r").requests[0]
+    assert request.stats["exact_undo_of_requests"] == []     # approximate: request 2 was trained on top of it
+    assert request.after["acc_restored"] > request.before["acc_restored"] + 30
+    assert request.old_classes == ["class_1"]
+    assert "gap_to_base" in request.details and "pass" in request.verdict
 
 
 def test_restore_refusals_are_one_line_and_write_nothing(two_requests, capsys):
@@ -85,8 +85,8 @@ def test_lirf_withdrawal_builds_the_recover_net_from_the_stored_deposit(tiny_mod
     assert [(e["kind"], e["method"], e["edit"]["type"]) for e in ledger] == [
         ("forget", "lirf_eccv", "weights"), ("restore", "withdraw", "withdrawal")]
     assert fk.fingerprint(fk.replay_ledger(tmp_path / "r")) == manifest["fingerprint"]
-    task = json.loads((tmp_path / "r" / "results.json").read_text())["tasks"][0]
-    assert task["trainable_params"] == 0 and "pass" in task["verdict"]
+    request = RunRecord.read(tmp_path / "r").requests[0]
+    assert request.trainable_params == 0 and "pass" in request.verdict
     # no deposit, or a deposit whose target later requests changed: refused with one line, nothing written
     common = ["-q", "-o", "train.steps=4", "-o", "train.threads=1"]
     assert main(["forget", "--model", str(tmp_path / "t"), "--classes", "class_3", "--out", str(tmp_path / "t2"),
@@ -123,8 +123,8 @@ def test_successive_lirf_deposits_are_each_withdrawable_on_their_own(tiny_model_
                  *lirf]) == 0
     assert main(["restore", "--model", str(tmp_path / "t2"), "--classes", "class_2", "--out", str(tmp_path / "r1"),
                  *withdraw]) == 0
-    first = json.loads((tmp_path / "r1" / "results.json").read_text())["tasks"][0]
-    assert first["restore_classes"] == ["class_2"] and first["old_classes"] == ["class_3"]
+    first = RunRecord.read(tmp_path / "r1").requests[0]
+    assert first.classes == ["class_2"] and first.old_classes == ["class_3"]
     assert main(["restore", "--model", str(tmp_path / "r1"), "--classes", "class_3", "--out", str(tmp_path / "r2"),
                  *withdraw]) == 0
     ledger, manifest = fk.read_ledger(tmp_path / "r2")
@@ -182,8 +182,8 @@ def test_a_withdrawn_deposit_can_be_forgotten_again_and_withdrawn_again(tiny_mod
     assert manifest["fingerprint"] == fk.read_ledger(tmp_path / "t")[1]["fingerprint"]   # the target again
     assert [(e["kind"], e["method"]) for e in ledger] == [
         ("forget", "lirf_eccv"), ("restore", "withdraw"), ("forget", "redeposit")]
-    task = json.loads((tmp_path / "again" / "results.json").read_text())["tasks"][0]
-    assert task["trainable_params"] == 0 and task["after"]["acc_f"] < task["before"]["acc_f"]
+    request = RunRecord.read(tmp_path / "again").requests[0]
+    assert request.trainable_params == 0 and request.after["acc_f"] < request.before["acc_f"]
     assert fk.fingerprint(fk.replay_ledger(tmp_path / "again")) == manifest["fingerprint"]
     assert main(["restore", "--model", str(tmp_path / "again"), "--classes", "class_2", "--method", "withdraw",
                  "--out", str(tmp_path / "r2"), "-q", "--allow-fail"]) == 0

@@ -12,6 +12,7 @@ from conftest import SYNTH
 
 import forgetkit as fk
 from forgetkit.io import load_weights, save_weights
+from forgetkit.requests import RunRecord
 
 TIMING = {"seconds", "seconds_total", "time"}
 
@@ -19,7 +20,7 @@ TIMING = {"seconds", "seconds_total", "time"}
 def four_requests(model_dir: Path, out: Path, **extra) -> Path:
     """A 4-request run on the tiny model (one class per request), as a config file."""
     cfg = {"model": str(model_dir), "data": SYNTH, "output_dir": str(out),
-           "protocol": {"classes_per_request": 1, "num_tasks": 4, "retain_ratio": 0.5},
+           "protocol": {"classes_per_request": 1, "num_requests": 4, "retain_ratio": 0.5},
            "method": {"name": "gs_lora", "bnd": 5, "alpha": 0.01, "alpha_warmup_steps": 4},
            "train": {"steps": 12, "batch_size": 16, "threads": 1, "log_every": 2}, **extra}
     path = out.parent / f"{out.name}.yaml"
@@ -91,7 +92,7 @@ def test_killed_three_times_then_resumed_equals_an_uninterrupted_run(tiny_model_
     # a finished run: --resume with the same config does nothing; with another request it is refused, by name
     same = forget(config, "--resume")
     assert same.returncode == 0 and "nothing to do" in same.stdout
-    other = forget(config, "--resume", "-o", "protocol.classes_per_request=2", "-o", "protocol.num_tasks=2")
+    other = forget(config, "--resume", "-o", "protocol.classes_per_request=2", "-o", "protocol.num_requests=2")
     assert other.returncode == 2 and "protocol.classes_per_request: 1 then, 2 now" in other.stderr
     assert json.loads((out / "results.json").read_text()) == got
 
@@ -148,13 +149,13 @@ def test_ledger_replays_to_the_final_weights_and_chains_across_checkpoints(tiny_
     assert main(["ledger", str(tmp_path / "m3"), "--verify"]) == 0
     shown = capsys.readouterr().out
     assert "| 3 | forget | class_3 | l2 |" in shown and "verified: the 3 edits replay" in shown
-    results = json.loads((tmp_path / "m3" / "results.json").read_text())
-    assert results["tasks"][0]["old_classes"] == ["class_0", "class_1", "class_2"]  # from the ledger
-    assert "class_0" not in results["tasks"][0]["retain_classes"]  # never replayed once forgotten
+    results = RunRecord.read(tmp_path / "m3")
+    assert results.requests[0].old_classes == ["class_0", "class_1", "class_2"]  # from the ledger
+    assert "class_0" not in results.requests[0].retain_classes  # never replayed once forgotten
     # cumulative H keeps the base model as its reference: class_0's drop counts in full two commands later
-    first = json.loads((tmp_path / "m2" / "results.json").read_text())
-    assert results["pretrained"]["per_class"] == first["pretrained"]["per_class"]
-    assert results["tasks"][0]["pretrained"]["acc_f_all"] > 50
+    first = RunRecord.read(tmp_path / "m2")
+    assert results.pretrained["per_class"] == first.pretrained["per_class"]
+    assert results.requests[0].pretrained["acc_f_all"] > 50
     # a tampered edit is caught by the replay
     edit = tmp_path / "m3" / "model" / ledger[2]["edit"]["path"] / "model.safetensors"
     state = load_weights(edit)
@@ -209,8 +210,8 @@ def test_requests_one_command_at_a_time_equal_the_same_requests_in_one_protocol(
                  *common]) == 0
     assert main(["forget", "--model", str(tmp_path / "one"), "--classes", "class_1", "--out", str(tmp_path / "two"),
                  *common]) == 0
-    together = json.loads((tmp_path / "together" / "results.json").read_text())["tasks"][1]
-    apart = json.loads((tmp_path / "two" / "results.json").read_text())["tasks"][0]
+    together = RunRecord.read(tmp_path / "together").requests[1].to_dict()
+    apart = RunRecord.read(tmp_path / "two").requests[0].to_dict()
     for key in ("index", "old_classes", "retain_classes", "after", "h_mean", "h_cumulative", "fingerprint_before",
                 "fingerprint_after", "loss_start" if "loss_start" in apart else "group_norms"):
         assert apart[key] == together[key], key

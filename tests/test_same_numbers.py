@@ -14,10 +14,10 @@ PINNED = {"acc_f": 0.0, "acc_r": 87.9125, "h_mean": 92.00630380261642,
 
 
 def test_the_demo_first_request_gives_the_pinned_numbers(tmp_path):
-    cfg = fk.load_config("demo", ["protocol.num_tasks=1", "train.threads=1", "save_model=false",
+    cfg = fk.load_config("demo", ["protocol.num_requests=1", "train.threads=1", "save_model=false",
                                   f"output_dir={tmp_path / 'demo'}"])
     results = fk.run_requests(cfg, progress=False)
-    task = results["tasks"][0]
-    assert task["classes"] == ["Bag", "Ankle boot"] and results["pretrained"]["acc"] == pytest.approx(89.84)
-    assert {"acc_f": task["after"]["acc_f"], "acc_r": task["after"]["acc_r"], "h_mean": task["h_mean"],
-            "fingerprint_before": task["fingerprint_before"], "fingerprint_after": task["fingerprint_after"]} == PINNED
+    request = results.requests[0]
+    assert request.classes == ["Bag", "Ankle boot"] and results.pretrained["acc"] == pytest.approx(89.84)
+    assert {"acc_f": request.after["acc_f"], "acc_r": request.after["acc_r"], "h_mean": request.h_mean,
+            "fingerprint_before": request.fingerprint_before, "fingerprint_after": request.fingerprint_after} == PINNED

@@ -2,6 +2,7 @@
 
 import copy
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 import forgetkit as fk
 from forgetkit.cli import main
+from forgetkit.requests import RunRecord
 from forgetkit.verification import (
     Verifier,
     VerifyConfig,
@@ -236,8 +238,8 @@ def test_verify_command_and_run_option_on_a_forgotten_checkpoint(tiny_model_dir,
            *[a for o in fast for a in ("-o", f"eval.verify.{o}")]]
     assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_0", "--out", str(tmp_path / "m"),
                  *run]) == 0
-    task = json.loads((tmp_path / "m" / "results.json").read_text())["tasks"][0]
-    assert set(task["verify"]) >= {"model", "pretrained", "relearn_target"}
+    request = RunRecord.read(tmp_path / "m").requests[0]
+    assert set(request.verify) >= {"model", "pretrained", "relearn_target"}
     assert "Verification after request 1" in (tmp_path / "m" / "report.md").read_text()
     capsys.readouterr()
     # the pre-trained model as the "reference" knows the forgotten class: refused in one line
@@ -262,7 +264,7 @@ def test_verify_command_and_run_option_on_a_forgotten_checkpoint(tiny_model_dir,
         fk.verify(str(tmp_path / "m"), out=str(tmp_path / "api"), overrides=fast)
     restored = fk.restore(str(tmp_path / "m"), [["class_0"]], output_dir=str(tmp_path / "r"), progress=False,
                           overrides=["train.threads=1"])
-    assert restored["kind"] == "restore" and restored["tasks"][0]["verdict"]["pass"]
+    assert restored.kind == "restore" and restored.requests[0].passed
 
 
 def test_bench_puts_every_method_s_checks_beside_the_pretrained_and_reference_rows(tiny):
@@ -271,11 +273,13 @@ def test_bench_puts_every_method_s_checks_beside_the_pretrained_and_reference_ro
     model, data = tiny
     verify = Verifier(FAST, data.train, data.test, 0, torch.device("cpu"), model, reference=model)(
         NoiseFeatures(model), [0], [1, 2, 3, 4, 5])
-    lines = verification_section({"gs_lora": {"tasks": [{"verify": verify}]},
-                                  "l2": {"tasks": [{}, {"verify": verify}]}})
+    def run(*verified):    # what verification_section reads of a RunRecord: each request's verify
+        return SimpleNamespace(requests=[SimpleNamespace(verify=v) for v in verified])
+
+    lines = verification_section({"gs_lora": run(verify), "l2": run(None, verify)})
     names = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "---" not in line][1:]
     assert names == ["gs_lora", "l2", "pretrained", "reference"]
-    assert verification_section({"gs_lora": {"tasks": [{}]}}) == []
+    assert verification_section({"gs_lora": run(None)}) == []
 
 
 def test_confidence_features_stay_finite_on_saturated_outputs():

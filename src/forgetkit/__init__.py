@@ -2,7 +2,7 @@
 
 Example:
     >>> import forgetkit as fk
-    >>> results = fk.run_requests(fk.load_config("demo"))
+    >>> run = fk.run_requests(fk.load_config("demo"))     # a RunRecord: run.requests, run.summary, run.passed
 
 Names are imported on first use (PEP 562), so ``import forgetkit`` and ``forgetkit --help`` do not load torch.
 """
@@ -29,8 +29,9 @@ _EXPORTS = {
     "LoRASettings": "models.lora_config", "add_lora": "models.lora", "apply_adapter": "models.lora",
     "merge_lora": "models.lora",
     "PretrainConfig": "engine.config", "pretrain": "pretraining",
-    "ProtocolConfig": "engine.config", "class_order": "requests.protocol", "make_tasks": "requests.protocol",
-    "REQUEST_KINDS": "requests", "Request": "requests",
+    "ProtocolConfig": "engine.config", "class_order": "requests.protocol", "make_requests": "requests.protocol",
+    "make_tasks": "requests.protocol",
+    "REQUEST_KINDS": "requests", "Request": "requests", "RequestRecord": "requests", "RunRecord": "requests",
 }
 __all__ = sorted(_EXPORTS)
 

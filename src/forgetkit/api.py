@@ -3,8 +3,9 @@
 Example:
     >>> import forgetkit as fk
     >>> cfg = fk.load_config("demo", ["train.steps=100"])          # a packaged config or a YAML path
-    >>> results = fk.run_requests(cfg)                            # writes results.json, report.md, plots
-    >>> results = fk.forget("builtin:fmnist_vit", [["Sandal", "Bag"]], output_dir="runs/no-bags")
+    >>> run = fk.run_requests(cfg)                                # writes results.json, report.md, plots
+    >>> run = fk.forget("builtin:fmnist_vit", [["Sandal", "Bag"]], output_dir="runs/no-bags")
+    >>> run.requests[0].after["acc_f"], run.summary["h_cumulative_avg"], run.passed   # a RunRecord
     >>> edited = fk.unlearn(model, forget_set, retain_set, test_set, classes=names)   # in memory, no files
     >>> fk.restore("runs/no-bags", [["Bag"]])                     # give Bag back (undo: exact for the latest)
     >>> fk.verify("runs/no-bags", reference="checkpoints/no_bags_ref")["verdict"]
@@ -12,12 +13,14 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import apply_overrides, from_dict, read_yaml
 from .engine.config import RunConfig
 from .errors import ForgetkitError
+from .requests.base import RequestRecord, RunRecord
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -59,13 +62,15 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | N
     return from_dict(cls, apply_overrides(data, overrides or []))
 
 
-def forget(model: str, tasks: list[list[str]], *, method: str | dict = "gs_lora", output_dir: str = "runs/forget",
-           overrides: list[str] | None = None, progress: bool = True, overwrite: bool = False, **sections) -> dict:
-    """Forget the named classes (one list per request) from ``model`` and return the results dict.
+def forget(model: str, requests: list[list[str]] | None = None, *, method: str | dict = "gs_lora",
+           output_dir: str = "runs/forget", overrides: list[str] | None = None, progress: bool = True,
+           overwrite: bool = False, **sections) -> RunRecord:
+    """Forget the named classes (one list per request) from ``model``; returns the run's record.
 
     Args:
         model: a checkpoint (folder, run folder, ``model.safetensors`` or ``builtin:NAME``).
-        tasks: the classes of each request, by name.
+        requests: the classes of each request, by name (``tasks=``, its name in forgetkit 0.1, still works, with a
+            warning).
         method: a registered method's name (``forgetkit methods``) or a method section as a dict.
         output_dir: where results, report, plots and the edited model (``output_dir/model``) go.
         overrides: ``section.key=value`` strings, applied last.
@@ -73,17 +78,19 @@ def forget(model: str, tasks: list[list[str]], *, method: str | dict = "gs_lora"
         overwrite: replace an earlier run in ``output_dir``.
         sections: config sections as dicts (``data={...}``, ``train={...}``).
     """
-    return _run_requests("forget", model, tasks, method, output_dir, overrides, progress, overwrite, sections)
+    return _run_requests("forget", model, requests, method, output_dir, overrides, progress, overwrite, sections)
 
 
-def learn(model: str, tasks: list[list[str]], *, method: str | dict = "lora_sub_drs", output_dir: str = "runs/learn",
-          overrides: list[str] | None = None, progress: bool = True, overwrite: bool = False, **sections) -> dict:
-    """Teach ``model`` the named classes (one list per request, without images of the classes it knows) and return
-    the results dict; the grown checkpoint is written to ``output_dir/model`` (docs/learning.md).
+def learn(model: str, requests: list[list[str]] | None = None, *, method: str | dict = "lora_sub_drs",
+          output_dir: str = "runs/learn", overrides: list[str] | None = None, progress: bool = True,
+          overwrite: bool = False, **sections) -> RunRecord:
+    """Teach ``model`` the named classes (one list per request, without images of the classes it knows); returns
+    the run's record; the grown checkpoint is written to ``output_dir/model`` (docs/learning.md).
 
     Args:
         model: a checkpoint, or a backbone whose classes are all new.
-        tasks: the classes of each request, by name.
+        requests: the classes of each request, by name (``tasks=``, its name in forgetkit 0.1, still works, with a
+            warning).
         method: ``lora_sub_drs`` (default), ``seq_lora``, ``ncm``, ``joint``, or a method section as a dict.
         output_dir: where results, report and the grown model go.
         overrides: ``section.key=value`` strings, applied last.
@@ -92,16 +99,18 @@ def learn(model: str, tasks: list[list[str]], *, method: str | dict = "lora_sub_
         sections: config sections as dicts; ``data`` names the data holding the new classes
             (``data={"source": "image_folder", "root": ...}``).
     """
-    return _run_requests("learn", model, tasks, method, output_dir, overrides, progress, overwrite, sections)
+    return _run_requests("learn", model, requests, method, output_dir, overrides, progress, overwrite, sections)
 
 
-def restore(model: str, tasks: list[list[str]], *, method: str | dict = "undo", output_dir: str = "runs/restore",
-            overrides: list[str] | None = None, progress: bool = True, overwrite: bool = False, **sections) -> dict:
-    """Give back classes ``model`` forgot (one list per request) and return the results dict.
+def restore(model: str, requests: list[list[str]] | None = None, *, method: str | dict = "undo",
+            output_dir: str = "runs/restore", overrides: list[str] | None = None, progress: bool = True,
+            overwrite: bool = False, **sections) -> RunRecord:
+    """Give back classes ``model`` forgot (one list per request); returns the run's record.
 
     Args:
         model: a forgetkit checkpoint whose ledger forgot the classes.
-        tasks: the classes of each request, by name.
+        requests: the classes of each request, by name (``tasks=``, its name in forgetkit 0.1, still works, with a
+            warning).
         method: ``undo`` (replays the ledger without the withdrawn request: exact for the latest one), ``withdraw``
             (a LIRF deposit), or a method section as a dict.
         output_dir: where results, report and the restored model go.
@@ -110,7 +119,7 @@ def restore(model: str, tasks: list[list[str]], *, method: str | dict = "undo", 
         overwrite: replace an earlier run in ``output_dir``.
         sections: config sections as dicts (``data={...}``).
     """
-    return _run_requests("restore", model, tasks, method, output_dir, overrides, progress, overwrite, sections)
+    return _run_requests("restore", model, requests, method, output_dir, overrides, progress, overwrite, sections)
 
 
 def verify(model: str, *, out: str = "runs/verify", classes: list[str] | None = None, reference: str | None = None,
@@ -142,10 +151,18 @@ def verify(model: str, *, out: str = "runs/verify", classes: list[str] | None = 
     return verify_checkpoint(plan)
 
 
-def _run_requests(kind, model, tasks, method, output_dir, overrides, progress, overwrite, sections) -> dict:
+def _run_requests(kind, model, requests, method, output_dir, overrides, progress, overwrite, sections) -> RunRecord:
+    if "tasks" in sections:  # the keyword of forgetkit 0.1, for one release
+        warnings.warn("tasks= is deprecated and will be removed in forgetkit 0.3; pass requests=", DeprecationWarning,
+                      stacklevel=3)
+        if requests is not None:
+            raise ForgetkitError("tasks= and requests= are one argument; keep requests=")
+        requests = sections.pop("tasks")
+    if requests is None:
+        raise ForgetkitError(f"fk.{kind} needs the classes of each request: requests=[[name, ...], ...]")
     method_section = {"name": method} if isinstance(method, str) else dict(method)
     data = {"model": model, "kind": kind, "method": method_section, "output_dir": output_dir, **sections}
-    data["protocol"] = {**(data.get("protocol") or {}), "tasks": tasks}
+    data["protocol"] = {**(data.get("protocol") or {}), "requests": requests}
     cfg = from_dict(RunConfig, apply_overrides(data, overrides or []))
     from .engine.run import run_requests
 
@@ -154,12 +171,19 @@ def _run_requests(kind, model, tasks, method, output_dir, overrides, progress, o
 
 @dataclass
 class Unlearned:
-    """What :func:`unlearn` returns: the edited model, the request's results (as one task of results.json) and the
+    """What :func:`unlearn` returns: the edited model, the request's record (one task of results.json) and the
     model's ledger with this request appended."""
 
     model: object
-    results: dict
+    record: RequestRecord
     ledger: list[dict]
+
+    @property
+    def results(self) -> dict:
+        # the record was a dict named results before; one release of the old name, with a warning
+        warnings.warn("Unlearned.results is deprecated: read Unlearned.record (a RequestRecord)", DeprecationWarning,
+                      stacklevel=2)
+        return self.record.to_dict()
 
 
 def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], method: str | dict = "gs_lora",
@@ -203,9 +227,9 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
     for images, what in ((forget_images, "forget set"), (retain_images, "retain set"), (eval_images, "evaluation set")):
         check_input_shape(images, expected, what)
     old = [classes.index(name) for name in forgotten_classes(ledger) if name in classes]
-    task = Request(len(ledger), "forget", forget_ids, retain_ids, old)
+    request = Request(len(ledger), "forget", forget_ids, retain_ids, old)
     kind = REQUEST_KINDS.get("forget")()
-    kind.check(task, ledger, classes)
+    kind.check(request, ledger, classes)
     with process_state():
         device = setup_device(train.device, train.threads)
         model = model.to(device)
@@ -213,10 +237,10 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
                                seed, device, progress, ledger=ledger)
         before = editor.evaluate(model)
         data = RequestData({"forget": forget_images, "retain": retain_images})
-        model, record, _, _ = editor.run(model, task, data, before, before)
+        model, record, _, _ = editor.run(model, request, data, before, before)
     entry = ledger_entry(record, method_spec, train)
     entry["config"]["seed"] = seed
-    return Unlearned(model, record.to_dict(), ledger + [entry])
+    return Unlearned(model, record, ledger + [entry])
 
 
 def check_input_shape(images, preprocess, what: str) -> None:

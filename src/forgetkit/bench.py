@@ -16,7 +16,6 @@ the one of the base config's request kind: forgetting methods by cumulative H, l
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from .engine.run import run_requests
 from .errors import ForgetkitError
 from .methods import METHODS
 from .methods.configs import MethodConfig
-from .requests import REQUEST_KINDS
+from .requests import REQUEST_KINDS, RunRecord
 from .runstate import crash_point
 
 
@@ -149,14 +148,14 @@ def report_only(spec: BenchSpec) -> list[dict]:
         path = out / name / "results.json"
         if not path.is_file():
             raise ForgetkitError(f"{path} not found; run `forgetkit bench` for {name} first")
-        all_results[name] = json.loads(path.read_text())
+        all_results[name] = RunRecord.read(path)
     return compare(out, all_results, spec)
 
 
-def compare(out: Path, all_results: dict[str, dict], spec: BenchSpec) -> list[dict]:
+def compare(out: Path, all_results: dict[str, RunRecord], spec: BenchSpec) -> list[dict]:
     """The comparison of the runs' request kind (every run of a bench has the base config's kind), written by the
     kind (requests/)."""
-    kind = REQUEST_KINDS.get(next(iter(all_results.values())).get("kind", "forget"))()
+    kind = REQUEST_KINDS.get(next(iter(all_results.values())).kind)()
     return kind.compare(out, all_results, {"base": spec.base, "overrides": spec.overrides, "methods": spec.methods},
                         set(spec.highlight or []))
 

@@ -19,7 +19,7 @@ class RequestFailed(Exception):
 def _print_table(results: dict, wall: float) -> None:
     from .requests import REQUEST_KINDS
 
-    print(REQUEST_KINDS.get(results["kind"])().summary_lines(results, wall))
+    print(REQUEST_KINDS.get(results.kind)().summary_lines(results, wall))
 
 
 def cmd_forget(args) -> None:
@@ -46,7 +46,7 @@ def cmd_forget(args) -> None:
         requests = [[name.strip() for name in group.split(",") if name.strip()] for group in args.classes]
         if not all(requests):
             raise ForgetkitError("--classes names no class; give names separated by commas, e.g. --classes Bag,Coat")
-        sections["protocol"] = {"tasks": requests}
+        sections["protocol"] = {"requests": requests}
     if args.out:
         sections["output_dir"] = args.out
     cfg = load_config(args.config, list(args.override), sections=sections)
@@ -56,7 +56,6 @@ def cmd_forget(args) -> None:
 
     from .engine.run import run_requests
     from .methods import METHODS
-    from .requests import RequestRecord
 
     start = time.monotonic()
     results = run_requests(cfg, progress=_progress(args), overwrite=args.overwrite, resume=args.resume)
@@ -64,7 +63,7 @@ def cmd_forget(args) -> None:
     print(f"\nresults, report.md and plots in {cfg.output_dir}/" + (
         f"; the edited model and its ledger in {plan.model_dir}/ (--model {cfg.output_dir} names it)"
         if cfg.save_model else ""))
-    records = [RequestRecord.from_dict(t) for t in results["tasks"]]
+    records = results.requests
     failed = [r for r in records if not r.passed]
     for r in records:
         exact = " (exact: the weights before the withdrawn request, bit for bit)" if r.verdict.get("exact") else ""
@@ -72,8 +71,8 @@ def cmd_forget(args) -> None:
               + (f": {'; '.join(r.verdict['failed'])}" if not r.passed else exact),
               file=sys.stdout if r.passed else sys.stderr)
     if failed and not args.allow_fail:
-        hint = METHODS.get(results["method"]).fix_hint or REQUEST_KINDS.get(failed[0].kind).fix_hint
-        raise RequestFailed(f"{len(failed)} of {len(results['tasks'])} requests missed their goal; {hint}; "
+        hint = METHODS.get(results.method).fix_hint or REQUEST_KINDS.get(failed[0].kind).fix_hint
+        raise RequestFailed(f"{len(failed)} of {len(results.requests)} requests missed their goal; {hint}; "
                             f"--allow-fail accepts the result")
 
 

@@ -19,7 +19,8 @@ import yaml
 
 from .errors import ForgetkitError
 
-RENAMED_KEYS = {"protocol.forget_per_task": "protocol.classes_per_request"}
+RENAMED_KEYS = {"protocol.forget_per_task": "protocol.classes_per_request",
+                "protocol.num_tasks": "protocol.num_requests", "protocol.tasks": "protocol.requests"}
 """run-config keys of forgetkit 0.1 -> their names now; the old ones are read, in files and overrides, with a
 warning, for one release"""
 
@@ -172,6 +173,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node[key] = dict(node.get(key) or {})
             node = node[key]
         node[keys[-1]] = value
+        for old, new in RENAMED_KEYS.items():  # an override of a setting wins over the file's old name for it
+            if new == dotted and old.rsplit(".", 1)[0] == dotted.rsplit(".", 1)[0]:
+                node.pop(old.rsplit(".", 1)[-1], None)
     return data
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .io import atomic_write, write_json, write_text, write_yaml
+
+if TYPE_CHECKING:
+    from .requests.base import RequestRecord, RunRecord
 
 
 def new_figure(*grid, figsize):
@@ -22,24 +26,25 @@ def fmt(value, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def task_label(task: dict) -> str:
+def request_label(request: RequestRecord) -> str:
     """The papers' column label: classes present − classes forgotten (e.g. 100-20)."""
-    return f"{len(task['retain_classes']) + len(task['forget_classes'])}-{len(task['forget_classes'])}"
+    return f"{len(request.retain_classes) + len(request.classes)}-{len(request.classes)}"
 
 
-def results_table(rows: list[tuple[str, list[dict]]], pretrained_row: list[dict] | None = None) -> str:
+def results_table(rows: list[tuple[str, list[RequestRecord]]],
+                  pretrained_row: list[RequestRecord] | None = None) -> str:
     """Markdown table: rows = methods, columns = tasks, cells = H / Acc_r / Acc_f / Acc_o (percent)."""
     ref = pretrained_row if pretrained_row is not None else rows[0][1]
-    header = "| Method | " + " | ".join(task_label(t) for t in ref) + " |"
+    header = "| Method | " + " | ".join(request_label(t) for t in ref) + " |"
     lines = [header, "|" + "---|" * (len(ref) + 1)]
     lines.append("| Pre-train | " + " | ".join(
-        f"– / {fmt(t['pretrained']['acc_r'])} / {fmt(t['pretrained']['acc_f'])}"
-        + (f" / – / {fmt(t['pretrained']['acc_m'])}" if "acc_m" in t["pretrained"] else "") for t in ref) + " |")
-    for name, tasks in rows:
+        f"– / {fmt(t.pretrained['acc_r'])} / {fmt(t.pretrained['acc_f'])}"
+        + (f" / – / {fmt(t.pretrained['acc_m'])}" if "acc_m" in t.pretrained else "") for t in ref) + " |")
+    for name, requests in rows:
         cells = []
-        for t in tasks:
-            a = t["after"]
-            cell = f"{fmt(t['h_mean'])} / {fmt(a['acc_r'])} / {fmt(a['acc_f'])}"
+        for t in requests:
+            a = t.after
+            cell = f"{fmt(t.h_mean)} / {fmt(a['acc_r'])} / {fmt(a['acc_f'])}"
             if a["acc_o"] is not None or "acc_m" in a:
                 cell += f" / {fmt(a['acc_o'])}"
             if "acc_m" in a:  # T-PAMI Table 5 layout: H / Acc_r / Acc_f / Acc_o / Acc_m
@@ -49,51 +54,51 @@ def results_table(rows: list[tuple[str, list[dict]]], pretrained_row: list[dict]
     return "\n".join(lines)
 
 
-def markdown_report(results: dict) -> str:
-    tasks = results["tasks"]
-    out = [f"# forgetkit run: {results['method']} on {results['dataset']} ({results['setting']})", ""]
-    out.append(f"Seed {results['seed']}; evaluated on the {results['eval_split']} split with "
-               f"{results['accuracy']} accuracy; pre-trained accuracy {fmt(results['pretrained']['acc'])} %.")
+def markdown_report(results: RunRecord) -> str:
+    requests = results.requests
+    out = [f"# forgetkit run: {results.method} on {results.dataset} ({results.setting})", ""]
+    out.append(f"Seed {results.seed}; evaluated on the {results.eval_split} split with "
+               f"{results.accuracy} accuracy; pre-trained accuracy {fmt(results.pretrained['acc'])} %.")
     out += ["", "Cells are H / Acc_r / Acc_f / Acc_o in percent (Acc_o: classes forgotten in earlier tasks; "
             "none on the first task), then Acc_m when some retained classes have no replay data (Acc_r then "
             "includes them). H uses the drop of Acc_f from the pre-trained model.", ""]
-    out.append(results_table([(results["method"], tasks)]))
+    out.append(results_table([(results.method, requests)]))
     out += ["", "## Per task", "",
             "Cumulative H counts every class forgotten so far (Acc_f_all), so a class that comes back lowers it; the "
             "papers' H sees only the request's own classes.", "",
             "| task | forgotten | verdict | H | cumulative H | Acc_f before → after | Acc_r before → after | "
             "Acc_o after | seconds | trainable / total params | groups near zero |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for t in tasks:
-        b, a = t["before"], t["after"]
-        zeroed = f"{t['groups_zeroed']} / {t['num_groups']}" if "groups_zeroed" in t else "–"
+    for t in requests:
+        b, a = t.before, t.after
+        zeroed = f"{t.stats['groups_zeroed']} / {t.stats['num_groups']}" if "groups_zeroed" in t.stats else "–"
         out.append(
-            f"| {t['index'] + 1} | {', '.join(t['forget_classes'])} | "
-            f"{'PASS' if t['verdict']['pass'] else 'FAIL: ' + '; '.join(t['verdict']['failed'])} | "
-            f"{fmt(t['h_mean'])} | {fmt(t['h_cumulative'])} | "
+            f"| {t.index + 1} | {', '.join(t.classes)} | "
+            f"{'PASS' if t.passed else 'FAIL: ' + '; '.join(t.failed)} | "
+            f"{fmt(t.h_mean)} | {fmt(t.h_cumulative)} | "
             f"{fmt(b['acc_f'])} → "
-            f"{fmt(a['acc_f'])} | {fmt(b['acc_r'])} → {fmt(a['acc_r'])} | {fmt(a['acc_o'])} | {t['seconds']:.1f} | "
-            f"{t['trainable_params']:,} / {t['total_params']:,} "
-            f"({100 * t['trainable_params'] / t['total_params']:.2f} %)"
+            f"{fmt(a['acc_f'])} | {fmt(b['acc_r'])} → {fmt(a['acc_r'])} | {fmt(a['acc_o'])} | {t.seconds:.1f} | "
+            f"{t.trainable_params:,} / {t.total_params:,} "
+            f"({100 * t.trainable_params / t.total_params:.2f} %)"
             f" | {zeroed} |")
-    if tasks and "group_norms" in tasks[0]:
-        keys = list(tasks[0]["group_norms"])
+    if requests and "group_norms" in requests[0].stats:
+        keys = list(requests[0].stats["group_norms"])
         out += ["", "## LoRA group norms (one group per block, √Σ‖P‖² at the end of each task)", "",
                 "| task | " + " | ".join(f"block {k}" for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
-        for t in tasks:
-            out.append(f"| {t['index'] + 1} | " + " | ".join(f"{t['group_norms'][k]:.3g}" for k in keys) + " |")
-    for t in tasks:  # eval.verify: what the features still hold of every class forgotten so far (docs/verify.md)
-        if "verify" in t:
-            out += ["", f"## Verification after request {t['index'] + 1} ({t['verify']['forgotten_classes']} classes "
-                    f"forgotten so far)", ""] + verify_table(t["verify"])
+        for t in requests:
+            out.append(f"| {t.index + 1} | " + " | ".join(f"{t.stats['group_norms'][k]:.3g}" for k in keys) + " |")
+    for t in requests:  # eval.verify: what the features still hold of every class forgotten so far (docs/verify.md)
+        if t.verify is not None:
+            out += ["", f"## Verification after request {t.index + 1} ({t.verify['forgotten_classes']} classes "
+                    f"forgotten so far)", ""] + verify_table(t.verify)
     out += per_class_table(results)
-    s = results["summary"]
+    s = results.summary
     out += ["", "## Summary", "", f"- average cumulative H: {fmt(s['h_cumulative_avg'])}",
             f"- average H: {fmt(s['h_mean_avg'])}", f"- average Acc_f: {fmt(s['acc_f_avg'])}",
             f"- average Acc_r: {fmt(s['acc_r_avg'])}", f"- average Acc_o: {fmt(s['acc_o_avg'])}",
             f"- total seconds: {s['seconds_total']}", "",
             "Plots: `accuracy.png` (accuracies after each task)"
-            + (", `group_norms.png` (LoRA group norms)" if any("group_norms" in t for t in results["tasks"]) else "")
+            + (", `group_norms.png` (LoRA group norms)" if any("group_norms" in t.stats for t in requests) else "")
             + ".", ""]
     return "\n".join(out)
 
@@ -122,55 +127,55 @@ LEDGER_NUMBERS = (("acc_f", "forgotten"), ("acc_restored", "restored"), ("acc_ne
                   ("acc_old", "known"))
 
 
-def per_class_table(results: dict) -> list[str]:
+def per_class_table(results: RunRecord) -> list[str]:
     """Accuracy of every class after every request (f: forgotten by then), so a user sees which classes paid."""
-    tasks = results["tasks"]
+    requests = results.requests
     lines = ["", "## Per class (accuracy after each request; f = forgotten by then)", "",
-             "| class | pre-trained | " + " | ".join(f"after {t['index'] + 1}" for t in tasks) + " |",
-             "|---|---|" + "---|" * len(tasks)]
-    for name, pre in results["pretrained"]["per_class"].items():
+             "| class | pre-trained | " + " | ".join(f"after {t.index + 1}" for t in requests) + " |",
+             "|---|---|" + "---|" * len(requests)]
+    for name, pre in results.pretrained["per_class"].items():
         cells = []
-        for t in tasks:
-            mark = " f" if name in t.get("forget_classes", []) or name in t["old_classes"] else ""
-            cells.append(f"{fmt(t['per_class']['after'][name], 1)}{mark}")
+        for t in requests:
+            mark = " f" if name in t.details.get("forget_classes", []) or name in t.old_classes else ""
+            cells.append(f"{fmt(t.per_class['after'][name], 1)}{mark}")
         lines.append(f"| {name} | {fmt(pre, 1)} | " + " | ".join(cells) + " |")
     return lines
 
 
-def plot_accuracy(results: dict, path: Path) -> None:
-    tasks = results["tasks"]
-    xs = list(range(1, len(tasks) + 1))
+def plot_accuracy(results: RunRecord, path: Path) -> None:
+    requests = results.requests
+    xs = list(range(1, len(requests) + 1))
     fig, ax = new_figure(figsize=(6, 3.6))
     for key, label, style in (("acc_r", "Acc_r (retained)", "o-"), ("acc_f", "Acc_f (forgotten now)", "s-"),
                               ("acc_o", "Acc_o (forgotten earlier)", "^-")):
-        ys = [t["after"][key] for t in tasks]
+        ys = [t.after[key] for t in requests]
         pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
         if pts:
             ax.plot(*zip(*pts), style, label=label)
-    ax.plot(xs, [t["pretrained"]["acc_r"] for t in tasks], "o--", color="grey", alpha=0.6, label="Acc_r pre-trained")
-    ax.plot(xs, [t["h_mean"] for t in tasks], "d:", color="black", label="H-Mean")
-    ax.plot(xs, [t["h_cumulative"] for t in tasks], "d-", color="black", alpha=0.5, label="cumulative H")
-    ax.set_xticks(xs, [task_label(t) for t in tasks])
+    ax.plot(xs, [t.pretrained["acc_r"] for t in requests], "o--", color="grey", alpha=0.6, label="Acc_r pre-trained")
+    ax.plot(xs, [t.h_mean for t in requests], "d:", color="black", label="H-Mean")
+    ax.plot(xs, [t.h_cumulative for t in requests], "d-", color="black", alpha=0.5, label="cumulative H")
+    ax.set_xticks(xs, [request_label(t) for t in requests])
     ax.set_xlabel("task (classes present − forgotten)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-3, 103)
-    ax.set_title(f"{results['method']} on {results['dataset']}")
+    ax.set_title(f"{results.method} on {results.dataset}")
     ax.legend(fontsize=7, loc="center left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
-def plot_group_norms(results: dict, path: Path) -> None:
-    tasks = [t for t in results["tasks"] if "group_norms" in t]
-    if not tasks:
+def plot_group_norms(results: RunRecord, path: Path) -> None:
+    requests = [t for t in results.requests if "group_norms" in t.stats]
+    if not requests:
         return
-    keys = list(tasks[0]["group_norms"])
+    keys = list(requests[0].stats["group_norms"])
     fig, ax = new_figure(figsize=(6, 3.6))
-    width = 0.8 / len(tasks)
-    for i, t in enumerate(tasks):
-        ax.bar([j + i * width for j in range(len(keys))], [max(t["group_norms"][k], 1e-6) for k in keys], width,
-               label=f"task {t['index'] + 1}")
+    width = 0.8 / len(requests)
+    for i, t in enumerate(requests):
+        ax.bar([j + i * width for j in range(len(keys))], [max(t.stats['group_norms'][k], 1e-6) for k in keys], width,
+               label=f"task {t.index + 1}")
     ax.set_yscale("log")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], [f"block {k}" for k in keys])
     ax.set_ylabel("group norm √Σ‖P‖² (log)")
@@ -180,48 +185,48 @@ def plot_group_norms(results: dict, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
-def write_outputs(out: Path, results: dict, config: dict, kind) -> None:
+def write_outputs(out: Path, results: RunRecord, config: dict, kind) -> None:
     """Write config, the request kind's report and plots first and ``results.json`` last: its presence means a
     complete run."""
     out.mkdir(parents=True, exist_ok=True)
     write_yaml(out / "config.yaml", config)
     write_text(out / "report.md", kind.report(results))
     kind.plot(results, out)
-    write_json(out / "results.json", results)
+    write_json(out / "results.json", results.to_dict())
 
 
-def restore_report(results: dict) -> str:
+def restore_report(results: RunRecord) -> str:
     """report.md of a run of restore requests."""
-    out = [f"# forgetkit run: restore with {results['method']} on {results['dataset']}", "",
-           f"Seed {results['seed']}; evaluated on the {results['eval_split']} split. Accuracy in percent; the base "
+    out = [f"# forgetkit run: restore with {results.method} on {results.dataset}", "",
+           f"Seed {results.seed}; evaluated on the {results.eval_split} split. Accuracy in percent; the base "
            f"model is the checkpoint before any request of the ledger.", "",
            "| request | restored | verdict | restored: before → after (base) | retained: before → after | "
            "still forgotten after | seconds |", "|---|---|---|---|---|---|---|"]
-    for t in results["tasks"]:
-        b, a, p = t["before"], t["after"], t["pretrained"]
-        out.append(f"| {t['index'] + 1} | {', '.join(t['classes'])} | "
-                   f"{'PASS' if t['verdict']['pass'] else 'FAIL: ' + '; '.join(t['verdict']['failed'])} | "
+    for t in results.requests:
+        b, a, p = t.before, t.after, t.pretrained
+        out.append(f"| {t.index + 1} | {', '.join(t.classes)} | "
+                   f"{'PASS' if t.passed else 'FAIL: ' + '; '.join(t.failed)} | "
                    f"{fmt(b['acc_restored'])} → {fmt(a['acc_restored'])} ({fmt(p['acc_restored'])}) | "
-                   f"{fmt(b['acc_r'])} → {fmt(a['acc_r'])} | {fmt(a['acc_o'])} | {t['seconds']:.1f} |")
+                   f"{fmt(b['acc_r'])} → {fmt(a['acc_r'])} | {fmt(a['acc_o'])} | {t.seconds:.1f} |")
     out += per_class_table(results)
     return "\n".join(out) + "\n"
 
 
-def learn_report(results: dict) -> str:
+def learn_report(results: RunRecord) -> str:
     """report.md of a run of learn requests: per request, then the class-incremental accuracy matrix."""
-    tasks, s = results["tasks"], results["summary"]
-    out = [f"# forgetkit run: learn with {results['method']} on {results['dataset']}", "",
-           f"Seed {results['seed']}; evaluated on the {results['eval_split']} split (accuracy in percent, nearest "
+    requests, s = results.requests, results.summary
+    out = [f"# forgetkit run: learn with {results.method} on {results.dataset}", "",
+           f"Seed {results.seed}; evaluated on the {results.eval_split} split (accuracy in percent, nearest "
            f"class mean over the classes the model knows). Last accuracy {fmt(s['last_accuracy'])}, average "
            f"incremental accuracy {fmt(s['average_incremental_accuracy'])}, forgetting {fmt(s['forgetting'])}.", "",
            "| request | new classes | verdict | new | known: before → after | all seen | forgotten | feature drift "
            "| seconds |", "|---|---|---|---|---|---|---|---|---|"]
-    for t, drift in zip(tasks, s["feature_drift"]):
-        b, a = t["before"], t["after"]
-        out.append(f"| {t['index'] + 1} | {', '.join(t['learn_classes'])} | "
-                   f"{'PASS' if t['verdict']['pass'] else 'FAIL: ' + '; '.join(t['verdict']['failed'])} | "
+    for t, drift in zip(requests, s["feature_drift"]):
+        b, a = t.before, t.after
+        out.append(f"| {t.index + 1} | {', '.join(t.classes)} | "
+                   f"{'PASS' if t.passed else 'FAIL: ' + '; '.join(t.failed)} | "
                    f"{fmt(a['acc_new'])} | {fmt(b['acc_old'])} → {fmt(a['acc_old'])} | {fmt(a['acc_seen'])} | "
-                   f"{fmt(a['acc_o'])} | {fmt(drift, 4)} | {t['seconds']:.1f} |")
+                   f"{fmt(a['acc_o'])} | {fmt(drift, 4)} | {t.seconds:.1f} |")
     matrix = s["accuracy_matrix"]
     out += ["", "## Accuracy matrix", "",
             "Row: after request i; column: the classes of request j (mean of their accuracies). Feature drift: how "
@@ -234,20 +239,20 @@ def learn_report(results: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot_learning(results: dict, path: Path) -> None:
+def plot_learning(results: RunRecord, path: Path) -> None:
     """Accuracy on all seen classes after each request, and the accuracy matrix as a heat map."""
-    tasks, matrix = results["tasks"], results["summary"]["accuracy_matrix"]
-    xs = list(range(1, len(tasks) + 1))
+    requests, matrix = results.requests, results.summary["accuracy_matrix"]
+    xs = list(range(1, len(requests) + 1))
     fig, (left, right) = new_figure(1, 2, figsize=(9, 3.6))
-    left.plot(xs, [t["after"]["acc_seen"] for t in tasks], "o-", label="all seen classes")
-    left.plot(xs, [t["after"]["acc_new"] for t in tasks], "s--", label="new classes")
+    left.plot(xs, [t.after["acc_seen"] for t in requests], "o-", label="all seen classes")
+    left.plot(xs, [t.after["acc_new"] for t in requests], "s--", label="new classes")
     left.set_xticks(xs)
     left.set_xlabel("request")
     left.set_ylabel("accuracy (%)")
     left.set_ylim(-3, 103)
     left.grid(alpha=0.3)
     left.legend(fontsize=7)
-    left.set_title(f"{results['method']} on {results['dataset']}")
+    left.set_title(f"{results.method} on {results.dataset}")
     grid = [[float("nan") if v is None else v for v in row] for row in matrix]
     image = right.imshow(grid, vmin=0, vmax=100, cmap="viridis")
     right.set_xticks(range(len(matrix)), [str(j + 1) for j in range(len(matrix))])

@@ -23,18 +23,18 @@ class ProtocolConfig:
 
     classes_per_request: int = field(default=2, metadata={
         "help": "K: classes each request forgets (learn: C, the classes each request learns)"})
-    num_tasks: int = field(default=4, metadata={"help": "T: number of tasks (1 = single-step; learn: the first "
-                                                        "task included)"})
+    num_requests: int = field(default=4, metadata={"help": "T: number of requests (1 = single-step; learn: the "
+                                                           "first request included)"})
     initial_classes: int | None = field(default=None, metadata={
-        "help": "learn: B, the classes of the first task (default C)"})
+        "help": "learn: B, the classes of the first request (default C)"})
     first_retained: int | None = field(default=None, metadata={
-        "help": "N: classes retained at the first task; N + K must equal the number of classes (default C − K)"})
+        "help": "N: classes retained at the first request; N + K must equal the number of classes (default C − K)"})
     order_seed: int | None = field(default=1337, metadata={
         "help": "seed of the class-order shuffle (Python random; 1337 gives the papers' order); null = sorted order"})
-    tasks: list[list[str]] | None = field(default=None, metadata={
-        "help": "explicit forget requests by class name, one list per task (overrides K, T, N and the order)"})
+    requests: list[list[str]] | None = field(default=None, metadata={
+        "help": "explicit requests by class name, one list per request (overrides K, T, N and the order)"})
     retain_classes: list[str] | None = field(default=None, metadata={
-        "help": "with tasks: the classes to keep (default: every class never forgotten)"})
+        "help": "with requests: the classes to keep (default: every class never forgotten)"})
     forget_ratio: float = field(default=1.0, metadata={
         "help": "fraction of each forget class's training images the request may use (the papers: 0.1). It sets "
                 "which images can be drawn, not how long training runs (train.steps does)"})
@@ -47,7 +47,7 @@ class ProtocolConfig:
     missing: int = field(default=0, metadata={
         "help": "M: the first M classes of the order are retained but have no replay data at all (missing classes)"})
     missing_classes: list[str] | None = field(default=None, metadata={
-        "help": "with tasks: retained classes, by name, that have no replay data"})
+        "help": "with requests: retained classes, by name, that have no replay data"})
     independent: bool = field(default=False, metadata={
         "help": "every request starts from the model the run started with, instead of from the previous request's "
                 "result: requests are alternatives to compare (the CLIP paper's single- and multi-class "

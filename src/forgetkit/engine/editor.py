@@ -72,24 +72,24 @@ class Editor:
         return {name: 100.0 * (model.predict(images, images.classes) == images.targets).float().mean().item()
                 for name, images in self.other_images.items()}
 
-    def run(self, model: torch.nn.Module, task: Request, data: RequestData, before: PerClass, pretrained: PerClass,
+    def run(self, model: torch.nn.Module, request: Request, data: RequestData, before: PerClass, pretrained: PerClass,
             log: RunLog | None = None, edit_dir: Path | None = None, last_good: Path | None = None):
         """One request: let the method fit it (by default, the step loop below), evaluate, judge.
 
         Returns (model, its :class:`~forgetkit.requests.RequestRecord`, loss rows, per-class accuracy after)."""
         start = time.time()
-        seed_request(self.seed, task.index)
+        seed_request(self.seed, request.index)
         method = self.method
         fingerprint_before = fingerprint(model)
-        reference = self.kind.reference(task, method.ctx.ledger, method.ctx.source, self.classes)
+        reference = self.kind.reference(request, method.ctx.ledger, method.ctx.source, self.classes)
         if reference is not None:  # measured before the request: it may rebuild weights the method then changes
             reference["accuracy"] = self.evaluate(reference.pop("model").to(self.device))
         other_before = self.evaluate_other(model)
         original = copy.deepcopy(model) if edit_dir is not None else None
         loss_rows: list[dict] = []
-        method.fit(model, task, data, lambda: self._train_steps(task, data, log, last_good, loss_rows))
+        method.fit(model, request, data, lambda: self._train_steps(request, data, log, last_good, loss_rows))
         trainable = method.trainable_count()
-        stats = method.task_stats()
+        stats = method.request_stats()
         staging = edit_dir.with_name(f".{edit_dir.name}.tmp") if edit_dir is not None else None
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -105,33 +105,33 @@ class Editor:
             edit["path"] = f"edits/{edit_dir.name}"
         seconds = time.time() - start
         after = self.evaluate(model)
-        metrics = self.kind.measure(task, before, after, pretrained)
+        metrics = self.kind.measure(request, before, after, pretrained)
         if reference is not None:
-            metrics.update(self.kind.against_reference(task, after, fingerprint(model), reference))
-        metrics.update(self.kind.model_metrics(task, model, self.eval_images, self.classes, self.device))
-        forgotten = self.kind.forgotten_after(task)
+            metrics.update(self.kind.against_reference(request, after, fingerprint(model), reference))
+        metrics.update(self.kind.model_metrics(request, model, self.eval_images, self.classes, self.device))
+        forgotten = self.kind.forgotten_after(request)
         if self.verifier is not None and forgotten:
-            metrics["verify"] = self.verifier(model, forgotten, list(task.retain))
+            metrics["verify"] = self.verifier(model, forgotten, list(request.retain))
         if self.other_images:
             for side, values in (("before", other_before), ("after", self.evaluate_other(model))):
                 metrics[side]["acc_other"] = sum(values.values()) / len(values)
                 metrics[side]["acc_other_per_dataset"] = values
         names = self.classes
         record = RequestRecord(
-            task.index, self.kind.name, {**self.kind.describe(task, names), **metrics},
+            request.index, self.kind.name, {**self.kind.describe(request, names), **metrics},
             # the classes the request is about (for learning: only the classes the model knows)
-            {side: {names[c]: pc.accuracy([c]) for c in sorted(task.classes + task.retain + task.old)}
+            {side: {names[c]: pc.accuracy([c]) for c in sorted(request.classes + request.retain + request.old)}
              for side, pc in (("before", before), ("after", after))},
             self.kind.verdict(metrics, self.eval), round(seconds, 2), trainable,
             sum(p.numel() for p in model.parameters()), len(data.forget), len(data.retain), self.train.steps,
             fingerprint_before, fingerprint(model), edit, stats)
         if log is not None:  # the request's numbers: its accuracies after, and the kind's summary values
             numbers = {**metrics["after"], **{k: v for k, v in metrics.items() if not isinstance(v, dict)}}
-            log.log(task.index, self.train.steps, {k: v for k, v in numbers.items() if isinstance(v, (int, float))},
-                    (task.index + 1) * self.train.steps)
+            log.log(request.index, self.train.steps, {k: v for k, v in numbers.items() if isinstance(v, (int, float))},
+                    (request.index + 1) * self.train.steps)
         return model, record, loss_rows, after
 
-    def _train_steps(self, task: Request, data: RequestData, log: RunLog | None, last_good: Path | None,
+    def _train_steps(self, request: Request, data: RequestData, log: RunLog | None, last_good: Path | None,
                      loss_rows: list[dict]) -> None:
         """The runner's step loop: ``train.steps`` optimisation steps, each on one class-balanced batch of every
         stream the request kind declares (forget: forget and retain), the learning rate on the shared schedule,
@@ -144,37 +144,37 @@ class Editor:
                                  f"must fit them itself (forgetkit methods lists which do)")
         # the request kind's data streams, in its order (forget: forget, retain), each class-balanced and endless
         streams = [balanced_batches(data.streams.get(name), cfg.batch_size, rng(self.seed, f"{name}_batches",
-                                                                             task.index), self.device)
+                                                                             request.index), self.device)
                    for name in self.kind.streams]
         if streams[0] is None:
-            raise ForgetkitError(f"request {task.index + 1} has no {self.kind.streams[0]} images; check the "
+            raise ForgetkitError(f"request {request.index + 1} has no {self.kind.streams[0]} images; check the "
                                  f"protocol ratios/shots")
         streams = [stream or itertools.repeat(None) for stream in streams]
         sums: dict[str, float] = {}
-        for step in tqdm(range(cfg.steps), desc=f"request {task.index + 1}", disable=not self.progress,
+        for step in tqdm(range(cfg.steps), desc=f"request {request.index + 1}", disable=not self.progress,
                          leave=False):
             scheduler.step_update(step)
-            crash_point(f"request_{task.index}_step_{step}")
+            crash_point(f"request_{request.index}_step_{step}")
             try:
                 losses = method.step({name: next(stream) for name, stream in zip(self.kind.streams, streams)},
                                      step, optimizer)
             except NonFiniteLoss as err:
                 if last_good is not None:
                     save_checkpoint(method.finish().cpu(), last_good, self.classes, ledger=[], interrupted={
-                        "request": task.index, "reason": "non-finite loss", "step": step})
+                        "request": request.index, "reason": "non-finite loss", "step": step})
                 where = f"; the last good model (before this step) is saved in {last_good}" if last_good else ""
-                raise ForgetkitError(f"loss became {err.value} at request {task.index + 1}, step {step}{where}. "
+                raise ForgetkitError(f"loss became {err.value} at request {request.index + 1}, step {step}{where}. "
                                      f"Lower train.lr or the method's loss weights") from None
             method.end_step(step)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 count = (step % cfg.log_every) + 1
-                row = {"task": task.index, "step": step + 1, **{k: v / count for k, v in sums.items()}}
+                row = {"task": request.index, "step": step + 1, **{k: v / count for k, v in sums.items()}}
                 loss_rows.append(row)
                 if log is not None:
-                    log.log(task.index, step + 1, {k: v for k, v in row.items() if k not in ("task", "step")},
-                            task.index * cfg.steps + step + 1)
+                    log.log(request.index, step + 1, {k: v for k, v in row.items() if k not in ("task", "step")},
+                            request.index * cfg.steps + step + 1)
                 sums = {}
 
 

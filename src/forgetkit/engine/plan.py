@@ -102,9 +102,9 @@ def plan_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, mode
         raise ForgetkitError("protocol.independent requests are alternatives, each from the start model: there is no "
                              "one edited model to save; set save_model: false")
     check_data_config(data)
-    if cfg.protocol.tasks is not None and cfg.kind in ("forget", "restore") and manifest.get("classes"):
+    if cfg.protocol.requests is not None and cfg.kind in ("forget", "restore") and manifest.get("classes"):
         # a classifier forgets and restores its own classes: a misspelt name answers before anything loads
-        for i, names in enumerate(cfg.protocol.tasks):
+        for i, names in enumerate(cfg.protocol.requests):
             resolve_class_names(list(names), list(manifest["classes"]), f"request {i + 1}")
     finished = _check_output(out, config, overwrite, resume)
     return RunPlan(config, out, model_dir, data, source, manifest, finished)

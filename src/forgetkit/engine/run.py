@@ -19,7 +19,6 @@ import torch
 from ..config import to_dict
 from ..data import load_data
 from ..errors import ForgetkitError
-from ..io import read_json
 from ..ledger import forgotten_classes
 from ..methods.base import model_capabilities
 from ..metrics import PerClass
@@ -29,7 +28,7 @@ from ..models.formats import load_checkpoint
 from ..models.presets import ModelSpec
 from ..models.vit import ForgetModel
 from ..outputs import OutputLock
-from ..requests import REQUEST_KINDS, RequestRecord
+from ..requests import REQUEST_KINDS, RequestRecord, RunRecord
 from ..requests.protocol import Protocol
 from ..runstate import RunLog, RunState, crash_point
 from ..runtime import process_state, seed_everything, setup_device
@@ -67,9 +66,9 @@ def _per_class_from_json(data: dict) -> PerClass:
 
 def run_requests(cfg: RunConfig, progress: bool = True, overwrite: bool = False,
                  model: torch.nn.Module | None = None, resume: bool = False,
-                 verification_memo: dict | None = None) -> dict:
-    """Run a sequence of requests (a protocol) on a model, saving the state after every request; returns the results
-    dict (also written as ``results.json``, the marker of a finished run).
+                 verification_memo: dict | None = None) -> RunRecord:
+    """Run a sequence of requests (a protocol) on a model, saving the state after every request; returns the run's
+    :class:`~forgetkit.requests.RunRecord` (also written as ``results.json``, the marker of a finished run).
 
     Args:
         cfg: the whole run config (:func:`forgetkit.load_config` makes one).
@@ -86,12 +85,12 @@ def run_requests(cfg: RunConfig, progress: bool = True, overwrite: bool = False,
     """
     plan = plan_run(cfg, overwrite=overwrite, resume=resume, model_given=model is not None)
     if plan.finished:
-        return read_json(plan.out / "results.json")
+        return RunRecord.read(plan.out)
     with OutputLock(plan.out, later=True) as lock, process_state():
         return _run(cfg, plan, progress, resume, model, lock, verification_memo)
 
 
-def run_forgetting(*args, **kwargs) -> dict:
+def run_forgetting(*args, **kwargs) -> RunRecord:
     """Deprecated name of :func:`run_requests` (every request kind runs through it, not only forgetting)."""
     warnings.warn("run_forgetting is deprecated and will be removed in forgetkit 0.3; use run_requests",
                   DeprecationWarning, stacklevel=2)
@@ -99,7 +98,7 @@ def run_forgetting(*args, **kwargs) -> dict:
 
 
 def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: OutputLock,
-         verification_memo: dict | None) -> dict:
+         verification_memo: dict | None) -> RunRecord:
     from ..report import write_outputs
 
     out, model_dir, config = plan.out, plan.model_dir, plan.config
@@ -151,7 +150,8 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
             model = _with_saved_shape(model, saved.get("spec"), device)
             model.load_state_dict(weights)
         method.load_state_dict(method_state)
-        records, loss_log, ledger = saved["tasks"], saved["loss_log"], saved["ledger"]
+        records = [RequestRecord.from_dict(t) for t in saved["tasks"]]
+        loss_log, ledger = saved["loss_log"], saved["ledger"]
         pretrained, current, at_start = (_per_class_from_json(saved[k]) for k in (
             "pretrained_counts", "current_counts", "start_counts"))
         log = RunLog(out, keep_rows=saved["log_rows"], purge_step=len(records) * cfg.train.steps)
@@ -169,46 +169,39 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
         pretrained = _base_accuracy(manifest, current, cfg.protocol.eval_split)
         log = RunLog(out)
     try:
-        for task in protocol.tasks[len(records):]:
+        for request in protocol.requests[len(records):]:
             if start_model is not None:
                 model, current = copy.deepcopy(start_model), at_start
             model, record, rows, current = editor.run(
-                model, task, protocol.task_data(task), current, pretrained, log,
-                edit_dir=model_dir / "edits" / f"request_{task.index:03d}" if cfg.save_model else None,
+                model, request, protocol.request_data(request), current, pretrained, log,
+                edit_dir=model_dir / "edits" / f"request_{request.index:03d}" if cfg.save_model else None,
                 last_good=out / "last_good")
-            records.append(record.to_dict())
+            records.append(record)
             loss_log += rows
             ledger.append(ledger_entry(record, method_spec, cfg.train))
-            crash_point(f"request_{task.index}_done")
+            crash_point(f"request_{request.index}_done")
             state.save(len(records), model, method.state_dict(), {
-                "config": config, "tasks": records, "loss_log": loss_log, "ledger": ledger,
+                "config": config, "tasks": [r.to_dict() for r in records], "loss_log": loss_log, "ledger": ledger,
                 "pretrained_counts": _per_class_to_json(pretrained), "current_counts": _per_class_to_json(current),
                 "start_counts": _per_class_to_json(at_start),
                 "spec": _spec_of(model), "log_rows": log.count})
     finally:
         log.close()
 
-    results = {
-        "method": method_spec["name"],
-        "dataset": splits.name,
-        "setting": protocol.setting,
-        "seed": cfg.seed,
-        "eval_split": cfg.protocol.eval_split,
-        "accuracy": "margin" if cfg.eval.margin_accuracy else "argmax",
-        "pretrained": {"acc": pretrained.accuracy(range(known)),  # over the classes the model knew at the start
-                       "per_class": pretrained.by_name(classes[:known]), "fingerprint": manifest.get("fingerprint")},
-        "tasks": records,
-        "kind": kind.name,
-        "summary": {**_summary(records), **kind.summary(records)},
-        "loss_log": loss_log,
-        "ledger": ledger,
-    }
+    results = RunRecord(
+        method=method_spec["name"], dataset=splits.name, setting=protocol.setting, seed=cfg.seed,
+        eval_split=cfg.protocol.eval_split, accuracy="margin" if cfg.eval.margin_accuracy else "argmax",
+        # over the classes the model knew at the start
+        pretrained={"acc": pretrained.accuracy(range(known)), "per_class": pretrained.by_name(classes[:known]),
+                    "fingerprint": manifest.get("fingerprint")},
+        requests=records, kind=kind.name, summary={**_summary(records), **kind.summary(records)},
+        loss_log=loss_log, ledger=ledger)
     if cfg.save_model:
         base = manifest.get("base") or {"path": _recorded_path(cfg.model, source),
                                         "fingerprint": manifest["fingerprint"],
                                         "accuracy": {"eval_split": cfg.protocol.eval_split,
                                                      **_per_class_to_json(pretrained)}}
-        known_after = known + (sum(len(t.classes) for t in protocol.tasks) if kind.adds_classes else 0)
+        known_after = known + (sum(len(t.classes) for t in protocol.requests) if kind.adds_classes else 0)
         save_checkpoint(model.cpu(), model_dir, classes[:known_after], ledger=ledger, base=base,
                         data=data_cfg.recorded())
     write_outputs(out, results, config, kind)  # results.json last: the marker of a finished run
@@ -220,7 +213,7 @@ def _check_requests(cfg: RunConfig, kind, protocol: Protocol, ledger: list[dict]
     """What the run's inputs can only tell once the model and the data are loaded, checked before any work (the rest
     is in engine/plan.py; the method's check of the model is :meth:`Editor.create`'s): every request against the
     model's ledger, and the evaluation's other datasets against the model."""
-    for request in protocol.tasks:
+    for request in protocol.requests:
         kind.check(request, ledger, classes)
     if cfg.eval.other_data and "zero_shot" not in model_capabilities(model):
         raise ForgetkitError("eval.other_data needs a zero-shot model (a CLIP) that can classify other datasets' "
@@ -267,16 +260,16 @@ def _copy_edits(source: Path, model_dir: Path, ledger: list[dict]) -> None:
                 shutil.copytree(src, dst)
 
 
-def _summary(tasks: list[dict]) -> dict:
+def _summary(records: list[RequestRecord]) -> dict:
     """Averages over the requests of every number the requests report."""
     def avg(values):
         values = [v for v in values if v is not None]
         return sum(values) / len(values) if values else None
 
-    summary = {f"{key}_avg": avg(t.get(key) for t in tasks) for key in ("h_mean", "h_cumulative", "regained",
-                                                                         "gap_to_base") if key in tasks[0]}
-    for key in tasks[0]["after"]:
-        if not isinstance(tasks[0]["after"][key], dict):
-            summary[f"{key}_avg"] = avg(t["after"][key] for t in tasks)
-    summary["seconds_total"] = round(sum(t["seconds"] for t in tasks), 2)
+    summary = {f"{key}_avg": avg(r.details.get(key) for r in records)
+               for key in ("h_mean", "h_cumulative", "regained", "gap_to_base") if key in records[0].details}
+    for key, value in records[0].after.items():
+        if not isinstance(value, dict):
+            summary[f"{key}_avg"] = avg(r.after[key] for r in records)
+    summary["seconds_total"] = round(sum(r.seconds for r in records), 2)
     return summary

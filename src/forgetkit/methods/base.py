@@ -67,7 +67,8 @@ class NonFiniteLoss(Exception):
         self.value = value
 
 
-_RENAMED_HOOKS = {"setup_task": "setup", "finish_task": "finish", "save_task": "save_edit"}
+_RENAMED_HOOKS = {"setup_task": "setup", "finish_task": "finish", "save_task": "save_edit",
+                  "task_stats": "request_stats"}
 
 
 class Method:
@@ -89,8 +90,8 @@ class Method:
         self.cfg, self.ctx = cfg, ctx
 
     def __init_subclass__(cls, **kwargs):
-        """A method written for forgetkit 0.1 (``setup_task``, ``finish_task``, ``save_task``) keeps working for one
-        release, with a warning."""
+        """A method written for forgetkit 0.1 (``setup_task``, ``finish_task``, ``save_task``, ``task_stats``) keeps
+        working for one release, with a warning."""
         super().__init_subclass__(**kwargs)
         for old, new in _RENAMED_HOOKS.items():
             if old in cls.__dict__ and new not in cls.__dict__:
@@ -120,14 +121,14 @@ class Method:
             raise ForgetkitError(f"method {self.name} keeps no state across requests, but the saved state has "
                                  f"{len(state)} tensors; resume with the method that made the run")
 
-    def fit(self, model: torch.nn.Module, task: Request, data: RequestData, train_steps: Callable[[], None]) -> None:
+    def fit(self, model: torch.nn.Module, request: Request, data: RequestData, train_steps: Callable[[], None]) -> None:
         """Carry out one request up to :meth:`finish`. The default sets the task up and runs the runner's step
         loop (``train_steps``: optimiser, schedule, balanced batches, logging, calling :meth:`step`); a method that
         fits without a minibatch loop (CLIP's text projection) overrides this hook, not the runner."""
-        self.setup(model, task, data)
+        self.setup(model, request, data)
         train_steps()
 
-    def setup(self, model: torch.nn.Module, task: Request, data: RequestData) -> torch.nn.Module:
+    def setup(self, model: torch.nn.Module, request: Request, data: RequestData) -> torch.nn.Module:
         raise NotImplementedError
 
     def training_step(self, batch: dict[str, Batch | None], step: int) -> dict[str, torch.Tensor]:
@@ -183,7 +184,7 @@ class Method:
         """Parameters of the deployed model this method changes (reported as trainable_params)."""
         return sum(p.numel() for p in self.parameters())
 
-    def task_stats(self) -> dict[str, Any]:
+    def request_stats(self) -> dict[str, Any]:
         """Extra per-task numbers for results.json, taken before ``finish``."""
         return {}
 

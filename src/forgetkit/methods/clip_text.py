@@ -25,23 +25,23 @@ class ClipText(Method):
     requires = frozenset({"text_projection"})
     edit_type = "text_projection"
 
-    def fit(self, model, task, data, train_steps):
+    def fit(self, model, request, data, train_steps):
         from ..clip.names import read_names
         from ..clip.text_forget import forget_text_classes
 
-        self.model, self.task = model, task
-        forget = [model.classes[c] for c in task.classes]
+        self.model, self.request = model, request
+        forget = [model.classes[c] for c in request.classes]
         names = read_names(self.cfg.names, model.classes) if self.cfg.names else model.names
         retain = names.retain_names(model.classes, forget)
         self.projection, self.info = forget_text_classes(model.bundle, forget, retain, model.classes, self.cfg,
-                                                         rng(self.ctx.seed, "clip_targets", task.index))
+                                                         rng(self.ctx.seed, "clip_targets", request.index))
         self.info["retain_names"] = retain
         model.set_text_projection(self.projection)
 
     def trainable_count(self):
         return self.info["trainable_params"]
 
-    def task_stats(self):
+    def request_stats(self):
         return {k: v for k, v in self.info.items() if k not in ("seconds", "trainable_params")}
 
     def save_edit(self, directory: Path) -> bool:

@@ -47,7 +47,7 @@ class DERPlusPlus(DER):
 
     def before_training(self):
         self.second = balanced_batches(self.data.retain, self.ctx.batch_size,
-                                       rng(self.ctx.seed, "second_replay", self.task.index), self.ctx.device)
+                                       rng(self.ctx.seed, "second_replay", self.request.index), self.ctx.device)
 
     def training_step(self, batch, step):
         losses = super().training_step(batch, step)

@@ -146,10 +146,10 @@ class FGOrIU(GSLoRA):
         self.forget_bases = {int(key.split(".")[1]): value for key, value in state.items()}
 
     # ---- one request
-    def setup(self, model, task, data):
+    def setup(self, model, request, data):
         blocks = _blocks(model)
         self.feature_blocks = list(range(len(blocks))) if self.cfg.feature_blocks == "all" else [len(blocks) - 1]
-        forget, retain = (self._collect(model, blocks, images, stream, task.index)
+        forget, retain = (self._collect(model, blocks, images, stream, request.index)
                           for images, stream in ((data.forget, 0), (data.retain, 1)))
         power, energy = (4 if self.cfg.faithful else 2), self.cfg.energy
         self.retain_out = {blk: energy_basis(retain["out"][blk], energy, power) for blk in retain["out"]}
@@ -165,7 +165,7 @@ class FGOrIU(GSLoRA):
                               for blk in retain[name]}
             self.forget_in = {(blk, name): energy_basis(forget[name][blk], energy) for name in ("fc1", "fc2")
                               for blk in forget[name]}
-        module = super().setup(model, task, data)
+        module = super().setup(model, request, data)
         self.blocks = _blocks(module.base_model.model)  # the same modules, now holding the LoRA layers
         self.factors = self._factors()
         if not self.cfg.faithful:
@@ -277,8 +277,8 @@ class FGOrIU(GSLoRA):
             return project(g.reshape(d, -1).T).reshape(g.shape)
         return g  # fc1.B: computed and dropped by the code
 
-    def task_stats(self):
-        stats = super().task_stats()
+    def request_stats(self):
+        stats = super().request_stats()
         stats["subspace_dims"] = {
             "forget": {str(blk): int(b.shape[1]) for blk, b in self.forget_out.items()},
             "retain": {str(blk): int(b.shape[1]) for blk, b in self.retain_out.items()}}

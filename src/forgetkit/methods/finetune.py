@@ -25,9 +25,9 @@ class FullFinetune(Method):
     default_lr = 1e-4
     uses_teacher = False
 
-    def setup(self, model, task, data):
-        self.task, self.data = task, data
-        self.generator = rng(self.ctx.seed, "wrong_labels", task.index)
+    def setup(self, model, request, data):
+        self.request, self.data = request, data
+        self.generator = rng(self.ctx.seed, "wrong_labels", request.index)
         for name, param in model.named_parameters():
             param.requires_grad = self.cfg.train_head or not name.startswith("head.")
         self.teacher = None
@@ -46,7 +46,7 @@ class FullFinetune(Method):
     def wrong_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """A random label different from each true label (see the module docstring)."""
         if self.cfg.faithful_relabel:  # (y + randint[1, 100]) mod K, and y + 1 where that lands on y itself
-            k = len(self.task.classes)
+            k = len(self.request.classes)
             offset = torch.randint(1, 101, labels.shape, generator=self.generator).to(labels.device)
             wrong = (labels + offset) % k
             return torch.where(wrong == labels, (labels + 1) % k, wrong)

@@ -53,11 +53,11 @@ class GSLoRA(Method):
         if not cfg.beta:
             raise ForgetkitError("method.beta is empty; give one β per task (or one for all)")
 
-    def setup(self, model, task, data):
-        self.task, self.data = task, data
-        self.beta = self.cfg.beta[min(task.index, len(self.cfg.beta) - 1)]
+    def setup(self, model, request, data):
+        self.request, self.data = request, data
+        self.beta = self.cfg.beta[min(request.index, len(self.cfg.beta) - 1)]
         self.replay_logit_weight = (self.cfg.replay_logit_weight if self.cfg.replay_logit_weight is not None
-                                    else 1.0 if task.missing else 0.0)
+                                    else 1.0 if request.missing else 0.0)
         self.base_fingerprint = fingerprint(model)
         self.module = add_lora(model, self.cfg.lora)
         self.groups = lora_groups(self.module, model.spec.group_pattern, self.cfg.grouping)
@@ -79,7 +79,7 @@ class GSLoRA(Method):
         forget_loss = bounded_forget_loss(logits[: len(xf)], yf, self.cfg.bnd, self.cfg.bound_per_sample)
         retain_loss = F.cross_entropy(logits[len(xf):], yr) if len(xr) else logits.new_zeros(())
         # every class forgotten so far: this request's and the earlier ones'
-        forgotten_mass = (class_mass_loss(logits[: len(xf)], self.task.classes + self.task.old)
+        forgotten_mass = (class_mass_loss(logits[: len(xf)], self.request.classes + self.request.old)
                           if self.cfg.forgotten_mass_weight else logits.new_zeros(()))
         loss = self.beta * forget_loss + retain_loss + self.cfg.forgotten_mass_weight * forgotten_mass
         replay_logits = logits.new_zeros(())
@@ -130,7 +130,7 @@ class GSLoRA(Method):
         """Hook for GS-LoRA++'s prototype terms; GS-LoRA adds nothing."""
         return losses
 
-    def task_stats(self):
+    def request_stats(self):
         norms = group_norms(self.groups)
         kept = [name for name, value in norms.items() if value >= self.cfg.zero_threshold]
         return {
@@ -142,8 +142,8 @@ class GSLoRA(Method):
         }
 
     def save_edit(self, directory: Path):
-        save_adapter(self.module, directory, self.base_fingerprint, task=self.task.index,
-                     forget_classes=self.task.classes, merged_into_model=True)
+        save_adapter(self.module, directory, self.base_fingerprint, request=self.request.index,
+                     forget_classes=self.request.classes, merged_into_model=True)
         return True
 
     def finish(self):

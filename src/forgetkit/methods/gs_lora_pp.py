@@ -79,16 +79,16 @@ class GSLoRAPlusPlus(GSLoRA):
         if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
             raise ForgetkitError(f"method.ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
 
-    def setup(self, model, task, data):
+    def setup(self, model, request, data):
         # Prototypes from the model as it starts this task (after the previous merge), before LoRA is added, over a
         # seeded sample of each class: a class mean needs a few hundred images, not the whole replay set.
-        gen = rng(self.ctx.seed, "prototype_images", task.index)
+        gen = rng(self.ctx.seed, "prototype_images", request.index)
         sample = [per_class_sample(d, self.cfg.prototype_images, gen) for d in (data.forget, data.retain)]
         self.prototypes, self.present = class_prototypes(model, sample, self.ctx.num_classes, self.ctx.device)
-        module = super().setup(model, task, data)
-        pick = min(task.index, len(self.cfg.proto_forget_weight) - 1)
+        module = super().setup(model, request, data)
+        pick = min(request.index, len(self.cfg.proto_forget_weight) - 1)
         self.w_f = self.cfg.proto_forget_weight[pick]
-        self.w_r = self.cfg.proto_retain_weight[min(task.index, len(self.cfg.proto_retain_weight) - 1)]
+        self.w_r = self.cfg.proto_retain_weight[min(request.index, len(self.cfg.proto_retain_weight) - 1)]
         self.ema = None
         return module
 

@@ -133,34 +133,34 @@ class LearnMethod(Method):
     edit_type = "learn"
     default_lr = 5e-4
 
-    def fit(self, model, task, data, train_steps):
-        self.task, self.device = task, next(model.parameters()).device
-        known = len(task.retain) + len(task.old)  # the model knows the first `known` classes (some forgotten)
+    def fit(self, model, request, data, train_steps):
+        self.request, self.device = request, next(model.parameters()).device
+        known = len(request.retain) + len(request.old)  # the model knows the first `known` classes (some forgotten)
         if model.spec.head == "prototype":
             old = model.head.prototypes.detach().clone()
         else:  # a classifier's head becomes prototypes of its classes, read from their images this once; a backbone
             # (it knows none of the data's classes) keeps nothing; a class its ledger forgot gets a zero prototype
             # (cosine 0 to everything), never a mean of its images that would bring it back
             old = torch.zeros(known, model.spec.embed_dim, device=self.device)
-            if task.retain:
-                old[task.retain] = class_means(model, data.retain, task.retain, self.device)
+            if request.retain:
+                old[request.retain] = class_means(model, data.retain, request.retain, self.device)
         self.old_prototypes = old
         # the known classes' prototypes as negatives (LoRA-Sub-DRS's triplet): a forgotten class's zero row would sit
         # at distance exactly 1 from every normalised feature and count as a false negative
-        self.retained_prototypes = old[task.retain]
-        self.factors = self.train(model, task, data, train_steps)
+        self.retained_prototypes = old[request.retain]
+        self.factors = self.train(model, request, data, train_steps)
         learned = merge_kv(model, self.factors)
-        new = class_means(learned, data.forget, task.classes, self.device)
+        new = class_means(learned, data.forget, request.classes, self.device)
         self.prototypes = torch.cat([old, new])
         self.model = with_prototypes(learned, self.prototypes)
 
-    def train(self, model, task, data, train_steps) -> dict[str, torch.Tensor] | None:
+    def train(self, model, request, data, train_steps) -> dict[str, torch.Tensor] | None:
         """Train on the request's data; returns the K/V LoRA factors to merge (:func:`stack_factors`), or None."""
         raise NotImplementedError
 
     def save_edit(self, directory: Path) -> bool:
         save_weights(directory / "learn.safetensors", {"prototypes": self.prototypes, **(self.factors or {})})
-        write_json(directory / "learn.json", {"method": self.name, "classes": list(self.task.classes),
+        write_json(directory / "learn.json", {"method": self.name, "classes": list(self.request.classes),
                                               "known_before": len(self.old_prototypes)})
         return True
 

@@ -78,7 +78,7 @@ class LIRF(FullFinetune):
     def trainable_count(self):
         return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
 
-    def task_stats(self):
+    def request_stats(self):
         return {"deposit_params": sum(p.numel() for p in self.deposit.parameters() if p.requires_grad)}
 
     def training_step(self, batch, step):
@@ -95,8 +95,8 @@ class LIRF(FullFinetune):
         losses = {
             "forget": F.cross_entropy(s_logits, wrong),
             "at": F.mse_loss(attention_map(s_mid), attention_map(t_mid)),
-            "kd": sliced_kd(t_logits, s_logits, self.task.retain, cfg.temperature),
-            "deposit": a * sliced_kd(t_logits, self.deposit.head(d_emb, wrong), self.task.classes, cfg.temperature)
+            "kd": sliced_kd(t_logits, s_logits, self.request.retain, cfg.temperature),
+            "deposit": a * sliced_kd(t_logits, self.deposit.head(d_emb, wrong), self.request.classes, cfg.temperature)
             + (1 - a) * F.cross_entropy(self.deposit.head(d_emb, yf), yf),
         }
         losses["retain"] = F.cross_entropy(self.module(*retain), retain[1]) if retain else xf.new_zeros(())
@@ -107,7 +107,7 @@ class LIRF(FullFinetune):
     def save_edit(self, directory: Path):
         """The deposit module T_r as its own artefact: its lower half (safetensors) and ``deposit.json`` (the
         deposited classes, the split point and the fingerprint of the target network it belongs to)."""
-        save_deposit(directory, self.deposit, self.module, self.split_at, self.task.classes, self.name)
+        save_deposit(directory, self.deposit, self.module, self.split_at, self.request.classes, self.name)
         return False
 
     def finish(self):
@@ -186,11 +186,11 @@ class LIRFECCV(LIRF):
             t_mid = self.teacher.lower(xf, self.split_at)
             z_0 = self.teacher.upper(t_mid, self.split_at)
         z_d = self.deposit.upper(self.deposit.lower(xf, self.split_at), self.split_at)
-        z_r = recover_logits(z_t, z_d, self.task.classes)
-        preserved = [c for c in range(self.ctx.num_classes) if c not in self.task.classes]
+        z_r = recover_logits(z_t, z_d, self.request.classes)
+        preserved = [c for c in range(self.ctx.num_classes) if c not in self.request.classes]
         losses = {"kd_preserved": sliced_kd(z_0, z_t, preserved, cfg.temperature),
                   "forget": F.cross_entropy(z_random, random_labels),
-                  "kd_deposit": sliced_kd(z_0, z_r, self.task.classes, cfg.temperature),
+                  "kd_deposit": sliced_kd(z_0, z_r, self.request.classes, cfg.temperature),
                   "recover": F.cross_entropy(z_r, yf),
                   "at": F.mse_loss(attention_map(s_mid), attention_map(t_mid))}
         losses["loss"] = (a * losses["kd_preserved"] + (1 - a) * losses["forget"] + a * losses["kd_deposit"]

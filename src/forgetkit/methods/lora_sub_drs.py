@@ -91,18 +91,18 @@ class LoRASubDRS(LearnMethod):
         count = len({key.split(".")[1] for key in state})
         self.history = [{name: state[f"history.{i}.{name}"] for name in FACTORS} for i in range(count)]
 
-    def train(self, model, task, data, train_steps):
+    def train(self, model, request, data, train_steps):
         cfg = self.cfg
         for p in model.parameters():
             p.requires_grad_(False)
         earlier = self.earlier_factors()
         self.layers = attach_kv_lora(model, cfg.rank, "sparse" if cfg.layout == "official" else "zero",
-                                     self.ctx.seed, task.index)
+                                     self.ctx.seed, request.index)
         self.projections = self.drift_resistant_space(model, data.forget, earlier) if cfg.drs and earlier else {}
         self.module = model.eval()  # trained in eval mode, as the official code: no dropout
-        self.head = nn.Linear(model.spec.embed_dim, len(task.classes)).to(self.device)
-        self.local = torch.full((max(task.classes) + 1,), -1, dtype=torch.long, device=self.device)
-        self.local[task.classes] = torch.arange(len(task.classes), device=self.device)
+        self.head = nn.Linear(model.spec.embed_dim, len(request.classes)).to(self.device)
+        self.local = torch.full((max(request.classes) + 1,), -1, dtype=torch.long, device=self.device)
+        self.local[request.classes] = torch.arange(len(request.classes), device=self.device)
         train_steps()
         factors = stack_factors(self.layers)
         detach_kv_lora(model)
@@ -155,7 +155,7 @@ class LoRASubDRS(LearnMethod):
     def trainable_count(self):
         return sum(p.numel() for p in self.parameters())
 
-    def task_stats(self):
+    def request_stats(self):
         return {"drs_dims": getattr(self, "space_dims", None) if self.projections else None}
 
 

@@ -18,10 +18,10 @@ class FrozenNCM(LearnMethod):
     incremental learning on a pre-trained model (nothing trained, so nothing drifts)."""
 
 
-    def fit(self, model, task, data, train_steps):  # no step loop: the base only adds prototypes
-        super().fit(model, task, data, lambda: None)
+    def fit(self, model, request, data, train_steps):  # no step loop: the base only adds prototypes
+        super().fit(model, request, data, lambda: None)
 
-    def train(self, model, task, data, train_steps):
+    def train(self, model, request, data, train_steps):
         return None
 
 
@@ -33,22 +33,22 @@ class Joint(LearnMethod):
     prototype on the result."""
 
 
-    def train(self, model, task, data, train_steps):
+    def train(self, model, request, data, train_steps):
         for p in model.parameters():
             p.requires_grad_(False)
-        self.layers = attach_kv_lora(model, self.cfg.rank, "zero", self.ctx.seed, task.index)
+        self.layers = attach_kv_lora(model, self.cfg.rank, "zero", self.ctx.seed, request.index)
         self.module = model.eval()
-        self.head = nn.Linear(model.spec.embed_dim, max(task.classes) + 1).to(self.device)
+        self.head = nn.Linear(model.spec.embed_dim, max(request.classes) + 1).to(self.device)
         self.data = data
         train_steps()
         factors = stack_factors(self.layers)
         detach_kv_lora(model)
         return factors
 
-    def fit(self, model, task, data, train_steps):
-        super().fit(model, task, data, train_steps)
-        if task.retain:  # it may read the known classes' images: their prototypes follow the new features
-            known = class_means(self.model, self.data.retain, task.retain, self.device)
+    def fit(self, model, request, data, train_steps):
+        super().fit(model, request, data, train_steps)
+        if request.retain:  # it may read the known classes' images: their prototypes follow the new features
+            known = class_means(self.model, self.data.retain, request.retain, self.device)
             self.prototypes = torch.cat([known, self.prototypes[len(known):]])
             self.model.head.prototypes.data.copy_(self.prototypes)
 

@@ -42,9 +42,9 @@ class Redeposit(Method):
     fix_hint = ("redeposit forgets the classes only as far as the LIRF request's target had forgotten them "
                 "(docs/ledger.md)")
 
-    def fit(self, model, task, data, train_steps):
+    def fit(self, model, request, data, train_steps):
         self.recovered = model
-        self.model, self.removed = without_deposit(model, list(task.classes), self.ctx.classes)
+        self.model, self.removed = without_deposit(model, list(request.classes), self.ctx.classes)
 
     def save_edit(self, directory: Path) -> bool:
         """The deposit taken out, in the form a LIRF request leaves it, bound to the target it goes back onto."""

@@ -82,7 +82,7 @@ class ImportanceRegularised(FullFinetune):
             images = retain
         else:  # a class-balanced draw of `cap` images
             order = next(iter(BalancedBatchSampler(retain.targets, cap, rng(
-                self.ctx.seed, "importance_images", self.task.index))))
+                self.ctx.seed, "importance_images", self.request.index))))
             images = retain.subset(torch.tensor(order))
         loader = inference_loader(images, self.ctx.batch_size)
         for x, y in loader:

@@ -23,10 +23,10 @@ class Retrain(Method):
     default_lr = 3e-4
     requires = frozenset({"rebuildable"})
 
-    def setup(self, model, task, data):
+    def setup(self, model, request, data):
         if len(data.retain) == 0:
             raise ForgetkitError("retrain needs replay data of the retained classes; raise protocol.retain_ratio")
-        seed = int(rng(self.ctx.seed, "retrain_init", task.index).initial_seed())
+        seed = int(rng(self.ctx.seed, "retrain_init", request.index).initial_seed())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.module = ForgetModel(model.spec).to(self.ctx.device)

@@ -47,14 +47,14 @@ class Undo(Method):
 
     supports = frozenset({"restore"})
 
-    def fit(self, model, task, data, train_steps):
+    def fit(self, model, request, data, train_steps):
         from ..ledger import replay_ledger
 
         ledger, names = self.ctx.ledger, self.ctx.classes
         forgotten = forgotten_classes(ledger)
-        entries = sorted({forgotten[names[c]] for c in task.classes}, reverse=True)  # latest first
+        entries = sorted({forgotten[names[c]] for c in request.classes}, reverse=True)  # latest first
         for j in entries:
-            together = [c for c in ledger[j]["classes"] if c in forgotten and names.index(c) not in task.classes]
+            together = [c for c in ledger[j]["classes"] if c in forgotten and names.index(c) not in request.classes]
             if together:
                 raise ForgetkitError(f"request {j + 1} forgot {', '.join(ledger[j]['classes'])} together; undoing "
                                      f"it gives all of them back: add {', '.join(together)} to the restore request")
@@ -86,7 +86,7 @@ class Undo(Method):
     def trainable_count(self):
         return 0
 
-    def task_stats(self):
+    def request_stats(self):
         return {"exact_undo_of_requests": self.exact}
 
     def finish(self):

@@ -92,15 +92,15 @@ class Withdraw(Method):
     supports = frozenset({"restore"})
     edit_type = "withdrawal"
 
-    def fit(self, model, task, data, train_steps):
+    def fit(self, model, request, data, train_steps):
         ledger, names = self.ctx.ledger, self.ctx.classes
         done = forgotten_classes(ledger)
-        entries = sorted({done[names[c]] for c in task.classes})
+        entries = sorted({done[names[c]] for c in request.classes})
         if len(entries) != 1:
             raise ForgetkitError("withdraw the classes of one LIRF request at a time (they were forgotten by "
                                  f"requests {', '.join(str(j + 1) for j in entries)})")
         entry = ledger[entries[0]]
-        if set(entry["classes"]) != {names[c] for c in task.classes}:
+        if set(entry["classes"]) != {names[c] for c in request.classes}:
             raise ForgetkitError(f"request {entry['index'] + 1} deposited {', '.join(entry['classes'])} together; "
                                  f"withdraw them together")
         if self.ctx.source is None or not entry.get("edit"):

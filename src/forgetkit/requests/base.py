@@ -127,6 +127,46 @@ class RequestRecord:
     def passed(self) -> bool:
         return bool(self.verdict["pass"])
 
+    @property
+    def failed(self) -> list[str]:
+        """Why the request missed its goal, one line per missed check (empty when it passed)."""
+        return list(self.verdict["failed"])
+
+    @property
+    def retain_classes(self) -> list[str]:
+        """The classes the request keeps (forget requests; empty for the other kinds)."""
+        return self.details.get("retain_classes", [])
+
+    @property
+    def missing_classes(self) -> list[str]:
+        """The retained classes without replay data (the missing-class setting)."""
+        return self.details.get("missing_classes", [])
+
+    @property
+    def old_classes(self) -> list[str]:
+        """The classes forgotten before this request that must stay forgotten, by name."""
+        return self.details.get("old_classes", [])
+
+    @property
+    def pretrained(self) -> dict:
+        """The request's metrics on the pre-trained (base) model."""
+        return self.details.get("pretrained", {})
+
+    @property
+    def h_mean(self) -> float | None:
+        """H of the request's classes' drop and Acc_r (forget requests; None for the other kinds)."""
+        return self.details.get("h_mean")
+
+    @property
+    def h_cumulative(self) -> float | None:
+        """H of every class forgotten so far against Acc_r (forget requests; None for the other kinds)."""
+        return self.details.get("h_cumulative")
+
+    @property
+    def verify(self) -> dict | None:
+        """The in-run verification after the request (``eval.verify.enabled``), or None."""
+        return self.details.get("verify")
+
     def to_dict(self) -> dict:
         return {"index": self.index, "kind": self.kind, **self.details, "per_class": self.per_class,
                 "verdict": self.verdict, **{name: getattr(self, name) for name in _RECORD_FIELDS}, **self.stats}
@@ -137,6 +177,63 @@ class RequestRecord:
         head, tail = keys[2:keys.index("per_class")], keys[keys.index("edit") + 1:]
         return cls(data["index"], data["kind"], {k: data[k] for k in head}, data["per_class"], data["verdict"],
                    *(data[name] for name in _RECORD_FIELDS), stats={k: data[k] for k in tail})
+
+
+_RUN_HEAD = ("method", "dataset", "setting", "seed", "eval_split", "accuracy", "pretrained")
+
+
+@dataclass
+class RunRecord:
+    """A finished run as ``results.json`` keeps it, typed: what every run of every kind returns
+    (:func:`forgetkit.run_requests`, :func:`forgetkit.forget`, ...) and :meth:`read` loads.
+
+    ``requests`` are the run's :class:`RequestRecord` in order (``results.json`` calls them ``tasks``); ``summary``
+    holds the averages every kind gets and the kind's own run-level numbers; :meth:`to_dict` writes the schema of
+    ``results.json`` unchanged, key order included."""
+
+    method: str
+    dataset: str
+    setting: str
+    seed: int
+    eval_split: str
+    accuracy: str
+    pretrained: dict
+    requests: list[RequestRecord]
+    kind: str
+    summary: dict
+    loss_log: list[dict]
+    ledger: list[dict]
+
+    @property
+    def passed(self) -> bool:
+        """Every request reached its goal."""
+        return all(r.passed for r in self.requests)
+
+    def to_dict(self) -> dict:
+        return {**{name: getattr(self, name) for name in _RUN_HEAD}, "tasks": [r.to_dict() for r in self.requests],
+                "kind": self.kind, "summary": self.summary, "loss_log": self.loss_log, "ledger": self.ledger}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunRecord:
+        return cls(*(data[name] for name in _RUN_HEAD), [RequestRecord.from_dict(t) for t in data["tasks"]],
+                   data["kind"], data["summary"], data["loss_log"], data["ledger"])
+
+    @classmethod
+    def read(cls, path: str | Path) -> RunRecord:
+        """A finished run's record from its folder or its ``results.json``."""
+        import json
+
+        path = Path(path)
+        path = path / "results.json" if path.is_dir() else path
+        if not path.is_file():
+            raise ForgetkitError(f"{path} not found: give the folder of a finished run (it holds results.json)")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def __getitem__(self, key: str):
+        # the results were a plain dict before; dict reads keep working, with a warning, for one release
+        warnings.warn(f"results[{key!r}] is deprecated: the results are a RunRecord, read its attributes "
+                      f"(requests for 'tasks'), or call to_dict()", DeprecationWarning, stacklevel=2)
+        return self.to_dict()[key]
 
 
 def register_kind(name: str):
@@ -151,6 +248,14 @@ def register_kind(name: str):
 class RequestKind:
     """Base class of request kinds (stateless: one instance serves every request of its kind)."""
 
+    def __init_subclass__(cls, **kwargs):
+        """A kind written for forgetkit 0.1 (``make_tasks``) keeps working for one release, with a warning."""
+        super().__init_subclass__(**kwargs)
+        if "make_tasks" in cls.__dict__ and "make_requests" not in cls.__dict__:
+            warnings.warn(f"{cls.__name__}.make_tasks is deprecated and will be removed in forgetkit 0.3; name it "
+                          f"make_requests", DeprecationWarning, stacklevel=2)
+            cls.make_requests = cls.__dict__["make_tasks"]
+
     name: ClassVar[str] = ""
     streams: ClassVar[tuple[str, ...]] = ()
     fix_hint: ClassVar[str] = ""
@@ -159,8 +264,8 @@ class RequestKind:
     adds_classes: ClassVar[bool] = False
     """each request adds its classes to those the model knows (learn)"""
 
-    def make_tasks(self, cfg, classes: list[str], forgotten: list[int], first_index: int,
-                   known: int | None = None) -> list:
+    def make_requests(self, cfg, classes: list[str], forgotten: list[int], first_index: int,
+                      known: int | None = None) -> list:
         """The requests of a protocol config (``cfg``: a ProtocolConfig), given the classes forgotten so far and the
         classes the model knows (``classes[:known]``; None: all of them)."""
         raise NotImplementedError
@@ -180,56 +285,56 @@ class RequestKind:
         classes' images). Default: as given."""
         return splits
 
-    def reference(self, task, ledger: list[dict], source, classes: list[str]) -> dict | None:
+    def reference(self, request, ledger: list[dict], source, classes: list[str]) -> dict | None:
         """The model a request is judged against besides the one before it, as ``{"label", "fingerprint",
         "model"}`` (restore: the model before the withdrawn request), or None."""
         return None
 
-    def against_reference(self, task, after: PerClass, fingerprint_after: str, reference: dict) -> dict:
+    def against_reference(self, request, after: PerClass, fingerprint_after: str, reference: dict) -> dict:
         """Metrics of the model after the request against :meth:`reference` (its accuracy is in
         ``reference["accuracy"]``)."""
         return {}
 
-    def forgotten_after(self, task) -> list[int]:
+    def forgotten_after(self, request) -> list[int]:
         """The classes the model should have forgotten after the request (what verification checks)."""
-        return list(task.old)
+        return list(request.old)
 
-    def model_metrics(self, task, model, images, names: list[str], device) -> dict:
+    def model_metrics(self, request, model, images, names: list[str], device) -> dict:
         """Numbers of the model after the request that per-class accuracy cannot give (learn: prototype gaps)."""
         return {}
 
-    def summary(self, records: list[dict]) -> dict:
+    def summary(self, records: list[RequestRecord]) -> dict:
         """Run-level numbers over all requests, besides the averages every kind gets."""
         return {}
 
-    def summary_lines(self, results: dict, wall: float) -> str:
+    def summary_lines(self, results: RunRecord, wall: float) -> str:
         """What the CLI prints after a run: by default the first table of the kind's report."""
         return self.report(results).split("\n\n## ")[0]
 
-    def describe(self, task, names: list[str]) -> dict:
+    def describe(self, request, names: list[str]) -> dict:
         """The request's classes by name, for results.json (``classes``: the classes the request is about)."""
         raise NotImplementedError
 
-    def check(self, task, ledger: list[dict], classes: list[str]) -> None:
+    def check(self, request, ledger: list[dict], classes: list[str]) -> None:
         """Refuse a request the ledger makes impossible, before any work."""
 
-    def report(self, results: dict) -> str:
+    def report(self, results: RunRecord) -> str:
         """The run's report.md."""
         raise NotImplementedError
 
     ledger_metrics: ClassVar[tuple[str, ...]] = ("after",)
     """the request's results the ledger keeps (besides kind, classes, method, config, verdict, fingerprints, edit)"""
 
-    def plot(self, results: dict, out) -> None:
+    def plot(self, results: RunRecord, out) -> None:
         """The run's plots."""
 
-    def measure(self, task, before: PerClass, after: PerClass, pretrained: PerClass) -> dict:
+    def measure(self, request, before: PerClass, after: PerClass, pretrained: PerClass) -> dict:
         raise NotImplementedError
 
     def verdict(self, metrics: dict, thresholds) -> dict:
         raise NotImplementedError
 
-    def compare(self, out: Path, runs: dict[str, dict], spec: dict, highlight: set[str]) -> list[dict]:
+    def compare(self, out: Path, runs: dict[str, RunRecord], spec: dict, highlight: set[str]) -> list[dict]:
         """Write a bench's comparison of finished runs of this kind into ``out`` (``comparison.md``, ``.csv``,
         ``.json`` with ``spec``, and ``.png``, the ``highlight`` runs drawn bold); returns the CSV rows."""
         raise ForgetkitError(f"forgetkit bench has no comparison of {self.name} runs; run {self.name} requests with "

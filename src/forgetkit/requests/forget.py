@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import BUDGET_HINT, ForgetkitError
 from ..ledger import forgotten_classes
-from .base import RequestKind, deep_failures, register_kind, retained_drop
+from .base import RequestKind, RunRecord, deep_failures, register_kind, retained_drop
 
 if TYPE_CHECKING:
     from ..metrics import PerClass
@@ -17,16 +17,16 @@ CSV_COLUMNS = ["method", "task", "h_cumulative", "h_mean", "acc_r", "acc_f", "ac
 
 
 
-def _accuracies(pc: PerClass, task) -> dict[str, float | None]:
-    accs = {"acc_f": pc.accuracy(task.classes), "acc_r": pc.accuracy(task.retain),
-            "acc_o": pc.accuracy(task.old) if task.old else None,
+def _accuracies(pc: PerClass, request) -> dict[str, float | None]:
+    accs = {"acc_f": pc.accuracy(request.classes), "acc_r": pc.accuracy(request.retain),
+            "acc_o": pc.accuracy(request.old) if request.old else None,
             # every class forgotten so far (this request's and the earlier ones'): what relapse shows up in
-            "acc_f_all": pc.accuracy(task.classes + task.old),
+            "acc_f_all": pc.accuracy(request.classes + request.old),
             # the whole test set, sample-weighted (LIRF's Avg Acc)
-            "acc_all": pc.accuracy(task.classes + task.retain + task.old)}
-    if task.missing:  # Acc_r counts the missing classes (as T-PAMI Table 5); Acc_m and Acc_r with data apart
-        accs["acc_m"] = pc.accuracy(task.missing)
-        accs["acc_r_data"] = pc.accuracy(task.replay)
+            "acc_all": pc.accuracy(request.classes + request.retain + request.old)}
+    if request.missing:  # Acc_r counts the missing classes (as T-PAMI Table 5); Acc_m and Acc_r with data apart
+        accs["acc_m"] = pc.accuracy(request.missing)
+        accs["acc_r_data"] = pc.accuracy(request.replay)
     return accs
 
 
@@ -38,17 +38,17 @@ class Forget(RequestKind):
     ledger_metrics = ("after", "h_mean", "h_cumulative")
     fix_hint = f"{BUDGET_HINT} (docs/baselines.md)"
 
-    def make_tasks(self, cfg, classes, forgotten, first_index, known=None):
-        from .protocol import make_tasks
+    def make_requests(self, cfg, classes, forgotten, first_index, known=None):
+        from .protocol import make_requests
 
-        return make_tasks(cfg, classes, forgotten, first_index)
+        return make_requests(cfg, classes, forgotten, first_index)
 
-    def describe(self, task, names):
-        return {"classes": [names[c] for c in task.classes],
-                "forget_classes": [names[c] for c in task.classes],
-                "retain_classes": [names[c] for c in task.retain],
-                "old_classes": [names[c] for c in task.old],
-                "missing_classes": [names[c] for c in task.missing]}
+    def describe(self, request, names):
+        return {"classes": [names[c] for c in request.classes],
+                "forget_classes": [names[c] for c in request.classes],
+                "retain_classes": [names[c] for c in request.retain],
+                "old_classes": [names[c] for c in request.old],
+                "missing_classes": [names[c] for c in request.missing]}
 
     def report(self, results):
         from ..report import markdown_report
@@ -64,8 +64,8 @@ class Forget(RequestKind):
     def summary_lines(self, results, wall):
         from ..report import results_table
 
-        s = results["summary"]
-        return (results_table([(results["method"], results["tasks"])])
+        s = results.summary
+        return (results_table([(results.method, results.requests)])
                 + f"\n\naverage cumulative H {s['h_cumulative_avg']:.2f}  H {s['h_mean_avg']:.2f}  Acc_f "
                   f"{s['acc_f_avg']:.2f}  Acc_r {s['acc_r_avg']:.2f}  ({s['seconds_total']:.0f} s of training, "
                   f"{wall:.0f} s in all with loading, evaluation and saving)")
@@ -73,9 +73,9 @@ class Forget(RequestKind):
     def compare(self, out, runs, spec, highlight):
         return write_comparison(out, runs, spec, highlight)
 
-    def check(self, task, ledger, classes):
+    def check(self, request, ledger, classes):
         done = forgotten_classes(ledger)
-        for c in task.classes:
+        for c in request.classes:
             if classes[c] in done:
                 entry = ledger[done[classes[c]]]
                 raise ForgetkitError(
@@ -83,13 +83,13 @@ class Forget(RequestKind):
                     f"ledger ({entry.get('method')}, {entry.get('time', 'time unknown')}); restore it first, or "
                     f"leave it out of this request")
 
-    def forgotten_after(self, task):
-        return list(task.classes) + list(task.old)
+    def forgotten_after(self, request):
+        return list(request.classes) + list(request.old)
 
-    def measure(self, task, before, after, pretrained):
+    def measure(self, request, before, after, pretrained):
         from ..metrics import h_mean
 
-        acc_after, acc_before, acc_pre = (_accuracies(pc, task) for pc in (after, before, pretrained))
+        acc_after, acc_before, acc_pre = (_accuracies(pc, request) for pc in (after, before, pretrained))
         return {
             "before": acc_before,
             "after": acc_after,
@@ -114,17 +114,17 @@ class Forget(RequestKind):
         return {"pass": not failed and not deep, "failed": failed + deep, "deep_failed": deep}
 
 
-def comparison_rows(all_results: dict[str, dict]) -> list[dict]:
-    from ..report import task_label
+def comparison_rows(all_results: dict[str, RunRecord]) -> list[dict]:
+    from ..report import request_label
 
     rows = []
     for name, results in all_results.items():
-        for t in results["tasks"]:
-            a = t["after"]
-            row = {"method": name, "task": task_label(t), "h_cumulative": t["h_cumulative"], "h_mean": t["h_mean"],
+        for t in results.requests:
+            a = t.after
+            row = {"method": name, "task": request_label(t), "h_cumulative": t.h_cumulative, "h_mean": t.h_mean,
                    "acc_r": a["acc_r"], "acc_f": a["acc_f"], "acc_o": a["acc_o"], "acc_f_all": a["acc_f_all"],
-                   "seconds": t["seconds"],
-                   "trainable_ratio": 100.0 * t["trainable_params"] / t["total_params"]}
+                   "seconds": t.seconds,
+                   "trainable_ratio": 100.0 * t.trainable_params / t.total_params}
             if "acc_m" in a:  # missing-class protocols: Acc_m, and Acc_r of the classes with replay data
                 row.update(acc_m=a["acc_m"], acc_r_data=a["acc_r_data"])
             if "acc_other" in a:  # zero-shot models: accuracy on the other datasets (eval.other_data)
@@ -133,12 +133,12 @@ def comparison_rows(all_results: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def write_comparison(out: Path, all_results: dict[str, dict], spec: dict, highlight: set[str]) -> list[dict]:
+def write_comparison(out: Path, all_results: dict[str, RunRecord], spec: dict, highlight: set[str]) -> list[dict]:
     """The forget kind's bench comparison: best method first by average cumulative H; returns the CSV rows."""
     from ..io import write_json, write_text
     from ..report import fmt, results_table, write_csv
 
-    all_results = dict(sorted(all_results.items(), key=lambda kv: -(kv[1]["summary"]["h_cumulative_avg"] or 0.0)))
+    all_results = dict(sorted(all_results.items(), key=lambda kv: -(kv[1].summary["h_cumulative_avg"] or 0.0)))
     rows = comparison_rows(all_results)
     columns = CSV_COLUMNS + (["acc_m", "acc_r_data"] if any("acc_m" in r for r in rows) else []) + (
         ["acc_other"] if any("acc_other" in r for r in rows) else [])
@@ -147,22 +147,22 @@ def write_comparison(out: Path, all_results: dict[str, dict], spec: dict, highli
     missing = any("acc_m" in r for r in rows)
     cells = "H / Acc_r / Acc_f / Acc_o / Acc_m (Acc_r includes the missing classes)" if missing else \
         "H / Acc_r / Acc_f / Acc_o"
-    lines = [f"# Comparison on {first['dataset']} ({first['setting']}), seed {first['seed']}", "",
+    lines = [f"# Comparison on {first.dataset} ({first.setting}), seed {first.seed}", "",
              f"Cells: {cells} (percent). H uses the drop of Acc_f from the pre-trained model. Methods are sorted by "
              f"average cumulative H: the H of every class forgotten so far (Acc_f_all) against Acc_r, which a "
              f"class forgotten earlier that comes back lowers.", "",
-             results_table([(n, r["tasks"]) for n, r in all_results.items()]), "",
+             results_table([(n, r.requests) for n, r in all_results.items()]), "",
              "| method | avg cumulative H | avg H | avg Acc_r | avg Acc_f | avg Acc_o | "
              + ("avg other data | " if "acc_other" in columns else "") + "trainable | seconds / task |",
              "|---|---|---|---|---|---|---|---|" + ("---|" if "acc_other" in columns else "")]
     for name, r in all_results.items():
-        s, tasks = r["summary"], r["tasks"]
-        ratio = 100.0 * tasks[0]["trainable_params"] / tasks[0]["total_params"]
-        other = [t["after"]["acc_other"] for t in tasks if "acc_other" in t["after"]]
+        s, requests = r.summary, r.requests
+        ratio = 100.0 * requests[0].trainable_params / requests[0].total_params
+        other = [t.after["acc_other"] for t in requests if "acc_other" in t.after]
         lines.append(f"| {name} | {fmt(s['h_cumulative_avg'])} | {fmt(s['h_mean_avg'])} | {fmt(s['acc_r_avg'])} | "
                      f"{fmt(s['acc_f_avg'])} | {fmt(s['acc_o_avg'])} | "
                      + (f"{fmt(sum(other) / len(other) if other else None)} | " if "acc_other" in columns else "")
-                     + f"{ratio:.2f} % | {s['seconds_total'] / len(tasks):.1f} |")
+                     + f"{ratio:.2f} % | {s['seconds_total'] / len(requests):.1f} |")
     lines += verification_section(all_results)
     write_text(out / "comparison.md", "\n".join(lines) + "\n")
     write_json(out / "comparison.json", {"spec": spec, "rows": rows})
@@ -170,12 +170,12 @@ def write_comparison(out: Path, all_results: dict[str, dict], spec: dict, highli
     return rows
 
 
-def verification_section(all_results: dict[str, dict]) -> list[str]:
+def verification_section(all_results: dict[str, RunRecord]) -> list[str]:
     """With eval.verify: every method's checks after its last request side by side, the pre-trained model and the
     reference (a model trained without the forgotten classes) as the rows to read them against."""
     from ..report import verify_comparison
 
-    last = {name: r["tasks"][-1]["verify"] for name, r in all_results.items() if "verify" in r["tasks"][-1]}
+    last = {name: r.requests[-1].verify for name, r in all_results.items() if r.requests[-1].verify is not None}
     if not last:
         return []
     first = next(iter(last.values()))
@@ -183,33 +183,33 @@ def verification_section(all_results: dict[str, dict]) -> list[str]:
             "docs/verify.md)", "", *verify_comparison(last)]
 
 
-def plot_comparison(all_results: dict[str, dict], path: Path, highlight: set[str]) -> None:
+def plot_comparison(all_results: dict[str, RunRecord], path: Path, highlight: set[str]) -> None:
     """H per task (one line per method, distinct colour and marker; the ``highlight`` ones bold) and average Acc_r /
     Acc_f / Acc_o bars."""
     from matplotlib import colormaps
 
     from ..io import atomic_write
-    from ..report import new_figure, task_label
+    from ..report import new_figure, request_label
 
     names = list(all_results)
     colours = colormaps["tab20"].colors
     markers = "os^vD<>phX*P"
     fig, axes = new_figure(1, 2, figsize=(12, 4.4))
-    first = all_results[names[0]]["tasks"]
+    first = all_results[names[0]].requests
     xs = list(range(1, len(first) + 1))
     for i, name in enumerate(names):
-        tasks = all_results[name]["tasks"]
+        requests = all_results[name].requests
         ours = name in highlight
         colour = colours[(2 * i) % 20 + (2 * i) // 20 % 2]  # dark shades first, then the light ones
-        axes[0].plot(xs, [t["h_cumulative"] for t in tasks], marker=markers[i % len(markers)], color=colour,
+        axes[0].plot(xs, [t.h_cumulative for t in requests], marker=markers[i % len(markers)], color=colour,
                      linewidth=2.6 if ours else 1.2, label=name, zorder=3 if ours else 2)
-    axes[0].set_xticks(xs, [task_label(t) for t in first])
+    axes[0].set_xticks(xs, [request_label(t) for t in first])
     axes[0].set_xlabel("task (classes present − forgotten)")
     axes[0].set_ylabel("cumulative H (%)")
     axes[0].set_title("cumulative H per task (higher is better)")
     axes[0].grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2, loc="lower right")
-    summary = [all_results[n]["summary"] for n in names]
+    summary = [all_results[n].summary for n in names]
     pos = list(range(len(names)))
     axes[1].bar([p - 0.27 for p in pos], [s["acc_r_avg"] or 0 for s in summary], 0.27, label="avg Acc_r (retained)")
     axes[1].bar(pos, [s["acc_f_avg"] or 0 for s in summary], 0.27, label="avg Acc_f (forgotten now)")

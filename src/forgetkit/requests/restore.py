@@ -20,50 +20,50 @@ class Restore(RequestKind):
                 "approximate: restore the latest requests first, or forget again with a larger budget "
                 "(docs/ledger.md)")
 
-    def make_tasks(self, cfg, classes, forgotten, first_index, known=None):
-        if cfg.tasks is None:
-            raise ForgetkitError("a restore request names its classes (--classes or protocol.tasks)")
-        tasks, still = [], list(forgotten)
-        for i, names in enumerate(cfg.tasks):
-            restore = resolve_class_names(list(names), classes, f"protocol.tasks[{i}]")
+    def make_requests(self, cfg, classes, forgotten, first_index, known=None):
+        if cfg.requests is None:
+            raise ForgetkitError("a restore request names its classes (--classes or protocol.requests)")
+        requests, still = [], list(forgotten)
+        for i, names in enumerate(cfg.requests):
+            restore = resolve_class_names(list(names), classes, f"protocol.requests[{i}]")
             still = [c for c in still if c not in restore]
-            tasks.append(Request(first_index + i, "restore", restore,
-                                 [c for c in range(len(classes)) if c not in forgotten], list(still)))
-        return tasks
+            requests.append(Request(first_index + i, "restore", restore,
+                                    [c for c in range(len(classes)) if c not in forgotten], list(still)))
+        return requests
 
-    def describe(self, task, names):
-        return {"classes": [names[c] for c in task.classes],
-                "restore_classes": [names[c] for c in task.classes],
-                "retain_classes": [names[c] for c in task.retain],
-                "old_classes": [names[c] for c in task.old]}
+    def describe(self, request, names):
+        return {"classes": [names[c] for c in request.classes],
+                "restore_classes": [names[c] for c in request.classes],
+                "retain_classes": [names[c] for c in request.retain],
+                "old_classes": [names[c] for c in request.old]}
 
-    def check(self, task, ledger, classes):
+    def check(self, request, ledger, classes):
         done = forgotten_classes(ledger)
-        for c in task.classes:
+        for c in request.classes:
             if classes[c] not in done:
                 restored = [e for e in ledger if e.get("kind") == "restore" and classes[c] in e.get("classes", [])]
                 when = f" (request {restored[-1]['index'] + 1} restored it)" if restored else ""
                 raise ForgetkitError(f"class {classes[c]!r} is not forgotten in this model's ledger{when}; only a "
                                      f"forgotten class can be restored")
 
-    def measure(self, task, before, after, pretrained):
+    def measure(self, request, before, after, pretrained):
         def accs(pc):
-            return {"acc_restored": pc.accuracy(task.classes), "acc_r": pc.accuracy(task.retain),
-                    "acc_o": pc.accuracy(task.old) if task.old else None,
-                    "acc_all": pc.accuracy(task.classes + task.retain + task.old)}
+            return {"acc_restored": pc.accuracy(request.classes), "acc_r": pc.accuracy(request.retain),
+                    "acc_o": pc.accuracy(request.old) if request.old else None,
+                    "acc_all": pc.accuracy(request.classes + request.retain + request.old)}
 
         acc_after, acc_before, acc_base = accs(after), accs(before), accs(pretrained)
         return {"before": acc_before, "after": acc_after, "pretrained": acc_base,
                 "regained": acc_after["acc_restored"] - acc_before["acc_restored"],
                 "gap_to_base": acc_base["acc_restored"] - acc_after["acc_restored"]}
 
-    def reference(self, task, ledger, source, classes):
+    def reference(self, request, ledger, source, classes):
         """The model before the earliest request that forgot one of the restored classes, rebuilt from the ledger's
         edits (None when they cannot be replayed: the base is then the only reference)."""
         from ..ledger import replay_ledger
 
         done = forgotten_classes(ledger)
-        first = min(done[classes[c]] for c in task.classes if classes[c] in done)
+        first = min(done[classes[c]] for c in request.classes if classes[c] in done)
         if source is None:
             return None
         try:
@@ -74,11 +74,11 @@ class Restore(RequestKind):
         return {"label": f"the model before request {first + 1}", "request": first + 1, "model": model,
                 "fingerprint": ledger[first]["fingerprint_before"]}
 
-    def against_reference(self, task, after, fingerprint_after, reference):
+    def against_reference(self, request, after, fingerprint_after, reference):
         acc = reference["accuracy"]
-        ref = {"acc_restored": acc.accuracy(task.classes), "acc_r": acc.accuracy(task.retain)}
+        ref = {"acc_restored": acc.accuracy(request.classes), "acc_r": acc.accuracy(request.retain)}
         return {"reference": {**ref, "label": reference["label"]}, "exact": fingerprint_after == reference[
-            "fingerprint"], "gap_to_reference": ref["acc_restored"] - after.accuracy(task.classes)}
+            "fingerprint"], "gap_to_reference": ref["acc_restored"] - after.accuracy(request.classes)}
 
     def verdict(self, metrics, thresholds):
         """An undo that gives back the weights before the withdrawn request bit for bit (the fingerprint the ledger
