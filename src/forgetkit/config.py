@@ -174,7 +174,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node[key]
         node[keys[-1]] = value
         for old, new in RENAMED_KEYS.items():  # an override of a setting wins over the file's old name for it
-            if new == dotted and old.rsplit(".", 1)[0] == dotted.rsplit(".", 1)[0]:
+            if new == dotted:  # a rename keeps the section (config.RENAMED_KEYS)
                 node.pop(old.rsplit(".", 1)[-1], None)
     return data
 
