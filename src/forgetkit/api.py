@@ -205,7 +205,7 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
     from .ledger import forgotten_classes
     from .methods.configs import MethodConfig, resolved_method_config
     from .requests import REQUEST_KINDS, Request, RequestData
-    from .runtime import process_state, setup_device
+    from .runtime import Runtime, process_state
 
     unknown = set(sections) - {"train", "eval"}
     if unknown:
@@ -231,10 +231,11 @@ def unlearn(model, forget_set, retain_set, eval_set, *, classes: list[str], meth
     kind = REQUEST_KINDS.get("forget")()
     kind.check(request, ledger, classes)
     with process_state():
-        device = setup_device(train.device, train.threads)
+        runtime = Runtime.create(train)
+        device = runtime.device
         model = model.to(device)
         editor = Editor.create(MethodConfig.parse(method_spec), kind, model, classes, eval_images, train, thresholds,
-                               seed, device, progress, ledger=ledger)
+                               seed, device, progress, ledger=ledger, runtime=runtime)
         before = editor.evaluate(model)
         data = RequestData({"forget": forget_images, "retain": retain_images})
         model, record, _, _ = editor.run(model, request, data, before, before)

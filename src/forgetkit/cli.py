@@ -63,13 +63,15 @@ def cmd_forget(args) -> None:
     print(f"\nresults, report.md and plots in {cfg.output_dir}/" + (
         f"; the edited model and its ledger in {plan.model_dir}/ (--model {cfg.output_dir} names it)"
         if cfg.save_model else ""))
+    from .runtime import is_worker
+
     records = results.requests
     failed = [r for r in records if not r.passed]
     for r in records:
         exact = " (exact: the weights before the withdrawn request, bit for bit)" if r.verdict.get("exact") else ""
         print(f"{'PASS' if r.passed else 'FAIL'} request {r.index + 1} ({r.kind} {', '.join(r.classes)})"
               + (f": {'; '.join(r.verdict['failed'])}" if not r.passed else exact),
-              file=sys.stdout if r.passed else sys.stderr)
+              file=sys.stdout if r.passed or is_worker() else sys.stderr)  # a worker's stdout is silent
     if failed and not args.allow_fail:
         hint = METHODS.get(results.method).fix_hint or REQUEST_KINDS.get(failed[0].kind).fix_hint
         raise RequestFailed(f"{len(failed)} of {len(results.requests)} requests missed their goal; {hint}; "
@@ -361,8 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "weights (the geometry is read from the weight shapes)")
     p.add_argument("--weights", required=True, help=".safetensors or .pth file (read with weights_only=True)")
     p.add_argument("--arch", default="vit_b16", help="the preset closest to the weights: vit_b16 (timm/torchvision, "
-                                                     "other ViT sizes by -o) or face_vit_p8s8 (the Face Transformer "
-                                                     "GS-LoRA trains)")
+                                                     "other ViT sizes by -o), face_vit_p8s8 (the Face Transformer "
+                                                     "GS-LoRA trains), or timm:NAME, any timm VisionTransformer by "
+                                                     "name (e.g. timm:vit_small_patch16_224)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="FIELD=VALUE",
                    help="change a preset field the weights do not show, e.g. num_heads=6 (a ViT-S) or depth=12")
     p.add_argument("--data-root", required=True, help="image-folder dataset whose classes the model will have")
@@ -415,7 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except RequestFailed as err:  # the run is complete and saved; a request missed its goal
-        print(f"error: {err}", file=sys.stderr)
+        from .runtime import is_worker
+
+        if not is_worker():  # rank 0 says it once for every process
+            print(f"error: {err}", file=sys.stderr)
         return 3
     except ForgetkitError as err:  # a user's mistake: one line, whatever the message held
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)

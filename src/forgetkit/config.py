@@ -37,6 +37,8 @@ def coerce(value: Any, tp, where: str) -> Any:
         return value
     if origin is typing.Literal:  # a choice: the error lists them (forgetkit config prints them too)
         choices = typing.get_args(tp)
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) in choices:
+            value = str(value)  # `precision: 32` in YAML is a number, its choice the string "32"
         if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
             raise ForgetkitError(f"{where} must be one of {', '.join(map(str, choices))}; got {value!r}")
         return value

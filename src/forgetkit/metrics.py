@@ -58,13 +58,19 @@ class PerClass:
 
 @torch.no_grad()
 def evaluate_classes(model, dataset, device="cpu", batch_size: int = 256, margin: bool = False,
-                     progress: bool = False, batch_mean: int = 0) -> PerClass:
-    """Run ``model`` over ``dataset`` once and count correct predictions per class."""
+                     progress: bool = False, batch_mean: int = 0, runtime=None) -> PerClass:
+    """Run ``model`` over ``dataset`` once and count correct predictions per class.
+
+    With several processes (``runtime``), each predicts one contiguous share of the images and the predictions are
+    gathered in dataset order, so every process holds the counts one process would."""
     if callable(getattr(model, "predict", None)) and not margin:  # a model that caches what it can (CLIP's features)
         return per_class(model.predict(dataset), dataset.targets, len(dataset.classes), batch_mean)
+    world = runtime.world_size if runtime is not None else 1
+    share = -(-len(dataset) // world)
+    mine = range(runtime.rank * share, min(len(dataset), (runtime.rank + 1) * share)) if world > 1 else None
     was_training = model.training
     model.eval()
-    loader = inference_loader(dataset, batch_size)
+    loader = inference_loader(torch.utils.data.Subset(dataset, mine) if mine is not None else dataset, batch_size)
     preds, labels = [], []
     for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         logits = model(x.to(device), y.to(device) if margin else None)
@@ -72,7 +78,13 @@ def evaluate_classes(model, dataset, device="cpu", batch_size: int = 256, margin
         preds.append(logits.argmax(1).cpu() if logits.shape[1] else torch.full((len(y),), -1))
         labels.append(y)
     model.train(was_training)
-    return per_class(torch.cat(preds), torch.cat(labels), len(dataset.classes), batch_mean)
+    if mine is None:
+        return per_class(torch.cat(preds), torch.cat(labels), len(dataset.classes), batch_mean)
+    pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    padded = torch.full((share,), -1, dtype=torch.long)  # equal shapes for the gather; the padding is cut off
+    padded[: len(pred)] = pred
+    pred = runtime.all_gather(padded.to(runtime.device)).cpu().flatten()[: len(dataset)]
+    return per_class(pred, torch.as_tensor(dataset.targets, dtype=torch.long), len(dataset.classes), batch_mean)
 
 
 def per_class(pred: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_mean: int = 0) -> PerClass:

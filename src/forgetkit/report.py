@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .extras import available, missing_hint, require
 from .io import atomic_write, write_json, write_text, write_yaml
+
+logger = logging.getLogger("forgetkit")
 
 if TYPE_CHECKING:
     from .requests.base import RequestRecord, RunRecord
@@ -16,9 +20,7 @@ if TYPE_CHECKING:
 def new_figure(*grid, figsize):
     """A matplotlib figure and its axes, made without pyplot: no global backend is set and no figure stays open in
     the caller's process."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
+    fig = require("matplotlib.figure", "plots").Figure(figsize=figsize)
     return fig, fig.subplots(*grid)
 
 
@@ -191,7 +193,10 @@ def write_outputs(out: Path, results: RunRecord, config: dict, kind) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_yaml(out / "config.yaml", config)
     write_text(out / "report.md", kind.report(results))
-    kind.plot(results, out)
+    if available("matplotlib"):
+        kind.plot(results, out)
+    else:  # the results stand without their pictures; say once per run how to get them
+        logger.warning("plots not written: %s", missing_hint("matplotlib", "plotting a run"))
     write_json(out / "results.json", results.to_dict())
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .engine.plan import STATE_DIR, config_differences, resume_refusal
+from .extras import available
 from .io import load_weights, read_json, save_weights, write_json, write_text, write_yaml
 
 LOG_FIELDS = ["request", "step", "name", "value"]
@@ -127,8 +128,8 @@ class RunLog:
 def _tensorboard(directory: Path, purge_step: int | None):
     """A TensorBoard writer, or None without the ``tensorboard`` extra. ``purge_step``: on resume, TensorBoard hides
     the events the interrupted request wrote past this step."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is an extra: pip install forgetkit[tensorboard]
+    if not available("tensorboard"):  # the tensorboard extra; the CSV log is always written
         return None
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(str(directory), purge_step=purge_step)

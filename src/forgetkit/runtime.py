@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import random
+import sys
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -11,6 +14,7 @@ import torch
 from timm.scheduler import CosineLRScheduler
 
 from .errors import ForgetkitError
+from .extras import require
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -195,3 +199,176 @@ def class_means(model: torch.nn.Module, images, classes: list[int], device, batc
     if (counts[rows] == 0).any():
         raise ForgetkitError("a class to learn has no training images; check the data and the protocol")
     return sums[rows] / counts[rows, None]
+
+
+_WORKER = False
+_FABRICS: dict = {}
+"""the one Fabric this process launched (keyed by its settings), which every later run of the process reuses"""
+
+
+def quiet_worker() -> None:
+    """Silence this process's reports: it is one of several and not rank 0, which prints and logs for all (errors
+    still reach stderr)."""
+    global _WORKER
+    _WORKER = True
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the process's stdout until it exits)
+    logging.getLogger("forgetkit").setLevel(logging.ERROR)
+
+
+def is_worker() -> bool:
+    """True in a process of several that is not rank 0 (it reports nothing; the CLI prints only rank 0's verdict)."""
+    return _WORKER
+
+
+class Runtime:
+    """The one seam between a request's training and the hardware: device, processes, precision and gradient
+    accumulation. Methods call it (:meth:`autocast`, :meth:`backward`, :meth:`update`, :meth:`all_gather`,
+    :attr:`is_writer`) and never know how many processes run or in which precision.
+
+    One process in float32 (the default) needs no engine: every call is the plain torch call, so the numbers are
+    those of forgetkit without the seam. Anything more (``train.devices`` > 1, ``train.precision`` mixed, a run
+    launched by ``torchrun`` or SLURM) goes through Lightning Fabric: its launcher and cluster environments, its
+    process group, collectives and precision plugins (the ``dist`` extra).
+
+    Several processes split every step's global batch (the same draw on every rank, from the run's seed) into
+    equal shares and average their gradients with one all-reduce of the trainable parameters' gradients before the
+    update, which is what DDP computes. Methods reach their modules through many paths (students, teachers, split
+    backbones), which a DDP wrapper would not see, and LoRA leaves parameters without gradients, DDP's
+    unused-parameter trap; the explicit all-reduce has neither problem (docs/scaling.md).
+    """
+
+    def __init__(self, device: torch.device, fabric=None, accumulate: int = 1):
+        self.device, self.fabric, self.accumulate = device, fabric, accumulate
+
+    @classmethod
+    def create(cls, train) -> Runtime:
+        """The runtime of a :class:`~forgetkit.engine.config.TrainConfig` (its device, threads, devices, strategy,
+        precision and accumulate)."""
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun, or Fabric's launcher re-running us
+        if train.devices == 1 and train.precision == "32" and train.strategy == "auto" and not launched:
+            return cls(setup_device(train.device, train.threads), accumulate=train.accumulate)
+        fabric_module = require("lightning_fabric", f"train.devices={train.devices} / train.precision="
+                                                    f"{train.precision} / a multi-process launch")
+        if train.threads:
+            torch.set_num_threads(train.threads)
+        accelerator = {"auto": "auto", "cpu": "cpu", "mps": "mps"}.get(train.device, "cuda")
+        devices, num_nodes = train.devices, train.num_nodes
+        if launched and train.devices == 1:  # torchrun: its processes per node and its nodes
+            world = int(os.environ["WORLD_SIZE"])
+            devices = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+            num_nodes = max(1, world // devices)
+        if ":" in train.device:
+            devices = [int(train.device.split(":")[1])]
+        strategy = "ddp" if (launched or train.devices > 1) and train.strategy == "auto" else train.strategy
+        key = (accelerator, str(devices), strategy, train.precision, num_nodes)
+        several = launched or train.devices * train.num_nodes > 1
+        if key not in _FABRICS:  # several processes launch once: the runs of a bench share them
+            if _FABRICS and several:
+                raise ForgetkitError("the runs of one process must share train.device, train.devices, "
+                                     "train.strategy, train.precision and train.num_nodes; run the others "
+                                     "separately")
+            try:
+                fabric = fabric_module.Fabric(accelerator=accelerator, devices=devices, strategy=strategy,
+                                              precision=train.precision, num_nodes=num_nodes)
+            except (ValueError, RuntimeError, TypeError) as err:
+                raise ForgetkitError(f"cannot set up train.device={train.device}, train.devices={train.devices}, "
+                                     f"train.strategy={train.strategy}, train.precision={train.precision}: "
+                                     f"{str(err).splitlines()[0]}") from None
+            fabric.launch()
+            if not several:  # one process: nothing to share, a new Fabric per run
+                return cls(fabric.device, fabric, train.accumulate)
+            _FABRICS[key] = fabric
+        fabric = _FABRICS[key]
+        if fabric.global_rank != 0:
+            quiet_worker()
+        return cls(fabric.device, fabric, train.accumulate)
+
+    # ---- processes
+    @property
+    def world_size(self) -> int:
+        return self.fabric.world_size if self.fabric is not None else 1
+
+    @property
+    def rank(self) -> int:
+        return self.fabric.global_rank if self.fabric is not None else 0
+
+    @property
+    def is_writer(self) -> bool:
+        """Only this process writes (results, ledger, checkpoints, logs, edits)."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            self.fabric.barrier()
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank (a picklable value; Fabric's collective)."""
+        return self.fabric.broadcast(obj, src=0) if self.world_size > 1 else obj
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor`` (same shape on every rank), stacked on a new first dimension."""
+        if self.world_size == 1:
+            return tensor[None]
+        return self.fabric.all_gather(tensor)
+
+    # ---- the step
+    def autocast(self):
+        """The forward pass's precision context (Fabric's precision plugin; nothing in float32)."""
+        return self.fabric.autocast() if self.fabric is not None else contextlib.nullcontext()
+
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """The optimizer as the precision plugin steps it (16-mixed: through its gradient scaler)."""
+        return self.fabric.setup_optimizers(optimizer) if self.fabric is not None else optimizer
+
+    def shares(self, batch: dict) -> list[dict]:
+        """This process's part of every stream of a step's global ``batch``, cut into ``accumulate`` micro-batches
+        (each stream's images split as evenly as they go). One process, no accumulation: ``[batch]`` itself."""
+        parts = self.world_size * self.accumulate
+        if parts == 1:
+            return [batch]
+        cut = {}
+        for name, stream in batch.items():
+            if stream is None:
+                cut[name] = [None] * parts
+                continue
+            x, y = stream
+            if len(y) < parts:
+                raise ForgetkitError(f"the {name} stream has {len(y)} images a step, fewer than train.devices × "
+                                     f"train.accumulate = {parts}; raise train.batch_size or lower those")
+            cut[name] = list(zip(x.tensor_split(parts), y.tensor_split(parts)))
+        mine = range(self.rank * self.accumulate, (self.rank + 1) * self.accumulate)
+        return [{name: cut[name][i] for name in batch} for i in mine]
+
+    def backward(self, loss: torch.Tensor, parts: int = 1) -> None:
+        """Backward of one micro-batch's loss, weighted so that the ``parts`` micro-batches add up to their mean."""
+        loss = loss / parts if parts > 1 else loss
+        if self.fabric is not None:
+            self.fabric.backward(loss)
+        else:
+            loss.backward()
+
+    def sync_gradients(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
+        """Before the method's gradient hooks: unscale (16-mixed) and average the gradients over the processes.
+
+        One flat all-reduce of every trainable gradient, with a flag per parameter, so a parameter no process
+        computed a gradient for keeps none (AdamW skips it, as in one process) and the collectives match on every
+        rank whatever each rank's data touched."""
+        if self.fabric is None:
+            return
+        scaler = getattr(self.fabric.strategy.precision, "scaler", None)
+        if scaler is not None:  # the hooks (clipping, projections) read true gradients
+            scaler.unscale_(getattr(optimizer, "optimizer", optimizer))
+        if self.world_size == 1:
+            return
+        flags = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().float() for p in params])
+        reduced = self.fabric.all_reduce(torch.cat([flags, flat]), reduce_op="sum")
+        flags, flat = reduced[: len(params)], reduced[len(params):] / self.world_size
+        offset = 0
+        for param, flag in zip(params, flags.tolist()):
+            n = param.numel()
+            param.grad = flat[offset: offset + n].view_as(param).to(param.dtype) if flag else None
+            offset += n
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()

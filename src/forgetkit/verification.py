@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from .engine.config import VerifyConfig
 from .errors import ForgetkitError
+from .extras import require
 from .models.checkpoint import fingerprint
 from .models.formats import load_checkpoint, resolve_model_path
 from .runtime import inference_loader, rng
@@ -307,6 +308,7 @@ class Verifier:
 
     def __init__(self, cfg: VerifyConfig, train, test, seed: int, device, pretrained, reference=None,
                  references: list | None = None, exact: bool = False, memo: dict | None = None):
+        require("sklearn", "verification (eval.verify, forgetkit verify)")  # its attacks and probes, before any work
         self.cfg, self.train, self.test, self.seed, self.device = cfg, train, test, seed, device
         self.pretrained, self.exact = pretrained, exact
         self.memo = memo if memo is not None else {}

@@ -14,16 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import open_clip
 import torch
-from open_clip.model import build_model_from_openai_state_dict
-from open_clip.tokenizer import SimpleTokenizer
 
 from ..data import Preprocess
 from ..errors import ForgetkitError
+from ..extras import require
 from ..io import load_weights, save_weights, write_json
 from ..models.checkpoint import fingerprint, load_state_strict, read_manifest
 from ..registry import Registry
+
+open_clip = require("open_clip", "a CLIP model")  # the clip extra, before anything else of CLIP
+SimpleTokenizer = open_clip.tokenizer.SimpleTokenizer
 
 FORMAT = "forgetkit-clip"
 CLIP_PRESETS: Registry = Registry("CLIP preset")
@@ -155,7 +156,7 @@ def load_clip(source: str | Path, arch: str | None = None) -> ClipBundle:
                              f"open_clip or OpenAI CLIP state dict")
     if arch is None:
         try:
-            model = build_model_from_openai_state_dict(dict(state), cast_dtype=None).float()
+            model = open_clip.model.build_model_from_openai_state_dict(dict(state), cast_dtype=None).float()
             # the builder loads into fp16 copies (OpenAI's files are half precision); load the file's own values
             state = {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
             load_state_strict(model, {k: v.float() for k, v in state.items()}, str(path), CLIP_FIX)

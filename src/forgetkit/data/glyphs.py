@@ -28,6 +28,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..errors import ForgetkitError
+from ..extras import require
 from .datasets import DataSplits, TensorImages
 
 DIGITS = [(f"digit_{c}", c) for c in "0123456789"]
@@ -47,14 +48,13 @@ TRAIN_PER_CLASS, TEST_PER_CLASS, SIDE, CANVAS = 300, 60, 28, 56
 
 
 def font_dir() -> Path:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "the glyphs60 data source (it renders matplotlib's fonts)")
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 
 def _fonts_for_classes() -> list[list[Path]]:
     """For each class, the font files whose character map has its character."""
-    from fontTools.ttLib import TTFont
+    TTFont = require("fontTools.ttLib", "the glyphs60 data source").TTFont
 
     root = font_dir()
     paths = [root / name for name in FONT_FILES]

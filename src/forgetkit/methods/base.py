@@ -22,7 +22,7 @@ from ..errors import ForgetkitError
 from ..ledger import register_edit_type
 from ..registry import Registry
 from ..requests import Request, RequestData
-from ..runtime import adamw
+from ..runtime import Runtime, adamw
 from .configs import METHOD_CONFIGS, MethodConfig
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -57,6 +57,9 @@ class MethodContext:
     classes: list = field(default_factory=list, metadata={"help": "the class names of the model's outputs"})
     ledger: list = field(default_factory=list, metadata={"help": "the model's ledger before this run"})
     source: Any = field(default=None, metadata={"help": "the checkpoint folder the model was loaded from"})
+    runtime: Any = field(default=None, metadata={
+        "help": "the run's forgetkit.runtime.Runtime (processes, precision, accumulation); None = one process on "
+                "device, float32"})
 
 
 class NonFiniteLoss(Exception):
@@ -88,6 +91,7 @@ class Method:
 
     def __init__(self, cfg, ctx: MethodContext):
         self.cfg, self.ctx = cfg, ctx
+        self.runtime = ctx.runtime if ctx.runtime is not None else Runtime(ctx.device)
 
     def __init_subclass__(cls, **kwargs):
         """A method written for forgetkit 0.1 (``setup_task``, ``finish_task``, ``save_task``, ``task_stats``) keeps
@@ -139,24 +143,53 @@ class Method:
 
     def step(self, batch: dict[str, Batch | None], step: int,
              optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-        """One optimisation step: losses, a finite check before any update, backward, optimiser step.
+        """One optimisation step: :meth:`training_step`'s losses, a finite check before any update, backward,
+        optimiser step (:meth:`update`).
 
-        Methods with several passes per step (SCRUB's max and min passes) override this and call
-        :meth:`apply` for each pass.
+        Methods with several passes per step (SCRUB's max and min passes) override this and call :meth:`update`
+        for each pass.
         """
-        losses = self.training_step(batch, step)
-        self.apply(losses["loss"], optimizer)
-        return losses
+        return self.update(lambda part: self.training_step(part, step), batch, optimizer)
+
+    def update(self, losses_of: Callable[[dict], dict[str, torch.Tensor]], batch: dict[str, Batch | None],
+               optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """One update from the named losses ``losses_of`` gives on ``batch`` (the key ``loss`` is optimised),
+        through the run's runtime: this process's share of the batch in ``train.accumulate`` micro-batches, each
+        forward in the run's precision and checked finite before any update, the gradients averaged over the
+        processes, then the hooks and the optimiser step. Returns the losses (averaged over the micro-batches)."""
+        runtime = self.runtime
+        parts = runtime.shares(batch)
+        optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, torch.Tensor] = {}
+        for part in parts:
+            with runtime.autocast():
+                losses = losses_of(part)
+            if not torch.isfinite(losses["loss"]):
+                raise NonFiniteLoss(losses["loss"].item())
+            runtime.backward(losses["loss"], len(parts))
+            if len(parts) == 1:
+                totals = losses
+            else:
+                for key, value in losses.items():
+                    totals[key] = totals.get(key, 0.0) + value.detach().float() / len(parts)
+        self._finish_update(optimizer)
+        return totals
 
     def apply(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """Backward and update, with the method's hooks on the gradients (:meth:`before_update`) and on the updated
-        weights (:meth:`after_update`)."""
+        """Backward and update of one loss computed on the whole batch (no micro-batches; :meth:`update` is the
+        form that honours ``train.accumulate``), with the method's hooks."""
         if not torch.isfinite(loss):
             raise NonFiniteLoss(loss.item())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.runtime.backward(loss)
+        self._finish_update(optimizer)
+
+    def _finish_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradients averaged over the processes, the hooks on the gradients (:meth:`before_update`), the step, and
+        the hooks on the updated weights (:meth:`after_update`)."""
+        self.runtime.sync_gradients(self.parameters(), optimizer)
         self.before_update()
-        optimizer.step()
+        self.runtime.step(optimizer)
         self.after_update()
 
     def before_update(self) -> None:

@@ -73,14 +73,14 @@ class SCRUB(FullFinetune):
                     self.swa[name].mul_(0.9).add_(param.detach(), alpha=0.1)
 
     def step(self, batch, step, optimizer):
-        forget, retain = batch["forget"], batch["retain"]
+        retain = batch["retain"]
         losses = {}
         if self.max_active(step):
-            losses["max"] = self.max_loss(forget)
-            self.apply(losses["max"], optimizer)
+            losses["max"] = self.update(lambda part: {"loss": self.max_loss(part["forget"])}, batch,
+                                        optimizer)["loss"]
         if retain is not None:
-            losses["min"] = self.min_loss(retain)
-            self.apply(losses["min"], optimizer)
+            losses["min"] = self.update(lambda part: {"loss": self.min_loss(part["retain"])}, batch,
+                                        optimizer)["loss"]
         losses["loss"] = sum(v.detach() for v in losses.values())
         return losses
 

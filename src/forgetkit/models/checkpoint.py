@@ -18,7 +18,7 @@ import torch
 from ..errors import ForgetkitError
 from ..io import load_weights, read_json, save_weights, write_json
 from .formats import resolve_model_path
-from .presets import ModelSpec, model_spec
+from .presets import TIMM_GEOMETRY, TIMM_PREFIX, ModelSpec, model_spec
 from .vit import ForgetModel
 
 FORMAT = "forgetkit-model"
@@ -258,6 +258,10 @@ def load_external_weights(path: str | Path, arch: str, num_classes: int, class_i
                                  f"{value:g}; drop the override (the weights' value is read from them)")
     preset = model_spec(arch, num_classes)
     adopted = {k: v for k, v in inferred.items() if k not in overrides and getattr(preset, k) != v}
+    clash = sorted(set(adopted) & set(TIMM_GEOMETRY)) if arch.startswith(TIMM_PREFIX) else []
+    if clash:
+        raise ForgetkitError(f"the weights in {path} are not {arch}'s: their {clash[0]} is {adopted[clash[0]]:g}, "
+                             f"the model's {getattr(preset, clash[0]):g}; give the timm name they were trained as")
     width = adopted.get("embed_dim", spec.embed_dim)
     if width != preset.embed_dim and "num_heads" not in overrides:
         raise ForgetkitError(f"the weights in {path} have embed_dim {width}, not the {arch} preset's "

@@ -76,14 +76,65 @@ class ModelSpec:
         return Preprocess(self.image_size, self.in_chans, tuple(self.mean), tuple(self.std))
 
 
+TIMM_PREFIX = "timm:"
+"""``timm:NAME``: any timm VisionTransformer by name, its geometry and preprocessing read from timm"""
+TIMM_GEOMETRY = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "norm_eps", "attn_scale")
+"""what a timm model's name fixes: an override of these is refused (image_size and in_chans are passed to timm)"""
+
+
+def timm_spec(name: str, num_classes: int, image_size: int | None = None, in_chans: int | None = None) -> ModelSpec:
+    """The spec of the timm VisionTransformer ``name`` (built on the meta device: no weights, no download): geometry
+    from the built model, preprocessing from its pretrained config, LoRA on every Linear of the blocks' MLPs (found
+    by name, not assumed to be ``fc1``/``fc2``), one lasso group per block."""
+    import timm
+    import torch
+    from timm.data import resolve_data_config
+    from timm.models.vision_transformer import VisionTransformer
+
+    kwargs = {k: v for k, v in (("img_size", image_size), ("in_chans", in_chans)) if v is not None}
+    try:
+        with torch.device("meta"):
+            vit = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ForgetkitError(f"cannot build timm model {name!r} ({str(err).splitlines()[0]}); give a timm "
+                             f"VisionTransformer name, e.g. timm:vit_small_patch16_224 (timm.list_models('vit_*') "
+                             f"lists them)") from None
+    if not isinstance(vit, VisionTransformer) or not len(vit.blocks):
+        raise ForgetkitError(f"timm model {name!r} is a {type(vit).__name__}, not a VisionTransformer; forgetkit's "
+                             f"methods edit the blocks of timm's VisionTransformer class (vit_*, deit_* and the "
+                             f"like; docs/scaling.md)")
+    block = vit.blocks[0]
+    mlp = [n for n, m in block.mlp.named_children() if isinstance(m, torch.nn.Linear)]
+    if not mlp or getattr(vit, "dist_token", None) is not None:
+        raise ForgetkitError(f"timm model {name!r} has no Linear layers in its blocks' MLPs or a distillation "
+                             f"token, which forgetkit cannot edit; choose a plain ViT")
+    data = resolve_data_config({}, model=vit)  # mean and std of its pretrained weights (the size is the model's)
+    first = getattr(block.mlp, "fc1", None) or getattr(block.mlp, mlp[0])
+    return ModelSpec(f"{TIMM_PREFIX}{name}", num_classes, image_size=int(vit.patch_embed.img_size[0]),
+                     in_chans=int(vit.patch_embed.proj.in_channels), patch_size=int(vit.patch_embed.patch_size[0]),
+                     embed_dim=vit.embed_dim, depth=len(vit.blocks), num_heads=block.attn.num_heads,
+                     mlp_ratio=first.out_features / vit.embed_dim, qkv_bias=block.attn.qkv.bias is not None,
+                     norm_eps=float(getattr(block.norm1, "eps", 1e-6)), mean=tuple(data["mean"]),
+                     std=tuple(data["std"]),
+                     lora_targets=rf"backbone\.blocks\.\d+\.mlp\.({'|'.join(mlp)})")
+
+
 def model_spec(arch: str, num_classes: int, **overrides) -> ModelSpec:
-    """The spec of a registered preset, with any field overridden."""
+    """The spec of a registered preset, or of ``timm:NAME`` (:func:`timm_spec`), with any field overridden."""
     import difflib
     import typing
 
     from ..config import coerce
 
-    spec = PRESETS.get(arch)(num_classes)
+    if arch.startswith(TIMM_PREFIX):
+        fixed = sorted(set(overrides) & set(TIMM_GEOMETRY))
+        if fixed:
+            raise ForgetkitError(f"{', '.join(fixed)} of {arch} are fixed by the timm model; choose another timm "
+                                 f"name instead of overriding them")
+        spec = timm_spec(arch[len(TIMM_PREFIX):], num_classes, overrides.pop("image_size", None),
+                         overrides.pop("in_chans", None))
+    else:
+        spec = PRESETS.get(arch)(num_classes)
     hints = typing.get_type_hints(ModelSpec)
     for key, value in overrides.items():
         if key not in hints or key in ("arch", "num_classes"):

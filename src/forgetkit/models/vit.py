@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from .presets import ModelSpec, model_spec
+from .presets import TIMM_PREFIX, ModelSpec, model_spec
 
 
 class LinearHead(nn.Module):
@@ -67,7 +67,7 @@ class ForgetModel(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        self.backbone = VisionTransformer(
+        self.backbone = _timm_backbone(spec) if spec.arch.startswith(TIMM_PREFIX) else VisionTransformer(
             img_size=spec.image_size, patch_size=spec.patch_size, in_chans=spec.in_chans, num_classes=0,
             embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio,
             # timm's drop_rate is only the dropout on the pooled embedding (head_drop), which the Face Transformer
@@ -124,6 +124,16 @@ class ForgetModel(nn.Module):
         prefixes = ("backbone.patch_embed.", "backbone.cls_token", "backbone.pos_embed", "backbone.reg_token") + tuple(
             f"backbone.blocks.{i}." for i in range(split))
         return {n for n, _ in self.named_parameters() if n.startswith(prefixes)}
+
+
+def _timm_backbone(spec: ModelSpec) -> nn.Module:
+    """The body of a ``timm:NAME`` spec: timm's own model (its blocks, norms, tokens and pooling), without head,
+    random weights (a checkpoint's are loaded after), with the spec's dropout as for the presets."""
+    import timm
+
+    return timm.create_model(spec.arch[len(TIMM_PREFIX):], pretrained=False, num_classes=0,
+                             img_size=spec.image_size, in_chans=spec.in_chans, drop_rate=0.0,
+                             pos_drop_rate=spec.drop_rate, proj_drop_rate=spec.drop_rate)
 
 
 def create_model(arch: str, num_classes: int, **overrides) -> ForgetModel:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BUDGET_HINT, ForgetkitError
+from ..extras import require
 from ..ledger import forgotten_classes
 from .base import RequestKind, RunRecord, deep_failures, register_kind, retained_drop
 
@@ -186,10 +187,10 @@ def verification_section(all_results: dict[str, RunRecord]) -> list[str]:
 def plot_comparison(all_results: dict[str, RunRecord], path: Path, highlight: set[str]) -> None:
     """H per task (one line per method, distinct colour and marker; the ``highlight`` ones bold) and average Acc_r /
     Acc_f / Acc_o bars."""
-    from matplotlib import colormaps
-
     from ..io import atomic_write
     from ..report import new_figure, request_label
+
+    colormaps = require("matplotlib", "plots").colormaps
 
     names = list(all_results)
     colours = colormaps["tab20"].colors
