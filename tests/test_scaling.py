@@ -129,3 +129,37 @@ def test_two_cpu_processes_give_the_one_process_metrics_and_one_writer(tiny_mode
     assert sorted(p.name for p in (tmp_path / "two" / "model" / "edits").iterdir()) == \
         ["request_000", "request_001"]
     assert not list((tmp_path / "two").glob("**/*.tmp"))
+
+
+def test_the_uint8_resize_matches_the_float_resize_to_a_grey_level():
+    from forgetkit.data.datasets import Preprocess
+
+    torch.manual_seed(0)
+    image = (torch.rand(3, 75, 100) * 255).to(torch.uint8)
+    preprocess = Preprocess(32, 3, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    resized = preprocess(image)  # uint8: resized before it becomes float
+    reference = preprocess(image.float() / 255.0)  # float: the resize of before
+    assert resized.shape == reference.shape == (3, 32, 32)
+    assert (resized - reference).abs().max() <= 1.0 / 255 + 1e-6
+
+
+def test_folder_images_decode_to_the_same_pixels_as_before(tmp_path):
+    """The numpy decode gives what the PIL-bytearray decode gave (bench/throughput.py keeps that one)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from throughput import legacy_decode, make_jpeg_folder
+
+    from forgetkit.data.datasets import FolderImages
+
+    paths = make_jpeg_folder(tmp_path / "jpegs", 3, size=(40, 30))
+    images = FolderImages(paths, [0, 0, 0], ["any"])
+    for i, path in enumerate(paths):
+        assert torch.equal(images.raw(i), legacy_decode(path))
+
+
+@pytest.mark.slow
+def test_loader_workers_change_no_number(tiny_model_dir, tmp_path):
+    """train.workers decodes in other processes; the batches, and so every number, are those of the main process."""
+    one = run(tiny_model_dir, tmp_path / "w0", "protocol.num_requests=1")
+    two = run(tiny_model_dir, tmp_path / "w2", "protocol.num_requests=1", "train.workers=2")
+    assert one.requests[0].fingerprint_after == two.requests[0].fingerprint_after
+    assert one.requests[0].after == two.requests[0].after

@@ -120,7 +120,7 @@ def balanced_batches(dataset, batch_size: int, generator: torch.Generator, devic
     if len(dataset) == 0:
         return None
     sampler = BalancedBatchSampler(dataset.targets, min(batch_size, len(dataset)), generator)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **_loader_options())
     return ((x.to(device), y.to(device)) for x, y in loader)
 
 
@@ -161,7 +161,7 @@ def process_state():
     Denormal floats are flushed to zero during the run: importance weights such as EWC's Fisher (squares of tiny
     gradients) otherwise fill tensors with subnormal numbers that make CPU arithmetic orders of magnitude slower.
     torch cannot report the caller's setting, so it is set back to torch's default (off)."""
-    threads = torch.get_num_threads()
+    threads, loader = torch.get_num_threads(), dict(_LOADER)
     python, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     torch.set_flush_denormal(True)
@@ -170,6 +170,7 @@ def process_state():
     finally:
         torch.set_flush_denormal(False)
         torch.set_num_threads(threads)
+        _LOADER.update(loader)
         random.setstate(python)
         np.random.set_state(numpy_state)
         torch.random.set_rng_state(torch_state)
@@ -179,8 +180,25 @@ def process_state():
 
 def inference_loader(images, batch_size: int) -> torch.utils.data.DataLoader:
     """The loader of every inference pass (evaluation, features, importance and prototype passes): the images in
-    order, unshuffled. One seam, where workers, pinned memory and a device prefetch plug in."""
-    return torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
+    order, unshuffled, with the run's workers and pinned memory (:func:`set_loader_options`)."""
+    return torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False, **_loader_options())
+
+
+_LOADER = {"num_workers": 0, "pin_memory": False}
+"""the DataLoader settings of every loader a run makes (process-wide, like torch's thread count)"""
+
+
+def set_loader_options(workers: int, pin_memory: bool) -> None:
+    """Decode and preprocess images in ``workers`` processes (0: in this one) and, for a GPU, into pinned memory:
+    the settings of the training streams' and every inference pass's loaders (``train.workers``)."""
+    _LOADER.update(num_workers=workers, pin_memory=pin_memory)
+
+
+def _loader_options() -> dict:
+    options = dict(_LOADER)
+    if options["num_workers"]:
+        options["prefetch_factor"] = 4  # batches each worker prepares ahead
+    return options
 
 
 @torch.no_grad()
@@ -244,6 +262,12 @@ class Runtime:
     def create(cls, train) -> Runtime:
         """The runtime of a :class:`~forgetkit.engine.config.TrainConfig` (its device, threads, devices, strategy,
         precision and accumulate)."""
+        runtime = cls._create(train)
+        set_loader_options(train.workers, runtime.device.type == "cuda")
+        return runtime
+
+    @classmethod
+    def _create(cls, train) -> Runtime:
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun, or Fabric's launcher re-running us
         if train.devices == 1 and train.precision == "32" and train.strategy == "auto" and not launched:
             return cls(setup_device(train.device, train.threads), accumulate=train.accumulate)

@@ -155,6 +155,9 @@ class TrainConfig:
     precision: Literal["32", "bf16-mixed", "16-mixed"] = field(default="32", metadata={
         "help": "32, or mixed precision for the training steps (Fabric's autocast; 16-mixed with a gradient "
                 "scaler); evaluation and verification stay in float32"})
+    workers: int = field(default=0, metadata={
+        "help": "DataLoader worker processes decoding and preprocessing images (0 = in the main process; for image "
+                "folders on a GPU machine, a few per GPU); pinned memory on CUDA"})
     accumulate: int = field(default=1, metadata={
         "help": "micro-batches per step: each process's share of the batch is cut into this many forward and "
                 "backward passes before one update (less memory, same batch)"})
@@ -162,6 +165,8 @@ class TrainConfig:
     def __post_init__(self):
         self.precision = str(self.precision)  # YAML reads `precision: 32` as a number
         check_choices(self, "train")
+        if self.workers < 0:
+            raise ForgetkitError(f"train.workers must be 0 (the main process) or more, got {self.workers}")
         if min(self.devices, self.num_nodes, self.accumulate) < 1:
             raise ForgetkitError(f"train.devices ({self.devices}), train.num_nodes ({self.num_nodes}) and "
                                  f"train.accumulate ({self.accumulate}) must be at least 1")
