@@ -182,12 +182,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="images per batch of the data path")
     parser.add_argument("--workers", type=int, nargs="+", default=[2], help="worker counts of today's loader")
     parser.add_argument("--vit-b16-batch", type=int, default=4, help="images per stream of the vit_b16 steps")
-    parser.add_argument("--precisions", nargs="+", default=["32", "bf16-mixed"])
+    parser.add_argument("--precisions", nargs="+", default=None,
+                        help="default: 32 and bf16-mixed on a GPU, 32 on a CPU (bf16 autocast is slow there)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[], choices=["data", "steps"])
     parser.add_argument("--out", default="runs/throughput")
     args = parser.parse_args()
+    if args.precisions is None:
+        args.precisions = ["32", "bf16-mixed"] if args.device.startswith("cuda") else ["32"]
     torch.manual_seed(0)
     set_loader_options(0, False)
     results = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads()}
