@@ -124,8 +124,8 @@ def check_choices(obj, where: str) -> None:
     checks them for configs read from YAML and overrides)."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        if typing.get_origin(hints[f.name]) is typing.Literal:
-            coerce(getattr(obj, f.name), hints[f.name], f"{where}.{f.name}")
+        if typing.get_origin(hints[f.name]) is typing.Literal:  # kept as coerced (`precision=32` is "32")
+            setattr(obj, f.name, coerce(getattr(obj, f.name), hints[f.name], f"{where}.{f.name}"))
 
 
 def to_dict(obj) -> Any:

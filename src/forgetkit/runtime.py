@@ -268,13 +268,12 @@ class Runtime:
 
     @classmethod
     def _create(cls, train) -> Runtime:
+        device = setup_device(train.device, train.threads)  # checks the device, sets the threads
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun, or Fabric's launcher re-running us
         if train.devices == 1 and train.precision == "32" and train.strategy == "auto" and not launched:
-            return cls(setup_device(train.device, train.threads), accumulate=train.accumulate)
+            return cls(device, accumulate=train.accumulate)
         fabric_module = require("lightning_fabric", f"train.devices={train.devices} / train.precision="
                                                     f"{train.precision} / a multi-process launch")
-        if train.threads:
-            torch.set_num_threads(train.threads)
         accelerator = {"auto": "auto", "cpu": "cpu", "mps": "mps"}.get(train.device, "cuda")
         devices, num_nodes = train.devices, train.num_nodes
         if launched and train.devices == 1:  # torchrun: its processes per node and its nodes
@@ -393,6 +392,3 @@ class Runtime:
             n = param.numel()
             param.grad = flat[offset: offset + n].view_as(param).to(param.dtype) if flag else None
             offset += n
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()

@@ -163,7 +163,6 @@ class TrainConfig:
                 "backward passes before one update (less memory, same batch)"})
 
     def __post_init__(self):
-        self.precision = str(self.precision)  # YAML reads `precision: 32` as a number
         check_choices(self, "train")
         if self.workers < 0:
             raise ForgetkitError(f"train.workers must be 0 (the main process) or more, got {self.workers}")

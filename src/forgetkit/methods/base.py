@@ -189,7 +189,7 @@ class Method:
         the hooks on the updated weights (:meth:`after_update`)."""
         self.runtime.sync_gradients(self.parameters(), optimizer)
         self.before_update()
-        self.runtime.step(optimizer)
+        optimizer.step()  # through Fabric's wrapper (Runtime.setup_optimizer) when it steps the precision
         self.after_update()
 
     def before_update(self) -> None:
