@@ -1,23 +1,28 @@
-"""Throughput on whatever device is present: the data path from a JPEG folder, and the training step against its
-floor (docs/scaling.md has this machine's figures).
+"""Throughput on whatever device is present: the data path from a JPEG folder, the training step against its floor,
+and a whole request (docs/scaling.md has this machine's figures).
 
-(a) images per second of the data path alone, from a folder of JPEGs of ImageNet's typical size (500×375) to
-    normalised 224 px batches: the loader forgetkit had before the runtime seam (PIL decode through a bytearray,
-    float resize, main process; reproduced below as ``legacy_decode``) against today's (numpy decode, uint8 resize,
-    ``train.workers`` processes);
+(a) images per second of the data path alone, from a folder of JPEGs (224 px by default, the issue's case; ImageNet's
+    typical 500×375 with ``--jpeg-size 500 375``) to normalised 224 px batches on the device: the loader forgetkit
+    had before the runtime seam (PIL decode through a bytearray, float resize, float batches, main process;
+    reproduced below as ``legacy_decode``) against today's (simplejpeg or PIL decode, uint8 resize, uint8 batches
+    normalised on the device, ``train.workers`` processes);
 (b) the floor: a bare forward + backward + AdamW step of a peft LoRA on the same model and batch;
 (c) forgetkit's GS-LoRA step (``Method.step`` through the runtime seam), and the ratio (c)/(b);
-for the small preset (vit_fmnist, 28 px) and vit_b16 at 224 px, in float32 and bf16-mixed (where the device has
-it), with peak memory on CUDA.
+(d) a whole request (``fk.unlearn``: set-up, sampling from a JPEG folder, the steps, evaluation before and after, the
+    verdict) as steps per second, and the ratio (d)/(b);
+for the small preset (vit_fmnist, 28 px) and vit_b16 at 224 px, in float32 and bf16-mixed (on a GPU), with peak
+memory on CUDA.
 
     .venv/bin/python bench/throughput.py --out runs/throughput              # this machine
-    .venv/bin/python bench/throughput.py --device cuda --batch 64 --out runs/throughput-gpu
+    .venv/bin/python bench/throughput.py --device cuda --batch 64 --models vit_b16:48 face_vit_p8s8:48 \
+        --out runs/throughput-gpu                                            # a GPU (bench/gpu_check.sh runs it)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from forgetkit.data.datasets import FolderImages, Preprocess
+from forgetkit.data.datasets import FolderImages, Preprocess, set_pixel_cache
 from forgetkit.io import write_json, write_text
 from forgetkit.runtime import set_loader_options
 
@@ -69,29 +74,61 @@ class LegacyImages(torch.utils.data.Dataset):
         return self.preprocess(legacy_decode(self.paths[index]).float() / 255.0), 0
 
 
-def images_per_second(dataset, batch: int, workers: int) -> float:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers,
-                                         prefetch_factor=4 if workers else None)
+def images_per_second(batches) -> float:
     start, seen = time.perf_counter(), 0
-    for x, _ in loader:
+    for x, _ in batches:
         seen += len(x)
     return seen / (time.perf_counter() - start)
 
 
 def data_path(args) -> list[dict]:
+    """(a): the same folder through yesterday's loader and today's (uint8 items, batches normalised on the device),
+    with simplejpeg and with PIL, in this process and in ``--workers`` processes."""
+    from forgetkit.data import datasets
+    from forgetkit.runtime import inference_loader
+
     rows = []
     preprocess = Preprocess(224, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_jpeg_folder(Path(tmp) / "jpegs", args.images)
+        paths = make_jpeg_folder(Path(tmp) / "jpegs", args.images, size=tuple(args.jpeg_size))
         today = FolderImages(paths, [0] * len(paths), ["any"]).with_preprocess(preprocess)
         assert today[0][0].shape == (3, 224, 224)
-        legacy = images_per_second(LegacyImages(paths, preprocess), args.batch, 0)
-        rows.append({"loader": "before (PIL bytearray decode, float resize, main process)", "workers": 0,
+        # each row is its best of --repeats passes over the folder (the first pass also reads the files from disk)
+        legacy_loader = torch.utils.data.DataLoader(LegacyImages(paths, preprocess), batch_size=args.batch)
+        legacy = max(images_per_second((x.to(device), y) for x, y in legacy_loader) for _ in range(args.repeats))
+        decoders = [("simplejpeg", datasets._SIMPLEJPEG), ("PIL", None)] if datasets._SIMPLEJPEG else [("PIL", None)]
+        rows.append({"loader": "before: PIL bytearray decode, float resize, float batches", "workers": 0,
                      "images_per_s": legacy, "speed-up": 1.0})
-        for workers in sorted({0, *args.workers}):
-            rate = images_per_second(today, args.batch, workers)
-            rows.append({"loader": "today (numpy decode, uint8 resize)", "workers": workers, "images_per_s": rate,
+        for name, module in decoders:
+            datasets._SIMPLEJPEG = module
+            for workers in sorted({0, *args.workers}):
+                set_loader_options(workers, device.type == "cuda")
+                rate = max(images_per_second(inference_loader(today, args.batch, device))
+                           for _ in range(args.repeats))
+                rows.append({"loader": f"today: {name} decode, uint8 batches normalised on {device.type}",
+                             "workers": workers, "images_per_s": rate, "speed-up": rate / legacy})
+        datasets._SIMPLEJPEG = decoders[0][1]
+        set_loader_options(0, False)
+        # train.cache_gb: the first pass decodes and keeps the pixels, the later ones read them (a request draws each
+        # of its images many times, and evaluates the same test images after every request)
+        set_pixel_cache(args.cache_gb)
+        cached = FolderImages(paths, [0] * len(paths), ["any"]).with_preprocess(preprocess)
+        first = images_per_second(inference_loader(cached, args.batch, device))
+        later = max(images_per_second(inference_loader(cached, args.batch, device)) for _ in range(args.repeats))
+        kept = len(cached._pixels)
+        for label, rate in (("first pass", first), ("later passes", later)):
+            rows.append({"loader": f"today + train.cache_gb={args.cache_gb:g} ({kept} images kept), {label}",
+                         "workers": 0, "images_per_s": rate, "speed-up": rate / legacy})
+        if device.type == "cpu":  # what the host does for a GPU, which normalises the uint8 batch itself
+            host = inference_loader(cached, args.batch, device)
+            host.preprocess = None  # the batches stay uint8
+            rate = max(images_per_second(host) for _ in range(args.repeats))
+            rows.append({"loader": "today + cache, later passes, uint8 batches (a GPU's host side: the GPU "
+                                   "normalises, not timed here)", "workers": 0, "images_per_s": rate,
                          "speed-up": rate / legacy})
+        del cached
+        set_pixel_cache(0)
     return rows
 
 
@@ -153,14 +190,54 @@ def _step_row(arch: str, batch: int, precision: str, args, device) -> dict:
             row[f"{name} peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
         row[f"{name} steps/s"] = args.steps / (time.perf_counter() - start)
     row["ratio (c)/(b)"] = row["GS-LoRA step steps/s"] / row["bare LoRA step steps/s"]
+    if "request" not in args.skip:
+        request_rate(row, model, batch, precision, args, device)
+        row["ratio (d)/(b)"] = row["request steps/s"] / row["bare LoRA step steps/s"]
     return row
+
+
+def request_rate(row: dict, model, batch: int, precision: str, args, device) -> None:
+    """(d): one whole forgetting request (``fk.unlearn``: the method's set-up, the class-balanced sampling of both
+    streams through the data path, ``--request-steps`` steps of ``batch`` + ``batch`` images, and the evaluation of
+    ``--request-eval`` images before and after, with the verdict) as steps per second of its wall time. The images
+    are a JPEG folder at the model's size (decoded every time they are drawn), ten classes, class 0 forgotten."""
+    import copy
+
+    import forgetkit as fk
+
+    spec = model.spec
+    classes = [f"c{k}" for k in range(10)]
+    with tempfile.TemporaryDirectory() as tmp:
+        per_class = batch  # each stream's batch is full: batch images of the forgotten class, 9 × batch retained
+        paths = make_jpeg_folder(Path(tmp) / "request", 10 * per_class + args.request_eval,
+                                 size=(spec.image_size, spec.image_size), seed=1)
+        labels = [k % 10 for k in range(len(paths))]
+        train_paths, eval_paths = paths[: 10 * per_class], paths[10 * per_class:]
+        forget = FolderImages([p for p, y in zip(train_paths, labels) if y == 0], [0] * per_class, classes)
+        retain_pairs = [(p, y) for p, y in zip(train_paths, labels) if y != 0]
+        retain = FolderImages([p for p, _ in retain_pairs], [y for _, y in retain_pairs], classes)
+        held = FolderImages(eval_paths, labels[: len(eval_paths)], classes)
+        for images in (forget, retain, held):
+            images.with_preprocess(spec.preprocess)
+        train = {"steps": args.request_steps, "batch_size": batch, "device": args.device, "precision": precision,
+                 "workers": args.request_workers}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        fk.unlearn(copy.deepcopy(model), forget, retain, held, classes=classes, train=train)
+        seconds = time.perf_counter() - start
+        if device.type == "cuda":
+            row["request peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
+    set_loader_options(0, False)
+    row["request steps/s"] = args.request_steps / seconds
 
 
 def step_rates(args) -> list[dict]:
     """(b) and (c): steps per second of the bare peft LoRA step and of forgetkit's GS-LoRA step, same batch."""
     device = torch.device(args.device)
     rows = []
-    for arch, batch in (("vit_fmnist", 32), ("vit_b16", args.vit_b16_batch)):
+    for arch, batch in (entry.split(":") for entry in args.models):
+        batch = int(batch)
         for precision in args.precisions:
             rows.append(_step_row(arch, batch, precision, args, device))
     return rows
@@ -178,29 +255,44 @@ def table(rows: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--images", type=int, default=256, help="JPEGs in the data-path folder")
+    parser.add_argument("--images", type=int, default=2048, help="JPEGs in the data-path folder")
     parser.add_argument("--batch", type=int, default=32, help="images per batch of the data path")
     parser.add_argument("--workers", type=int, nargs="+", default=[2], help="worker counts of today's loader")
-    parser.add_argument("--vit-b16-batch", type=int, default=4, help="images per stream of the vit_b16 steps")
+    parser.add_argument("--models", nargs="+", default=["vit_fmnist:32", "vit_b16:4"], metavar="ARCH:BATCH",
+                        help="the models of (b)-(d) with their images per stream (the papers' presets use 48: "
+                             "vit_b16:48 face_vit_p8s8:48)")
     parser.add_argument("--precisions", nargs="+", default=None,
                         help="default: 32 and bf16-mixed on a GPU, 32 on a CPU (bf16 autocast is slow there)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["data", "steps"])
+    parser.add_argument("--jpeg-size", type=int, nargs=2, default=[224, 224], metavar=("W", "H"),
+                        help="the data path's JPEGs (224 224: a folder already at the model's size; 500 375: "
+                             "ImageNet's typical photo, resized by the loader)")
+    parser.add_argument("--repeats", type=int, default=3, help="passes over the folder per data-path row (best)")
+    parser.add_argument("--cache-gb", type=float, default=2.0, help="train.cache_gb of the cached data-path rows")
+    parser.add_argument("--request-steps", type=int, default=10, help="steps of the whole request (d)")
+    parser.add_argument("--request-eval", type=int, default=8, help="evaluation images of the whole request (d)")
+    parser.add_argument("--request-workers", type=int, default=0, help="train.workers of the whole request (d)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["data", "steps", "request"])
     parser.add_argument("--out", default="runs/throughput")
     args = parser.parse_args()
     if args.precisions is None:
         args.precisions = ["32", "bf16-mixed"] if args.device.startswith("cuda") else ["32"]
     torch.manual_seed(0)
     set_loader_options(0, False)
-    results = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads()}
-    lines = [f"# Throughput on {args.device} (torch {torch.__version__}, {torch.get_num_threads()} threads)", ""]
+    results = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "malloc": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
+    lines = [f"# Throughput on {args.device} (torch {torch.__version__}, {torch.get_num_threads()} threads"
+             + "".join(f", {k}={v}" for k, v in results["malloc"].items()) + ")", ""]
     if "data" not in args.skip:
         results["data_path"] = data_path(args)
-        lines += ["## (a) Data path: 500×375 JPEGs to normalised 224 px batches", "", *table(results["data_path"]), ""]
+        w, h = args.jpeg_size
+        lines += [f"## (a) Data path: {args.images} JPEGs of {w}×{h} to normalised 224 px batches of {args.batch}", "",
+                  *table(results["data_path"]), ""]
     if "steps" not in args.skip:
         results["steps"] = step_rates(args)
-        lines += ["## (b), (c) Training step: bare peft LoRA against forgetkit's GS-LoRA", "",
+        lines += ["## (b), (c), (d) Training step: bare peft LoRA, forgetkit's GS-LoRA step, a whole request "
+                  f"({args.request_steps} steps, {args.request_eval} evaluation images)", "",
                   *table(results["steps"]), ""]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     write_json(Path(args.out) / "throughput.json", results)

@@ -119,3 +119,27 @@ def test_an_open_clip_image_tower_from_a_local_state_dict_forgets_one_class(tmp_
     request = fk.run_requests(cfg, progress=False).requests[0]
     assert request.stats["num_groups"] == 2 and request.fingerprint_after != request.fingerprint_before
     assert request.after["acc_f"] <= min(5.0, request.before["acc_f"])
+
+
+@pytest.mark.slow
+def test_a_timm_weights_file_runs_directly_as_the_model_of_a_run(tmp_path):
+    """``model: FILE`` with ``model_arch: timm:NAME``: imported when the run starts, head from the data's classes; the
+    edited model is saved as a forgetkit checkpoint of that timm model."""
+    import timm
+
+    torch.manual_seed(0)
+    weights = tmp_path / "vit_tiny.safetensors"
+    save_file(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=3).state_dict(),
+              str(weights))
+    data = make_image_folder(tmp_path / "imgs", per_class=12, size=(32, 32))
+    overrides = [f"model={weights}", "model_arch=timm:vit_tiny_patch16_224", "data.source=image_folder",
+                 f"data.root={data}", "protocol.requests=[[cat]]", "train.steps=30", "train.batch_size=8",
+                 "train.threads=1", "eval.forget_threshold=100", f"output_dir={tmp_path / 'run'}"]
+    run = fk.run_requests(fk.load_config(None, overrides), progress=False)
+    assert run.requests[0].after["acc_f"] <= 5
+    edited, manifest = fk.load_model(tmp_path / "run" / "model")
+    assert edited.spec.arch == "timm:vit_tiny_patch16_224" and edited.spec.image_size == 32
+    assert manifest["classes"] == ["cat", "dog", "fox"][: len(manifest["classes"])]
+    with pytest.raises(ForgetkitError, match="timm:vit_tiny_patch16_224"):  # the prefix forgotten
+        fk.run_requests(fk.load_config(None, [*overrides[:1], "model_arch=vit_tiny_patch16_224", *overrides[2:-1],
+                                              f"output_dir={tmp_path / 'mistake'}"]))

@@ -102,18 +102,7 @@ def test_two_cpu_processes_give_the_one_process_metrics_and_one_writer(tiny_mode
     """torchrun --nproc_per_node=2 (gloo): every step's batch split over two processes, gradients averaged,
     evaluation gathered. The metrics equal one process's within 5 points (the shares' per-class batch terms differ
     a little), and the folder is written once: one ledger of 2 requests, one loss log, one set of edits."""
-    import yaml
-
-    from forgetkit.config import to_dict
-
-    config = tmp_path / "run.yaml"  # the one-process run's config, whole, as a file the command line reads
-    config.write_text(yaml.safe_dump(to_dict(fk.load_config(None, tiny_run_overrides(tiny_model_dir,
-                                                                                     tmp_path / "two")))))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(fk.__file__).parents[1])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={_free_port()}", "-m", "forgetkit", "forget", "-q",
-               "-c", str(config), "-o", "train.device=cpu"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = torchrun_forget(_config_file(tiny_model_dir, tmp_path / "two"))
     assert done.returncode == 0, done.stderr[:3000]
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     one = run(tiny_model_dir, tmp_path / "one")
@@ -129,6 +118,48 @@ def test_two_cpu_processes_give_the_one_process_metrics_and_one_writer(tiny_mode
     assert sorted(p.name for p in (tmp_path / "two" / "model" / "edits").iterdir()) == \
         ["request_000", "request_001"]
     assert not list((tmp_path / "two").glob("**/*.tmp"))
+
+
+def _config_file(model_dir, out: Path) -> Path:
+    """The one-process run's config, whole, as a file the command line reads."""
+    import yaml
+
+    from forgetkit.config import to_dict
+
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump(to_dict(fk.load_config(None, tiny_run_overrides(model_dir, out)))))
+    return config
+
+
+def torchrun_forget(config: Path, *flags: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m forgetkit forget -c CONFIG`` on the CPU (gloo); ``crash_at`` kills every
+    process at that point (runstate.crash_point)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(fk.__file__).parents[1])}
+    env.pop("FORGETKIT_CRASH_AT", None)
+    if crash_at:
+        env["FORGETKIT_CRASH_AT"] = crash_at
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "-m", "forgetkit", "forget", "-q",
+               "-c", str(config), "-o", "train.device=cpu", *flags]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_resume_under_two_processes_gives_the_uninterrupted_runs_results(tiny_model_dir, tmp_path):
+    """Both processes killed in the middle of request 2, then ``--resume`` under torchrun again: the results equal
+    the uninterrupted two-process run's, number for number (timings aside), with one ledger of 2 requests."""
+    whole = torchrun_forget(_config_file(tiny_model_dir, tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[:3000]
+    config = _config_file(tiny_model_dir, tmp_path / "killed")
+    assert torchrun_forget(config, crash_at="request_1_step_20").returncode != 0
+    assert not (tmp_path / "killed" / "results.json").exists()
+    resumed = torchrun_forget(config, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[:3000]
+    ran, wanted = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("killed", "whole"))
+    assert len(ran["ledger"]) == 2
+    for mine, theirs in zip(ran["tasks"], wanted["tasks"], strict=True):
+        for key in ("before", "after", "fingerprint_before", "fingerprint_after", "per_class"):
+            assert mine[key] == theirs[key], key
 
 
 def test_the_uint8_resize_matches_the_float_resize_to_a_grey_level():
@@ -154,6 +185,58 @@ def test_folder_images_decode_to_the_same_pixels_as_before(tmp_path):
     images = FolderImages(paths, [0, 0, 0], ["any"])
     for i, path in enumerate(paths):
         assert torch.equal(images.raw(i), legacy_decode(path))
+
+
+def test_simplejpeg_and_pil_decode_the_same_pixels(tmp_path, monkeypatch):
+    """Colour (4:2:0 and 4:4:4), progressive and grey JPEGs: simplejpeg's pixels are PIL's; a CMYK JPEG and a PNG go
+    to PIL; a grey model reads PIL's grey conversion."""
+    pytest.importorskip("simplejpeg")
+    import numpy as np
+    from PIL import Image
+
+    from forgetkit.data import datasets
+    from forgetkit.data.datasets import FolderImages, Preprocess
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    files = {"420.jpg": dict(quality=90), "444.jpg": dict(quality=95, subsampling=0),
+             "progressive.jpg": dict(progressive=True), "grey.jpg": dict(mode="L"), "cmyk.jpg": dict(mode="CMYK"),
+             "photo.png": dict()}
+    paths = []
+    for name, options in files.items():
+        image = Image.fromarray(pixels).convert(options.pop("mode", "RGB"))
+        image.save(tmp_path / name, **options)
+        paths.append(str(tmp_path / name))
+    fast = FolderImages(paths, [0] * len(paths), ["any"])
+    decoded = [fast.raw(i) for i in range(len(paths))]
+    monkeypatch.setattr(datasets, "_SIMPLEJPEG", None)
+    for i, path in enumerate(paths):
+        assert torch.equal(decoded[i], fast.raw(i)), path
+        assert decoded[i].shape == (3, 30, 44)
+    assert datasets.decode_jpeg_rgb((tmp_path / "420.jpg").read_bytes()) is None  # simplejpeg off: PIL decodes
+    monkeypatch.undo()
+    assert datasets.decode_jpeg_rgb((tmp_path / "cmyk.jpg").read_bytes()) is None
+    assert datasets.decode_jpeg_rgb((tmp_path / "photo.png").read_bytes()) is None
+    grey = FolderImages(paths[:1], [0], ["any"]).with_preprocess(Preprocess(30, 1))
+    assert torch.equal(grey.raw(0)[0], torch.from_numpy(np.array(Image.open(paths[0]).convert("L"))))
+
+
+@pytest.mark.parametrize("shape,in_chans", [((1, 28, 28), 1), ((3, 30, 44), 3), ((1, 20, 20), 3), ((3, 20, 20), 1)])
+def test_uint8_batches_normalised_on_the_device_equal_the_per_image_preprocess(shape, in_chans):
+    """Loaders batch uint8 pixels and normalise the batch (runtime.DeviceBatches): the very numbers of normalising
+    one image at a time, for a resize, a grey to RGB repeat and the RGB to grey conversion (which stays float)."""
+    from forgetkit.data.datasets import Preprocess, TensorImages
+    from forgetkit.runtime import inference_loader
+
+    torch.manual_seed(0)
+    images = TensorImages((torch.rand(10, *shape) * 255).to(torch.uint8), torch.arange(10) % 2, ["a", "b"])
+    images.with_preprocess(Preprocess(24, in_chans, (0.4,) * in_chans, (0.3,) * in_chans))
+    one_by_one = torch.stack([images[i][0] for i in range(10)])
+    batched = torch.cat([x for x, _ in inference_loader(images.subset(torch.arange(10)), 4)])
+    assert one_by_one.dtype == batched.dtype == torch.float32 and one_by_one.shape == (10, in_chans, 24, 24)
+    assert torch.equal(one_by_one, batched)
+    deferred = images.item(0, defer=True)[0]
+    assert deferred.dtype == (torch.float32 if shape[0] == 3 and in_chans == 1 else torch.uint8)
 
 
 @pytest.mark.slow

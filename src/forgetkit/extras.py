@@ -21,6 +21,7 @@ EXTRAS = {
     "lightning_fabric": ("dist", "lightning-fabric"),
     "mlxtend": ("data", "mlxtend"),
     "fontTools": ("data", "fonttools"),
+    "simplejpeg": ("data", "simplejpeg"),
 }
 """importable module -> (the forgetkit extra that installs it, its distribution name)"""
 

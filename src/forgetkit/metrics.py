@@ -70,10 +70,11 @@ def evaluate_classes(model, dataset, device="cpu", batch_size: int = 256, margin
     mine = range(runtime.rank * share, min(len(dataset), (runtime.rank + 1) * share)) if world > 1 else None
     was_training = model.training
     model.eval()
-    loader = inference_loader(torch.utils.data.Subset(dataset, mine) if mine is not None else dataset, batch_size)
+    loader = inference_loader(dataset.subset(torch.as_tensor(mine)) if mine is not None else dataset, batch_size,
+                              device)
     preds, labels = [], []
     for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-        logits = model(x.to(device), y.to(device) if margin else None)
+        logits = model(x, y.to(device) if margin else None)
         # a class-incremental model that has learnt no class yet has no outputs: it predicts none (-1)
         preds.append(logits.argmax(1).cpu() if logits.shape[1] else torch.full((len(y),), -1))
         labels.append(y)

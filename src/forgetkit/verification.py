@@ -56,8 +56,8 @@ def outputs(model, images, device, batch_size: int = 256) -> dict[str, torch.Ten
     """Penultimate features, logits and labels of ``images`` (eval mode)."""
     model.eval()
     feats, logits, labels = [], [], []
-    for x, y in inference_loader(images, batch_size):
-        emb = model.embed(x.to(device))
+    for x, y in inference_loader(images, batch_size, device):
+        emb = model.embed(x)
         feats.append(emb.cpu())
         logits.append(model.head(emb).cpu())
         labels.append(y)

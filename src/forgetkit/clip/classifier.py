@@ -86,11 +86,11 @@ class ZeroShotClassifier(torch.nn.Module):
         if key not in self._features:
             images.with_preprocess(self.bundle.preprocess)
             device = next(self.clip.parameters()).device
-            loader = inference_loader(images, batch_size)
+            loader = inference_loader(images, batch_size, device)
             was_training = self.training
             self.eval()
             self._features = {k: v for k, v in self._features.items() if k[2] == key[2]}  # drop a stale tower's
-            self._features[key] = torch.cat([self.embed(x.to(device)).float().cpu() for x, _ in loader])
+            self._features[key] = torch.cat([self.embed(x).float().cpu() for x, _ in loader])
             self.train(was_training)
         return self._features[key]
 

@@ -81,10 +81,10 @@ def image_features(bundle: ClipBundle, images: LabeledImages, batch_size: int = 
                    desc: str = "image features") -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised image embeddings and labels of a dataset (its preprocessing set to the CLIP's)."""
     images.with_preprocess(bundle.preprocess)
-    loader = inference_loader(images, batch_size)
+    loader = inference_loader(images, batch_size, next(bundle.model.parameters()).device)
     feats, labels = [], []
     for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        feats.append(bundle.model.encode_image(x, normalize=True).float())
+        feats.append(bundle.model.encode_image(x, normalize=True).float().cpu())
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ForgetkitError
+from ..extras import available
 
 
 @dataclass(frozen=True)
@@ -23,17 +26,44 @@ class Preprocess:
     std: tuple[float, ...] = field(default=(0.5,), metadata={"help": "per-channel std divided after the mean"})
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        """uint8 or [0,1] float C×H×W tensor -> normalised float tensor of the model's shape.
+        """uint8 or [0,1] float C×H×W tensor -> normalised float tensor of the model's shape."""
+        pixels = self.pixels(img)
+        return self.normalise(pixels[None])[0] if pixels is not None else self._float_path(img)
 
-        A uint8 image is resized before it becomes float (torch's uint8 antialiased kernel: several times faster
-        than the float one on a large photo, and the same up to the rounding to whole grey levels)."""
+    def pixels(self, img: torch.Tensor) -> torch.Tensor | None:
+        """A uint8 image at the model's size and channels, still uint8 (None when it cannot stay uint8: a float
+        image, or the RGB to grey conversion, which is computed in float as before).
+
+        The resize runs on uint8 (torch's antialiased uint8 kernel: several times faster than the float one on a
+        photo, and the same up to the rounding to whole grey levels). Loaders batch these images as uint8, a
+        quarter of the bytes, and normalise whole batches on the device (:meth:`normalise`)."""
+        if img.dtype != torch.uint8 or (self.in_chans == 1 and img.shape[0] != 1):
+            return None
+        if img.shape[-1] != self.image_size or img.shape[-2] != self.image_size:
+            img = F.interpolate(img[None], size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
+                                align_corners=False)[0]
+        if img.shape[0] != self.in_chans:  # grey to RGB repeats the channel; RGBA drops alpha
+            img = img.expand(self.in_chans, -1, -1) if img.shape[0] == 1 else img[: self.in_chans]
+        return img
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch N×C×H×W of :meth:`pixels` images (on any device) -> the normalised float batch. The same
+        operations as one image at a time, so the same numbers."""
+        x = batch.to(torch.float32, memory_format=torch.contiguous_format)  # a channels-last batch: one pass
+        return self._standardise(x.div_(255.0), in_place=True)
+
+    def _standardise(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        # in place on a batch: one float buffer instead of three (each new buffer of a 224 px batch costs page faults
+        # that took longer than the arithmetic); the same operations, so the same numbers
+        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
+        return x.sub_(mean).div_(std) if in_place else (x - mean) / std
+
+    def _float_path(self, img: torch.Tensor) -> torch.Tensor:
         if img.dtype == torch.uint8 and (img.shape[-1] != self.image_size or img.shape[-2] != self.image_size):
             img = F.interpolate(img[None], size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
                                 align_corners=False)[0]
-        # a decoded image is channels-last in memory: the float ops, and a batch's stacking, are faster on a
-        # contiguous copy (the values are the same)
-        img = img.contiguous()
-        x = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+        x = img.contiguous().float() / 255.0 if img.dtype == torch.uint8 else img.float()
         if x.shape[0] != self.in_chans:
             if self.in_chans == 1:  # ITU-R 601 luma, as PIL's "L" conversion
                 x = (0.299 * x[0:1] + 0.587 * x[1:2] + 0.114 * x[2:3]) if x.shape[0] == 3 else x[:1]
@@ -42,9 +72,7 @@ class Preprocess:
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x[None], size=(self.image_size, self.image_size), mode="bilinear",
                               antialias=True, align_corners=False)[0]
-        mean = torch.tensor(self.mean).view(-1, 1, 1)
-        std = torch.tensor(self.std).view(-1, 1, 1)
-        return (x - mean) / std
+        return self._standardise(x)
 
     def to_dict(self) -> dict:
         return {"image_size": self.image_size, "in_chans": self.in_chans, "mean": list(self.mean),
@@ -100,9 +128,16 @@ class LabeledImages(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def __getitem__(self, index: int):
+        return self.item(index)
+
+    def item(self, index: int, defer: bool = False):
+        """``(image, label)``: the image normalised for the model, or with ``defer`` its uint8
+        :meth:`Preprocess.pixels` where it can stay uint8 (the loader then normalises the whole batch on the device,
+        :class:`forgetkit.runtime.DeviceBatches`)."""
         img = self.raw(index)
         if self.preprocess is not None:
-            img = self.preprocess(img)
+            pixels = self.preprocess.pixels(img) if defer else None
+            img = pixels if pixels is not None else self.preprocess(img)
         return img, int(self.targets[index])
 
     def with_preprocess(self, preprocess: Preprocess) -> LabeledImages:
@@ -126,8 +161,12 @@ class SubsetImages(LabeledImages):
         self.parent, self.indices = parent, indices
         self.classes, self.targets = parent.classes, parent.targets[indices]
 
-    def __getitem__(self, index: int):
-        return self.parent[int(self.indices[index])]
+    @property
+    def preprocess(self) -> Preprocess | None:
+        return self.parent.preprocess
+
+    def item(self, index: int, defer: bool = False):
+        return self.parent.item(int(self.indices[index]), defer)
 
     def with_preprocess(self, preprocess: Preprocess) -> SubsetImages:
         self.parent.with_preprocess(preprocess)
@@ -153,7 +192,7 @@ class UserImages(LabeledImages):
             raise ForgetkitError(f"the {what} has labels outside 0..{len(self.classes) - 1}; labels must index the "
                                  f"model's {len(self.classes)} classes")
 
-    def __getitem__(self, index: int):
+    def item(self, index: int, defer: bool = False):  # the user's images are already the model's input
         image, label = self.dataset[index]
         return image, int(label)
 
@@ -190,8 +229,12 @@ class RelabelledImages(LabeledImages):
     def raw(self, index: int) -> torch.Tensor:
         return self.parent.raw(int(self.indices[index]))
 
-    def __getitem__(self, index: int):
-        return self.parent[int(self.indices[index])][0], int(self.targets[index])
+    @property
+    def preprocess(self) -> Preprocess | None:
+        return self.parent.preprocess
+
+    def item(self, index: int, defer: bool = False):
+        return self.parent.item(int(self.indices[index]), defer)[0], int(self.targets[index])
 
     def with_preprocess(self, preprocess: Preprocess) -> RelabelledImages:
         self.parent.with_preprocess(preprocess)
@@ -225,34 +268,105 @@ class ConcatImages(LabeledImages):
         k, i = self._locate(index)
         return self.parts[k].raw(i)
 
-    def __getitem__(self, index: int):
+    @property
+    def preprocess(self) -> Preprocess | None:
+        """The parts' preprocessing when they share one (else None: their images are then normalised one by one)."""
+        kinds = {part.preprocess for part in self.parts}
+        return kinds.pop() if len(kinds) == 1 else None
+
+    def item(self, index: int, defer: bool = False):
         k, i = self._locate(int(index))
-        return self.parts[k][i][0], int(self.targets[index])
+        defer = defer and self.preprocess is not None
+        return self.parts[k].item(i, defer)[0], int(self.targets[index])
 
     def with_preprocess(self, preprocess: Preprocess) -> ConcatImages:
         for part in self.parts:
             part.with_preprocess(preprocess)
-        self.preprocess = preprocess
         return self
 
 
 class FolderImages(LabeledImages):
-    """Images on disk, one folder per class (``ROOT/<class>/<image>``), decoded with PIL to uint8 tensors when
-    read (torchvision's own decoders are deprecated from 0.29 on)."""
+    """Images on disk, one folder per class (``ROOT/<class>/<image>``), decoded to uint8 tensors when read: colour
+    and grey JPEGs by simplejpeg where it is installed (the ``data`` extra), everything else by PIL (torchvision's
+    own decoders are deprecated from 0.29 on)."""
 
     def __init__(self, paths: list[str], targets: list[int], classes: list[str]):
         self.paths, self.targets, self.classes = paths, torch.as_tensor(targets, dtype=torch.long), list(classes)
+        self._pixels: dict[int, torch.Tensor] = {}  # decoded uint8 pixels at _pixels_for's size (PIXEL_CACHE)
+        self._pixels_for: Preprocess | None = None
+        self._kept = 0
+
+    def __getstate__(self):  # a spawned worker starts with no kept pixels (they stay the parent's)
+        return {**self.__dict__, "_pixels": {}, "_kept": 0}
+
+    def __del__(self):
+        PIXEL_CACHE["used"] -= getattr(self, "_kept", 0)
+
+    def _keep(self, index: int, pixels: torch.Tensor) -> None:
+        if PIXEL_CACHE["used"] + pixels.numel() <= PIXEL_CACHE["budget"]:
+            self._pixels[index] = pixels
+            self._kept += pixels.numel()
+            PIXEL_CACHE["used"] += pixels.numel()
+
+    def item(self, index: int, defer: bool = False):
+        """As every dataset's, with the decoded pixels kept (:data:`PIXEL_CACHE`): a request draws its images many
+        times, and decoding is most of the data path's cost."""
+        if self.preprocess is None or not PIXEL_CACHE["budget"]:
+            return super().item(index, defer)
+        if self._pixels_for != self.preprocess:  # another model's size: the kept pixels are not its
+            PIXEL_CACHE["used"] -= self._kept
+            self._pixels, self._pixels_for, self._kept = {}, self.preprocess, 0
+        pixels = self._pixels.get(index)
+        if pixels is None:
+            pixels = self.preprocess.pixels(self.raw(index))
+            if pixels is None:  # stays float (RGB to grey): nothing to keep
+                return super().item(index, defer)
+            self._keep(index, pixels)
+        return (pixels if defer else self.preprocess.normalise(pixels[None])[0]), int(self.targets[index])
 
     def raw(self, index: int) -> torch.Tensor:
         path = self.paths[index]
+        grey = self.preprocess is not None and self.preprocess.in_chans == 1
         try:
-            with Image.open(path) as im:
-                im = im.convert("L" if self.preprocess is not None and self.preprocess.in_chans == 1 else "RGB")
-                pixels = np.array(im)  # H×W(×C) uint8, one (writable) copy out of PIL
+            with open(path, "rb") as file:
+                data = file.read()
+            pixels = None if grey else decode_jpeg_rgb(data)
+            if pixels is None:
+                with Image.open(io.BytesIO(data)) as im:
+                    pixels = np.array(im.convert("L" if grey else "RGB"))  # H×W(×C) uint8, one writable copy
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise ForgetkitError(f"cannot read image {path} ({err}); delete or replace the corrupt file") from None
         pixels = pixels[..., None] if pixels.ndim == 2 else pixels
         return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def decode_jpeg_rgb(data: bytes) -> np.ndarray | None:
+    """A colour or grey JPEG's RGB pixels by simplejpeg, or None where it does not apply (not a JPEG, a CMYK one,
+    simplejpeg not installed): PIL decodes those.
+
+    simplejpeg wraps libjpeg-turbo's decoder as PIL does, with the same settings (accurate DCT, smooth chroma
+    upsampling), so the pixels are PIL's (tests/test_scaling.py), in about half the time on 224 px images
+    (docs/scaling.md). Grey models keep PIL, whose RGB to grey formula differs from the JPEG's own luma."""
+    if _SIMPLEJPEG is None or not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        if _SIMPLEJPEG.decode_jpeg_header(data)[2] not in ("YCbCr", "Gray"):
+            return None
+        return _SIMPLEJPEG.decode_jpeg(data, "RGB")
+    except ValueError:  # a JPEG libjpeg-turbo's fast path refuses; PIL reports what is wrong with it
+        return None
+
+
+_SIMPLEJPEG = importlib.import_module("simplejpeg") if available("simplejpeg") else None
+
+PIXEL_CACHE = {"budget": 0, "used": 0}
+"""bytes of decoded image-folder pixels this process may keep, and keeps (``train.cache_gb``, set by the runtime;
+process-wide like torch's thread count). Each image is kept once decoded, until the budget is spent; none is
+evicted, so which images are kept depends only on the order they are first drawn."""
+
+
+def set_pixel_cache(gib: float) -> None:
+    PIXEL_CACHE["budget"] = int(gib * 2**30)
 
 
 @dataclass

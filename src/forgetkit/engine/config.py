@@ -161,11 +161,17 @@ class TrainConfig:
     accumulate: int = field(default=1, metadata={
         "help": "micro-batches per step: each process's share of the batch is cut into this many forward and "
                 "backward passes before one update (less memory, same batch)"})
+    cache_gb: float = field(default=2.0, metadata={
+        "help": "GiB of decoded image-folder pixels kept in memory at the model's size (a request draws each of its "
+                "images many times; 150 KB per 224 px RGB image); 0 = decode every time. Kept by the process "
+                "that decodes: with train.workers, each worker's lasts one pass"})
 
     def __post_init__(self):
         check_choices(self, "train")
         if self.workers < 0:
             raise ForgetkitError(f"train.workers must be 0 (the main process) or more, got {self.workers}")
+        if self.cache_gb < 0:
+            raise ForgetkitError(f"train.cache_gb must be 0 (no cache) or more, got {self.cache_gb}")
         if min(self.devices, self.num_nodes, self.accumulate) < 1:
             raise ForgetkitError(f"train.devices ({self.devices}), train.num_nodes ({self.num_nodes}) and "
                                  f"train.accumulate ({self.accumulate}) must be at least 1")
@@ -220,8 +226,10 @@ class RunConfig:
                 "builtin:fmnist_vit (the shipped Fashion-MNIST ViT) or "
                 "builtin:clip_fmnist (the shipped CLIP); or a local open_clip / OpenAI CLIP state-dict file"})
     model_arch: str | None = field(default=None, metadata={
-        "help": "open_clip architecture of a CLIP state-dict file given as model (e.g. ViT-B-16); null = "
-                "OpenAI format, read from the tensor shapes"})
+        "help": "what a weights file given as model holds: a ViT classifier, timm:NAME (e.g. "
+                "timm:vit_small_patch16_224) or a preset (vit_b16, face_vit_p8s8), imported with the data's "
+                "classes as forgetkit import-weights does (data must be named); or the open_clip architecture of a "
+                "CLIP state dict (e.g. ViT-B-16); null = an OpenAI-format CLIP, read from the tensor shapes"})
     data: DataConfig | None = field(default=None, metadata={
         "help": "the images; null = the data the model was trained on, as its manifest records"})
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)

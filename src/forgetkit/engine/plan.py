@@ -18,7 +18,7 @@ from ..config import to_dict
 from ..data.config import DataConfig, check_data_config, model_data_config
 from ..errors import ForgetkitError
 from ..methods.configs import resolved_method_config
-from ..models.formats import RUN_MODEL_DIR, read_manifest
+from ..models.formats import RUN_MODEL_DIR, is_classifier_arch, read_manifest
 from ..models.presets import PRESETS
 from ..outputs import refuse_input_as_output, refuse_replacing
 from ..requests import REQUEST_KINDS
@@ -91,8 +91,13 @@ def plan_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, mode
         data = cfg.data
     else:
         source, manifest = read_manifest(cfg.model)
-        if cfg.save_model and manifest.get("format") == "external":
-            raise ForgetkitError(f"{cfg.model} is a weights file, not a forgetkit checkpoint, so no edited "
+        external = manifest.get("format") == "external"
+        if external and cfg.model_arch and not is_classifier_arch(cfg.model_arch) \
+                and cfg.model_arch.startswith(("vit_", "deit", "face_")):  # not an open_clip name (ViT-B-16)
+            raise ForgetkitError(f"model_arch {cfg.model_arch} is neither a preset nor timm:NAME; a timm ViT is "
+                                 f"named timm:{cfg.model_arch}")
+        if cfg.save_model and external and not is_classifier_arch(cfg.model_arch):
+            raise ForgetkitError(f"{cfg.model} is a CLIP weights file, not a forgetkit checkpoint, so no edited "
                                  f"checkpoint can be written from it; set save_model: false")
         data = cfg.data or model_data_config(manifest, cfg.model)
         refuse_input_as_output(out, [source], "the output folder")

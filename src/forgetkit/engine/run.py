@@ -22,9 +22,9 @@ from ..errors import ForgetkitError
 from ..ledger import forgotten_classes
 from ..methods.base import model_capabilities
 from ..metrics import PerClass
-from ..models import fingerprint
+from ..models import fingerprint, load_external_weights
 from ..models.checkpoint import save_checkpoint
-from ..models.formats import load_checkpoint
+from ..models.formats import is_classifier_arch, load_checkpoint
 from ..models.presets import ModelSpec
 from ..models.vit import ForgetModel
 from ..outputs import OutputLock
@@ -108,11 +108,14 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
     seed_everything(cfg.seed)
     kind = REQUEST_KINDS.get(cfg.kind)()
     source, data_cfg = plan.source, plan.data
-    if model is None:
+    imported = model is None and plan.manifest.get("format") == "external" and is_classifier_arch(cfg.model_arch)
+    if model is None and not imported:
         model, manifest = load_checkpoint(source, cfg.model_arch)
     else:
         manifest = None
     splits = load_data(data_cfg)
+    if imported:  # a ViT's weights file: its head's classes are the data's (as forgetkit import-weights makes them)
+        model = load_external_weights(source, cfg.model_arch, len(splits.classes))
     if manifest is None:
         manifest = {"classes": list(splits.classes), "fingerprint": fingerprint(model), "ledger": []}
     if manifest["classes"] is None:  # a zero-shot model classifies the data's classes by name

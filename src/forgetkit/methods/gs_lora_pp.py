@@ -47,8 +47,8 @@ def class_prototypes(model, datasets, num_classes: int, device, batch_size: int 
     for dataset in datasets:
         if len(dataset) == 0:
             continue
-        for x, y in inference_loader(dataset, batch_size):
-            emb = model.embed(x.to(device)).cpu()
+        for x, y in inference_loader(dataset, batch_size, device):
+            emb = model.embed(x).cpu()
             if sums is None:
                 sums = torch.zeros(num_classes, emb.shape[1])
             sums.index_add_(0, y, emb)

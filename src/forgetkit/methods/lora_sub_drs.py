@@ -119,8 +119,8 @@ class LoRASubDRS(LearnMethod):
             layer.covariance.zero_()
             layer.tokens = 0
         model.eval()
-        for x, _ in inference_loader(images, 256):
-            model.embed(x.to(self.device))
+        for x, _ in inference_loader(images, 256, self.device):
+            model.embed(x)
         projections, self.space_dims = {}, []
         for layer in self.layers:
             basis = energy_basis(layer.covariance / layer.tokens, self.cfg.energy)

@@ -84,9 +84,8 @@ class ImportanceRegularised(FullFinetune):
             order = next(iter(BalancedBatchSampler(retain.targets, cap, rng(
                 self.ctx.seed, "importance_images", self.request.index))))
             images = retain.subset(torch.tensor(order))
-        loader = inference_loader(images, self.ctx.batch_size)
-        for x, y in loader:
-            yield x.to(self.ctx.device), y.to(self.ctx.device)
+        for x, y in inference_loader(images, self.ctx.batch_size, self.ctx.device):
+            yield x, y.to(self.ctx.device)
 
     def data_weights(self) -> tuple[float, float]:
         if self.cfg.data_term == "sum":

@@ -6,7 +6,9 @@ A model can be named by any of:
 * ``builtin:NAME``, a checkpoint shipped in the package (:data:`BUILTIN_MODELS`);
 * a checkpoint folder (``model.safetensors`` + ``manifest.json``), or the path of its ``model.safetensors``;
 * a run folder (``forgetkit forget ... --out RUN``), whose edited checkpoint is ``RUN/model``;
-* a file that is not in a checkpoint folder: a local open_clip or OpenAI-format CLIP state dict.
+* a file that is not in a checkpoint folder: a local open_clip or OpenAI-format CLIP state dict, or, with a
+  classifier ``model_arch`` (``timm:NAME``, ``vit_b16``, ``face_vit_p8s8``...), a ViT's weights, imported when the
+  run starts with the head's classes from the data (:func:`is_classifier_arch`).
 """
 
 from __future__ import annotations
@@ -75,6 +77,14 @@ def read_manifest(name: str | Path) -> tuple[Path, dict]:
                              f"{', '.join(CHECKPOINT_FORMATS)}); create one with `forgetkit pretrain` or "
                              f"`forgetkit import-weights`")
     return path, manifest
+
+
+def is_classifier_arch(arch: str | None) -> bool:
+    """Whether ``model_arch`` names a ViT classifier (``timm:NAME`` or a preset: a weights file given as ``model`` is
+    then imported with the data's classes, as ``forgetkit import-weights`` does) rather than an open_clip CLIP."""
+    from .presets import PRESETS, TIMM_PREFIX
+
+    return bool(arch) and (arch.startswith(TIMM_PREFIX) or arch in PRESETS.names())
 
 
 def load_checkpoint(source: str | Path, arch: str | None = None):
