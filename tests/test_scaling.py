@@ -246,3 +246,75 @@ def test_loader_workers_change_no_number(tiny_model_dir, tmp_path):
     two = run(tiny_model_dir, tmp_path / "w2", "protocol.num_requests=1", "train.workers=2")
     assert one.requests[0].fingerprint_after == two.requests[0].fingerprint_after
     assert one.requests[0].after == two.requests[0].after
+
+
+@pytest.mark.slow
+def test_pretraining_on_two_processes_writes_one_checkpoint_as_good_as_one_process(tmp_path):
+    """``torchrun --nproc_per_node=2 -m forgetkit pretrain``: every batch shared by two gloo processes, the
+    gradients averaged, rank 0 writing the one checkpoint; its test accuracy is one process's within 5 points (the
+    same batches and the mean gradient; only the rounding differs)."""
+    common = ["--data", "synthetic", "--arch", "vit_test", "--epochs", "6", "-o", "warmup_steps=5", "-o", "lr=0.003",
+              "-o", "threads=1", "-o", "device=cpu", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(fk.__file__).parents[1])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "-m", "forgetkit", "pretrain", *common, "--out", str(tmp_path / "two")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[:3000]
+    assert done.stdout.count("test accuracy") == 1  # rank 0 reports, rank 1 is quiet
+    one = subprocess.run([sys.executable, "-m", "forgetkit", "pretrain", *common, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[:3000]
+    two_acc, one_acc = (json.loads((tmp_path / name / "manifest.json").read_text())["pretrain"]["test_accuracy"]
+                        for name in ("two", "one"))
+    assert one_acc > 40 and abs(two_acc - one_acc) <= 5, (two_acc, one_acc)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")) == \
+        sorted(p.name for p in (tmp_path / "one").iterdir() if not p.name.startswith("."))
+
+
+def test_pretraining_runs_its_steps_in_bf16_on_the_cpu(tmp_path, monkeypatch):
+    """precision=bf16-mixed reaches pre-training's forward (Fabric's autocast), as it does a request's."""
+    from forgetkit.data.config import DataConfig
+    from forgetkit.engine.config import PretrainConfig
+    from forgetkit.pretraining import pretrain
+
+    seen = set()
+    original = torch.nn.Linear.forward
+
+    def forward(self, x):  # every linear layer of the training steps
+        out = original(self, x)
+        if torch.is_grad_enabled():
+            seen.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", forward)
+    cfg = PretrainConfig(data=DataConfig(source="synthetic", num_classes=3, image_size=16, train_per_class=20,
+                                         test_per_class=4), arch="vit_test", epochs=1, batch_size=20,
+                         precision="bf16-mixed", threads=1, out=str(tmp_path / "m"))
+    pretrain(cfg, progress=False)
+    assert seen == {torch.bfloat16}
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_verify_under_two_processes_gives_the_one_process_checks_and_writes_once(tiny_model_dir, tmp_path):
+    """``torchrun --nproc_per_node=2 -m forgetkit verify``: every process computes the checks from the same seed,
+    rank 0 writes verify.json once, and its numbers are one process's."""
+    from forgetkit.cli import main
+
+    fast = ["images_per_class=15", "probe_per_class=15", "relearn_shots=[1]", "relearn_max_steps=10", "folds=3",
+            "rebound_steps=5", "rebound_per_class=5"]
+    assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_0", "--out", str(tmp_path / "m"),
+                 "-q", "--allow-fail", "-o", "train.steps=16", "-o", "train.threads=1"]) == 0
+    flags = ["--model", str(tmp_path / "m"), "--threads", "1", *[a for o in fast for a in ("-o", o)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(fk.__file__).parents[1])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "-m", "forgetkit", "verify", *flags, "--out", str(tmp_path / "two")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode in (0, 3), done.stderr[:3000]  # 3: the verdict failed, loudly, as in one process
+    assert done.stdout.count("| pretrained |") == 1  # rank 0 prints, rank 1 is quiet
+    one = main(["verify", *flags, "--out", str(tmp_path / "one")])
+    two, single = (json.loads((tmp_path / name / "verify.json").read_text()) for name in ("two", "one"))
+    assert done.returncode == one
+    for row in ("model", "pretrained"):
+        two[row].pop("seconds"), single[row].pop("seconds")
+    assert two == single

@@ -278,6 +278,14 @@ def class_means(model: torch.nn.Module, images, classes: list[int], device, batc
     return sums[rows] / counts[rows, None]
 
 
+class NonFiniteLoss(Exception):
+    """Raised by :meth:`Runtime.update` before an update when a loss is NaN or infinite."""
+
+    def __init__(self, value: float):
+        super().__init__(value)
+        self.value = value
+
+
 _WORKER = False
 _FABRICS: dict = {}
 """the one Fabric this process launched (keyed by its settings), which every later run of the process reuses"""
@@ -421,6 +429,45 @@ class Runtime:
             cut[name] = list(zip(x.tensor_split(parts), y.tensor_split(parts)))
         mine = range(self.rank * self.accumulate, (self.rank + 1) * self.accumulate)
         return [{name: cut[name][i] for name in batch} for i in mine]
+
+    def update(self, losses_of: Callable[[dict], dict[str, torch.Tensor]], batch: dict,
+               optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+               before_step: Callable[[], None] | None = None,
+               after_step: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:
+        """One update from the named losses ``losses_of`` gives on ``batch`` (a dict of ``(images, labels)``
+        streams; the key ``loss`` is optimised): this process's share of the batch in ``accumulate`` micro-batches,
+        each forward in the run's precision and checked finite before any update, the gradients of ``params``
+        averaged over the processes, then ``before_step`` (gradient hooks), the optimiser step and ``after_step``.
+        Returns the losses (averaged over the micro-batches). One process in float32: zero_grad, forward,
+        backward, step, as a plain loop does."""
+        parts = self.shares(batch)
+        optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, torch.Tensor] = {}
+        for part in parts:
+            with self.autocast():
+                losses = losses_of(part)
+            if not torch.isfinite(losses["loss"]):
+                raise NonFiniteLoss(losses["loss"].item())
+            self.backward(losses["loss"], len(parts))
+            if len(parts) == 1:
+                totals = losses
+            else:
+                for key, value in losses.items():
+                    totals[key] = totals.get(key, 0.0) + value.detach().float() / len(parts)
+        self.finish_update(optimizer, params, before_step, after_step)
+        return totals
+
+    def finish_update(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                      before_step: Callable[[], None] | None = None,
+                      after_step: Callable[[], None] | None = None) -> None:
+        """After the backward passes: the gradients averaged over the processes, ``before_step``, the optimiser
+        step (through Fabric's wrapper, :meth:`setup_optimizer`, when it steps the precision), ``after_step``."""
+        self.sync_gradients(params, optimizer)
+        if before_step is not None:
+            before_step()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
 
     def backward(self, loss: torch.Tensor, parts: int = 1) -> None:
         """Backward of one micro-batch's loss, weighted so that the ``parts`` micro-batches add up to their mean."""

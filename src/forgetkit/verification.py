@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine.config import VerifyConfig
+from .engine.config import RuntimeConfig, VerifyConfig
 from .errors import ForgetkitError
 from .extras import require
 from .models.checkpoint import fingerprint
@@ -516,12 +516,16 @@ def verify_checkpoint(plan: VerifyPlan) -> dict:
     from .outputs import OutputLock
     from .report import plot_verify, verify_table
     from .requests import deep_failures
-    from .runtime import process_state, setup_device
+    from .runtime import Runtime, process_state
 
     cfg, classes = plan.cfg, plan.classes
     forgotten = [classes.index(name) for name in plan.forgotten]
-    with OutputLock(plan.out), process_state():
-        device = setup_device("auto", plan.threads)
+    with OutputLock(plan.out, later=True) as lock, process_state():
+        # under torchrun every process computes the checks whole (the same draws from the seed), rank 0 writes
+        runtime = Runtime.create(RuntimeConfig(threads=plan.threads))
+        if runtime.is_writer:
+            lock.acquire()
+        device = runtime.device
         model, manifest = load_checkpoint(plan.source)
         splits = load_data(plan.data)
         missing = [name for name in classes if name not in splits.classes]
@@ -539,10 +543,13 @@ def verify_checkpoint(plan: VerifyPlan) -> dict:
         results["classes"] = plan.forgotten
         failed = deep_failures(results, cfg)
         results["verdict"] = {"pass": not failed, "failed": failed, "reference": "reference" in results}
-        write_text(plan.out / "verify.md", "\n".join([f"# Verification of {plan.model}: {', '.join(plan.forgotten)}",
-                                                      ""] + verify_table(results) + verdict_lines(results)) + "\n")
-        plot_verify(results, plan.out / "verify.png")
-        write_json(plan.out / "verify.json", results)
+        if runtime.is_writer:
+            write_text(plan.out / "verify.md", "\n".join([f"# Verification of {plan.model}: "
+                                                          f"{', '.join(plan.forgotten)}", ""] + verify_table(results)
+                                                         + verdict_lines(results)) + "\n")
+            plot_verify(results, plan.out / "verify.png")
+            write_json(plan.out / "verify.json", results)
+        runtime.barrier()
     return results
 
 

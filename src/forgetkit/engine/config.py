@@ -129,20 +129,10 @@ class VerifyConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation of each request: a fixed number of steps, whatever the size of the data (AdamW, per-step cosine
-    schedule with linear warm-up, re-created per request)."""
+class RuntimeConfig:
+    """Where and how the training steps run (runtime.Runtime): the fields every training loop shares, the
+    forgetting requests' (the train section) and pre-training's alike (docs/scaling.md)."""
 
-    steps: int = field(default=300, metadata={
-        "help": "optimisation steps per request; one step sees one forget batch and one replay batch"})
-    batch_size: int = field(default=32, metadata={
-        "help": "images per stream (forget and replay) per step, drawn class-balanced: every class of a stream "
-                "comes round before any comes twice (capped at the stream's size)"})
-    lr: float | None = field(default=None, metadata={"help": "peak learning rate (null = the method's default)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on ≥2-d tensors"})
-    min_lr: float = field(default=0.0, metadata={"help": "floor of the cosine schedule"})
-    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up (timm's)"})
-    log_every: int = field(default=25, metadata={"help": "steps averaged into one row of the loss log"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     threads: int = field(default=0, metadata={
         "help": "CPU threads (0 = torch's default, one per core); use 1 when another process shares the cores"})
@@ -166,15 +156,39 @@ class TrainConfig:
                 "images many times; 150 KB per 224 px RGB image); 0 = decode every time. Kept by the process "
                 "that decodes: with train.workers, each worker's lasts one pass"})
 
+    _section = "train"  # the keys' prefix in messages (train.device); pre-training's keys have none
+
     def __post_init__(self):
-        check_choices(self, "train")
+        key = f"{self._section}." if self._section else ""
+        check_choices(self, self._section or "pretrain")
         if self.workers < 0:
-            raise ForgetkitError(f"train.workers must be 0 (the main process) or more, got {self.workers}")
+            raise ForgetkitError(f"{key}workers must be 0 (the main process) or more, got {self.workers}")
         if self.cache_gb < 0:
-            raise ForgetkitError(f"train.cache_gb must be 0 (no cache) or more, got {self.cache_gb}")
+            raise ForgetkitError(f"{key}cache_gb must be 0 (no cache) or more, got {self.cache_gb}")
         if min(self.devices, self.num_nodes, self.accumulate) < 1:
-            raise ForgetkitError(f"train.devices ({self.devices}), train.num_nodes ({self.num_nodes}) and "
-                                 f"train.accumulate ({self.accumulate}) must be at least 1")
+            raise ForgetkitError(f"{key}devices ({self.devices}), {key}num_nodes ({self.num_nodes}) and "
+                                 f"{key}accumulate ({self.accumulate}) must be at least 1")
+        check_threads(self.threads, f"{key}threads")
+        check_device(self.device, f"{key}device")
+
+
+@dataclass
+class TrainConfig(RuntimeConfig):
+    """Optimisation of each request: a fixed number of steps, whatever the size of the data (AdamW, per-step cosine
+    schedule with linear warm-up, re-created per request)."""
+
+    steps: int = field(default=300, metadata={
+        "help": "optimisation steps per request; one step sees one forget batch and one replay batch"})
+    batch_size: int = field(default=32, metadata={
+        "help": "images per stream (forget and replay) per step, drawn class-balanced: every class of a stream "
+                "comes round before any comes twice (capped at the stream's size)"})
+    lr: float | None = field(default=None, metadata={"help": "peak learning rate (null = the method's default)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on ≥2-d tensors"})
+    min_lr: float = field(default=0.0, metadata={"help": "floor of the cosine schedule"})
+    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up (timm's)"})
+    log_every: int = field(default=25, metadata={"help": "steps averaged into one row of the loss log"})
+    def __post_init__(self):
+        super().__post_init__()
         if (self.devices * self.num_nodes > 1 or self.accumulate > 1) and \
                 self.batch_size < self.devices * self.num_nodes * self.accumulate:
             raise ForgetkitError(f"train.batch_size ({self.batch_size}) is smaller than train.devices × "
@@ -186,8 +200,6 @@ class TrainConfig:
                                  f"train.steps=300")
         if self.lr is not None and self.lr <= 0:
             raise ForgetkitError(f"train.lr must be positive, got {self.lr}; leave it unset for the method's default")
-        check_threads(self.threads, "train.threads")
-        check_device(self.device, "train.device")
 
 
 @dataclass
@@ -250,7 +262,7 @@ class RunConfig:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RuntimeConfig):
     """Pre-training recipe (defaults: the embedded Fashion-MNIST model)."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -265,14 +277,16 @@ class PretrainConfig:
         "help": "training images per class left out, the same ones a forgetting run's protocol.val_per_class holds "
                 "out (at most this many), so that its validation images are unseen by the model"})
     seed: int = 0
-    device: str = "auto"
-    threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default, one per core)"})
     out: str = field(default="checkpoints/model", metadata={"help": "output checkpoint folder"})
 
+    _section = ""
+
     def __post_init__(self):
+        super().__post_init__()
         if min(self.epochs, self.batch_size) < 1:
             raise ForgetkitError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1")
         if self.lr <= 0:
             raise ForgetkitError(f"lr must be positive, got {self.lr}")
-        check_threads(self.threads, "threads")
-        check_device(self.device, "device")
+        if self.batch_size < self.devices * self.num_nodes * self.accumulate:
+            raise ForgetkitError(f"batch_size ({self.batch_size}) is smaller than devices × num_nodes × accumulate; "
+                                 f"every process needs images in every micro-batch: raise batch_size or lower those")

@@ -19,14 +19,14 @@ from tqdm.auto import tqdm
 from ..errors import ForgetkitError
 from ..io import save_weights
 from ..methods import MethodContext, build_method
-from ..methods.base import METHODS, Method, NonFiniteLoss
+from ..methods.base import METHODS, Method
 from ..methods.configs import MethodConfig
 from ..metrics import PerClass, evaluate_classes
 from ..models import fingerprint
 from ..models.checkpoint import save_checkpoint
 from ..requests import Request, RequestData, RequestKind, RequestRecord
 from ..runstate import RunLog, crash_point
-from ..runtime import Runtime, balanced_batches, rng, seed_request, step_scheduler
+from ..runtime import NonFiniteLoss, Runtime, balanced_batches, rng, seed_request, step_scheduler
 from .config import EvalConfig, TrainConfig
 
 

@@ -22,7 +22,7 @@ from ..errors import ForgetkitError
 from ..ledger import register_edit_type
 from ..registry import Registry
 from ..requests import Request, RequestData
-from ..runtime import Runtime, adamw
+from ..runtime import NonFiniteLoss, Runtime, adamw
 from .configs import METHOD_CONFIGS, MethodConfig
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -60,14 +60,6 @@ class MethodContext:
     runtime: Any = field(default=None, metadata={
         "help": "the run's forgetkit.runtime.Runtime (processes, precision, accumulation); None = one process on "
                 "device, float32"})
-
-
-class NonFiniteLoss(Exception):
-    """Raised by :meth:`Method.step` before an update when a loss is NaN or infinite."""
-
-    def __init__(self, value: float):
-        super().__init__(value)
-        self.value = value
 
 
 _RENAMED_HOOKS = {"setup_task": "setup", "finish_task": "finish", "save_task": "save_edit",
@@ -157,23 +149,8 @@ class Method:
         through the run's runtime: this process's share of the batch in ``train.accumulate`` micro-batches, each
         forward in the run's precision and checked finite before any update, the gradients averaged over the
         processes, then the hooks and the optimiser step. Returns the losses (averaged over the micro-batches)."""
-        runtime = self.runtime
-        parts = runtime.shares(batch)
-        optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, torch.Tensor] = {}
-        for part in parts:
-            with runtime.autocast():
-                losses = losses_of(part)
-            if not torch.isfinite(losses["loss"]):
-                raise NonFiniteLoss(losses["loss"].item())
-            runtime.backward(losses["loss"], len(parts))
-            if len(parts) == 1:
-                totals = losses
-            else:
-                for key, value in losses.items():
-                    totals[key] = totals.get(key, 0.0) + value.detach().float() / len(parts)
-        self._finish_update(optimizer)
-        return totals
+        return self.runtime.update(losses_of, batch, optimizer, self.parameters(), self.before_update,
+                                   self.after_update)
 
     def apply(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Backward and update of one loss computed on the whole batch (no micro-batches; :meth:`update` is the
@@ -182,15 +159,7 @@ class Method:
             raise NonFiniteLoss(loss.item())
         optimizer.zero_grad(set_to_none=True)
         self.runtime.backward(loss)
-        self._finish_update(optimizer)
-
-    def _finish_update(self, optimizer: torch.optim.Optimizer) -> None:
-        """Gradients averaged over the processes, the hooks on the gradients (:meth:`before_update`), the step, and
-        the hooks on the updated weights (:meth:`after_update`)."""
-        self.runtime.sync_gradients(self.parameters(), optimizer)
-        self.before_update()
-        optimizer.step()  # through Fabric's wrapper (Runtime.setup_optimizer) when it steps the precision
-        self.after_update()
+        self.runtime.finish_update(optimizer, self.parameters(), self.before_update, self.after_update)
 
     def before_update(self) -> None:
         """Called between backward and the optimiser step (gradient clipping or projection)."""
