@@ -33,7 +33,7 @@ from PIL import Image
 
 from forgetkit.data.datasets import FolderImages, Preprocess, set_pixel_cache
 from forgetkit.io import write_json, write_text
-from forgetkit.runtime import set_loader_options
+from forgetkit.runtime import keep_freed_memory, set_loader_options
 
 
 def make_jpeg_folder(root: Path, count: int, size=(500, 375), seed: int = 0) -> list[str]:
@@ -97,6 +97,8 @@ def data_path(args) -> list[dict]:
         # each row is its best of --repeats passes over the folder (the first pass also reads the files from disk)
         legacy_loader = torch.utils.data.DataLoader(LegacyImages(paths, preprocess), batch_size=args.batch)
         legacy = max(images_per_second((x.to(device), y) for x, y in legacy_loader) for _ in range(args.repeats))
+        if args.cpu_memory == "keep":  # what Runtime.create does on a CPU (train.cpu_memory), after the old loader
+            keep_freed_memory()
         decoders = [("simplejpeg", datasets._SIMPLEJPEG), ("PIL", None)] if datasets._SIMPLEJPEG else [("PIL", None)]
         rows.append({"loader": "before: PIL bytearray decode, float resize, float batches", "workers": 0,
                      "images_per_s": legacy, "speed-up": 1.0})
@@ -270,6 +272,8 @@ def main() -> None:
                              "ImageNet's typical photo, resized by the loader)")
     parser.add_argument("--repeats", type=int, default=3, help="passes over the folder per data-path row (best)")
     parser.add_argument("--cache-gb", type=float, default=2.0, help="train.cache_gb of the cached data-path rows")
+    parser.add_argument("--cpu-memory", default="keep", choices=["keep", "release"],
+                        help="train.cpu_memory of today's rows (the old loader's row runs with glibc's defaults)")
     parser.add_argument("--request-steps", type=int, default=10, help="steps of the whole request (d)")
     parser.add_argument("--request-eval", type=int, default=8, help="evaluation images of the whole request (d)")
     parser.add_argument("--request-workers", type=int, default=0, help="train.workers of the whole request (d)")
@@ -281,8 +285,10 @@ def main() -> None:
     torch.manual_seed(0)
     set_loader_options(0, False)
     results = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "cpu_memory": args.cpu_memory,
                "malloc": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
-    lines = [f"# Throughput on {args.device} (torch {torch.__version__}, {torch.get_num_threads()} threads"
+    lines = [f"# Throughput on {args.device} (torch {torch.__version__}, {torch.get_num_threads()} threads, "
+             f"train.cpu_memory={args.cpu_memory}"
              + "".join(f", {k}={v}" for k, v in results["malloc"].items()) + ")", ""]
     if "data" not in args.skip:
         results["data_path"] = data_path(args)

@@ -318,3 +318,14 @@ def test_verify_under_two_processes_gives_the_one_process_checks_and_writes_once
     for row in ("model", "pretrained"):
         two[row].pop("seconds"), single[row].pop("seconds")
     assert two == single
+
+
+def test_cpu_memory_keep_asks_glibc_to_keep_freed_memory_and_a_wrong_choice_is_refused():
+    import platform
+
+    from forgetkit.runtime import keep_freed_memory
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert keep_freed_memory() is True and keep_freed_memory() is True  # once per process, then a no-op
+    with pytest.raises(ForgetkitError, match="keep, release"):
+        fk.load_config(None, ["train.cpu_memory=hold"])

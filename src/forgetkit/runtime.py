@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import random
@@ -278,6 +279,31 @@ def class_means(model: torch.nn.Module, images, classes: list[int], device, batc
     return sums[rows] / counts[rows, None]
 
 
+_KEEPING = False
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse (``train.cpu_memory: keep``); whether it did.
+
+    By default glibc hands every freed block of more than a few MB back to the operating system, and the next
+    batch or activation of that size faults its pages in again, zero-filled: on the 2-core machine that took longer
+    than the arithmetic of a float batch (docs/scaling.md). These are the settings PyTorch's CPU tuning guide gets
+    by preloading jemalloc or tcmalloc: blocks up to 32 MB come from the heap, and up to 1 GB of free heap is kept.
+    They change no number, only where memory comes from; they last for the process (glibc cannot report the
+    values it had, so nothing sets them back). Elsewhere than Linux with glibc this does nothing."""
+    global _KEEPING
+    if _KEEPING:
+        return True
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's malloc.h
+    _KEEPING = bool(mallopt(m_mmap_threshold, 32 * 2**20) and mallopt(m_trim_threshold, 2**30)
+                    and mallopt(m_top_pad, 256 * 2**20))
+    return _KEEPING
+
+
 class NonFiniteLoss(Exception):
     """Raised by :meth:`Runtime.update` before an update when a loss is NaN or infinite."""
 
@@ -332,6 +358,8 @@ class Runtime:
         runtime = cls._create(train)
         set_loader_options(train.workers, runtime.device.type == "cuda")
         set_pixel_cache(train.cache_gb)
+        if train.cpu_memory == "keep" and runtime.device.type == "cpu":
+            keep_freed_memory()
         return runtime
 
     @classmethod
