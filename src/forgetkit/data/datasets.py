@@ -300,7 +300,8 @@ class FolderImages(LabeledImages):
         return {**self.__dict__, "_pixels": {}, "_kept": 0}
 
     def __del__(self):
-        PIXEL_CACHE["used"] -= getattr(self, "_kept", 0)
+        if PIXEL_CACHE is not None:  # None while the interpreter shuts down
+            PIXEL_CACHE["used"] -= getattr(self, "_kept", 0)
 
     def _keep(self, index: int, pixels: torch.Tensor) -> None:
         if PIXEL_CACHE["used"] + pixels.numel() <= PIXEL_CACHE["budget"]:
