@@ -128,10 +128,17 @@ def check_choices(obj, where: str) -> None:
             setattr(obj, f.name, coerce(getattr(obj, f.name), hints[f.name], f"{where}.{f.name}"))
 
 
+def config_fields(cls) -> list[dataclasses.Field]:
+    """A config dataclass's fields, its own first and then those it inherits (``TrainConfig``'s steps before the
+    runtime fields of ``RuntimeConfig``): the order ``forgetkit config`` lists and ``config.yaml`` saves them in."""
+    own = set(vars(cls if isinstance(cls, type) else type(cls)).get("__annotations__", {}))
+    return sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)
+
+
 def to_dict(obj) -> Any:
     """Dataclass (nested) -> plain dict/list values, suitable for YAML and JSON."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in config_fields(obj)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
@@ -188,7 +195,7 @@ def describe(cls, prefix: str = "", defaults=None) -> list[tuple[str, str, str]]
     default for it, e.g. GS-LoRA's rank-4 LoRA, not the nested class's own).
     """
     rows = []
-    for f in dataclasses.fields(cls):
+    for f in config_fields(cls):
         tp = typing.get_type_hints(cls)[f.name]
         key = f"{prefix}{f.name}"
         if defaults is not None:
