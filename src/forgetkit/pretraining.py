@@ -44,8 +44,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, overwrite: bool = False
 
 def _pretrain(cfg: PretrainConfig, progress: bool, lock: OutputLock):
     runtime = Runtime.create(cfg)
-    if runtime.is_writer:
-        lock.acquire()
+    runtime.acquire_output(lock)
     device = runtime.device
     seed_everything(cfg.seed)
     splits = load_data(cfg.data)

@@ -416,6 +416,12 @@ class Runtime:
         """Only this process writes (results, ledger, checkpoints, logs, edits)."""
         return self.rank == 0
 
+    def acquire_output(self, lock) -> None:
+        """Take the output folder's lock (:class:`forgetkit.outputs.OutputLock`, made with ``later=True``) in the
+        process that writes; the others write nothing and take none."""
+        if self.is_writer:
+            lock.acquire()
+
     def barrier(self) -> None:
         if self.world_size > 1:
             self.fabric.barrier()

@@ -523,8 +523,7 @@ def verify_checkpoint(plan: VerifyPlan) -> dict:
     with OutputLock(plan.out, later=True) as lock, process_state():
         # under torchrun every process computes the checks whole (the same draws from the seed), rank 0 writes
         runtime = Runtime.create(RuntimeConfig(threads=plan.threads))
-        if runtime.is_writer:
-            lock.acquire()
+        runtime.acquire_output(lock)
         device = runtime.device
         model, manifest = load_checkpoint(plan.source)
         splits = load_data(plan.data)

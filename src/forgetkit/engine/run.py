@@ -146,8 +146,7 @@ def _run(cfg: RunConfig, plan, progress: bool, resume: bool, model, lock: Output
                                          verification_memo)
     start_model = copy.deepcopy(model) if cfg.protocol.independent else None
 
-    if writer:  # every input checked: from here on the run writes its folder (one process of several writes)
-        lock.acquire()
+    runtime.acquire_output(lock)  # every input checked: from here on the run writes its folder
     state = RunState(out)
     saved = state.load(config) if resume else None
     if saved is not None:
