@@ -158,6 +158,18 @@ def test_glyphs60_renders_60_distinct_classes_deterministically():
     assert (centred > 0.02).all() and (centred < 0.6).all()                 # neither empty nor a filled box
 
 
+def test_glyphs_novel_renders_20_characters_no_glyphs60_class_has():
+    from forgetkit.data.glyphs import GLYPH_CLASSES, NOVEL_CLASSES, render_glyphs
+
+    assert len({c for _, c in NOVEL_CLASSES}) == len({n for n, _ in NOVEL_CLASSES}) == 20
+    assert not {c for _, c in NOVEL_CLASSES} & {c for _, c in GLYPH_CLASSES}
+    assert not {n for n, _ in NOVEL_CLASSES} & {n for n, _ in GLYPH_CLASSES}
+    images, labels = render_glyphs(2, seed=0, split=0, glyph_classes=NOVEL_CLASSES, stream=1000)
+    assert images.shape == (40, 1, 28, 28) and labels.tolist() == [c for c in range(20) for _ in range(2)]
+    assert torch.equal(render_glyphs(2, 0, 0, NOVEL_CLASSES, stream=1000)[0], images)
+    assert (images.float().flatten(1).max(1).values > 150).all()
+
+
 def test_a_class_subset_relabels_in_its_own_order(image_folder):
     full = load_data(DataConfig(source="image_folder", root=str(image_folder)))
     for choice, expected in (("1:", ["dog", "fox"]), (["fox", "cat"], ["fox", "cat"]), (":1", ["cat"])):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_image_folder
 
 import forgetkit as fk
 from forgetkit.cli import main
@@ -163,6 +164,68 @@ def test_the_reference_free_check_judges_the_retain_only_rebound():
     assert deep_failures({"model": row}, FAST) == []
 
 
+def renamed(images, classes, names, preprocess):
+    """The images of ``classes`` (of an in-memory dataset) under other class names: classes a model has no name
+    for."""
+    from forgetkit.data.datasets import TensorImages
+
+    idx = images.indices_of(classes)
+    return TensorImages(images.images[idx], images.targets[idx], names).with_preprocess(preprocess)
+
+
+def test_never_seen_classes_that_are_the_forgotten_ones_read_as_the_forgotten_ones(tiny):
+    # The stand-ins are the forgotten classes' own images under new names (other draws): the check then measures
+    # the same task twice, so the forgotten classes read at the never-seen level and the request passes.
+    from forgetkit.requests import deep_failures
+
+    model, data = tiny
+    novel = tuple(renamed(part, [0, 1], ["novel_a", "novel_b"], model.spec.preprocess)
+                  for part in (data.train, data.test))
+    for part in novel:   # labels 0 and 1 of the new list, not the model's
+        assert part.classes == ["novel_a", "novel_b"]
+    result = Verifier(FAST, data.train, data.test, 0, torch.device("cpu"), model, novel=novel)(model, [0, 1],
+                                                                                               [2, 3, 4, 5])
+    row = result["model"]
+    for key in ("probe", "knn", "prototype"):
+        assert row[f"{key}_forgotten"] >= 50 and abs(row[f"{key}_forgotten"] - row[f"{key}_novel"]) <= 10, key
+    assert not [line for line in deep_failures(result, FAST) if "never saw" in line]
+
+
+def test_a_head_only_edit_is_caught_without_a_reference_by_never_seen_classes(tiny):
+    # Never-seen classes whose images carry no class at all (labels drawn at random): the features give chance on
+    # them, while a head-only edit still separates the forgotten classes, so the reference-free verdict fails it.
+    from forgetkit.data.datasets import TensorImages
+    from forgetkit.requests import deep_failures
+
+    model, data = tiny
+    edited = copy.deepcopy(model)
+    with torch.no_grad():
+        edited.head.fc.bias[[0, 1]] = -100.0
+    gen = torch.Generator().manual_seed(0)
+    novel = tuple(TensorImages(torch.randint(0, 256, (n, 1, 16, 16), generator=gen, dtype=torch.uint8),
+                               torch.arange(n) % 2, ["noise_a", "noise_b"]).with_preprocess(model.spec.preprocess)
+                  for n in (60, 60))
+    result = Verifier(FAST, data.train, data.test, 0, torch.device("cpu"), model, novel=novel)(edited, [0, 1],
+                                                                                               [2, 3, 4, 5])
+    row = result["model"]
+    assert row["acc_forgotten"] == 0.0 and row["probe_forgotten"] >= 50
+    assert row["probe_novel"] <= 40 and row["prototype_novel"] <= 40     # 6-way: chance is 17 %
+    failed = deep_failures(result, FAST)
+    assert any("linear probe" in line and "never saw" in line for line in failed)
+    assert not [line for line in deep_failures(result, VerifyConfig(novel_tolerance=None)) if "never saw" in line]
+
+
+def test_never_seen_classes_must_be_classes_the_model_does_not_know(tiny):
+    from forgetkit.verification import novel_images
+
+    model, data = tiny
+    cfg = VerifyConfig(novel=fk.DataConfig(source="synthetic"))    # the tiny model's own classes
+    with pytest.raises(fk.ForgetkitError, match="holds the model's class 'class_0'.*never trained on"):
+        novel_images(cfg, data.classes, model.spec.preprocess)
+    with pytest.raises(fk.ForgetkitError, match="eval.verify.novel: unknown data source 'glyph_novel'.*glyphs_novel"):
+        VerifyConfig(novel=fk.DataConfig(source="glyph_novel"))
+
+
 def test_non_members_are_images_the_pre_trained_model_never_saw(tiny):
     from forgetkit.data.datasets import held_out_mask
     from forgetkit.verification import membership_images
@@ -252,6 +315,15 @@ def test_verify_command_and_run_option_on_a_forgotten_checkpoint(tiny_model_dir,
     assert saved["classes"] == ["class_0"] and {"model", "pretrained", "verdict"} <= set(saved)
     assert code == (0 if saved["verdict"]["pass"] else 3) and saved["verdict"]["reference"] is False
     assert (tmp_path / "v" / "verify.png").is_file() and "| pretrained |" in capsys.readouterr().out
+    # never-seen classes from a folder: their checks in every row, and judged (no reference)
+    novel = make_image_folder(tmp_path / "novel", classes=("owl", "yak"))
+    code = main(["verify", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "vn"), "--threads", "1",
+                 "-o", "novel.source=image_folder", "-o", f"novel.root={novel}", *[a for o in fast for a in ("-o", o)]])
+    saved_novel = json.loads((tmp_path / "vn" / "verify.json").read_text())
+    assert {"probe_novel", "knn_novel", "prototype_novel"} <= set(saved_novel["model"]) & set(saved_novel["pretrained"])
+    assert code == (0 if saved_novel["verdict"]["pass"] else 3)
+    out = capsys.readouterr().out
+    assert "never-seen classes" in out and "the probes against classes the model never saw" in out
     # a model whose ledger forgot nothing: one line, exit 2
     assert main(["verify", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x")]) == 2
     assert "forgotten no class" in capsys.readouterr().err

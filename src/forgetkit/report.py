@@ -278,19 +278,23 @@ def verify_table(verify: dict) -> list[str]:
 
     shots = list(verify["model"]["relearn_steps"])
     target = verify.get("relearn_target") or {}
+    novel = "probe_novel" in verify["model"]  # eval.verify.novel: the same probes on never-seen classes
     lines = ["| model | Acc_f | loss attack acc. | loss attack AUC | loss AUC retained (control) | SalUn efficacy | "
-             "probe F | k-NN F | prototype F | probe R | retain-only rebound | "
+             "probe F | k-NN F | prototype F | " + ("probe / k-NN / prototype, never-seen classes | " if novel else "")
+             + "probe R | retain-only rebound | "
              f"CKA to pre-trained (null {fmt(verify.get('cka_null'), 3)}) | CKA to reference | "
              + " | ".join(f"relearn steps k={k} (F1 ≥ {fmt(target.get(k), 1)})" for k in shots) + " | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * (len(shots) + 1)]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * (len(shots) + 1 + novel)]
     for name in ("model", "pretrained", "reference"):
         if name not in verify:
             continue
         r = verify[name]
+        unseen = (f"{fmt(r.get('probe_novel'), 1)} / {fmt(r.get('knn_novel'), 1)} / "
+                  f"{fmt(r.get('prototype_novel'), 1)} | ") if novel else ""
         lines.append(f"| {name} | {fmt(r['acc_forgotten'], 1)} | {fmt(r['loss_attack_accuracy'], 3)} | "
                      f"{fmt(r['loss_attack_auc'], 3)} | {fmt(r['loss_attack_auc_retained'], 3)} | "
                      f"{fmt(r['mia_confidence_efficacy'], 3)} | {fmt(r['probe_forgotten'], 1)} | "
-                     f"{fmt(r['knn_forgotten'], 1)} | {fmt(r['prototype_forgotten'], 1)} | "
+                     f"{fmt(r['knn_forgotten'], 1)} | {fmt(r['prototype_forgotten'], 1)} | {unseen}"
                      f"{fmt(r['probe_retained'], 1)} | {fmt(r['retain_rebound']['rebound'], 1)} | "
                      f"{fmt(r['cka_to_pretrained'], 3)} | {fmt(r.get('cka_to_reference'), 3)} | "
                      + " | ".join(steps(r["relearn_steps"][k]) for k in shots) + f" | {fmt(r.get('seconds'), 1)} |")

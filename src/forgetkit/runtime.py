@@ -51,6 +51,8 @@ STREAMS = {
     "verify_probe": 102,       # the probe's and k-NN's training images
     "verify_shots": 103,       # relearning: the k images per class (forgotten and retained)
     "verify_rebound": 104,     # retain-only rebound: the retained images of its fine-tune
+    "verify_novel": 105,       # never-seen classes (eval.verify.novel): their probe and scoring images
+    "verify_novel_classes": 106,  # which of them stand in for a request's forgotten classes
     # per run (no request index)
     "train_order": 1,          # pre-training: order of the training images
     "augment": 2,              # pre-training: flips (ViT) and caption choice (CLIP)

@@ -161,6 +161,24 @@ def prototype_attack(pool_x: torch.Tensor, pool_y: torch.Tensor, test_x: torch.T
     return 100.0 * sum(scores) / len(scores)
 
 
+def novel_checks(net, probe_out: dict, forgotten: list[int], novel_probe, novel_test, cfg: VerifyConfig, device,
+                 seed: int) -> dict[str, float]:
+    """The probe, k-NN and prototype attack of the forgotten classes with never-seen classes in their place: fitted
+    on the other classes' probe images (from ``probe_out``, :func:`outputs` of the probe draw) and on
+    ``novel_probe``, scored on ``novel_test``. What the features give on as many classes as were forgotten that
+    they never learnt: the level a model that never learnt the forgotten classes reads, without training one."""
+    keep = ~torch.isin(probe_out["labels"], torch.tensor(forgotten))
+    offset = probe_out["logits"].shape[1]  # novel labels after the model's own, so no label means two classes
+    nv_train, nv_test = outputs(net, novel_probe, device), outputs(net, novel_test, device)
+    train_x = torch.cat([probe_out["features"][keep], nv_train["features"]])
+    train_y = torch.cat([probe_out["labels"][keep], nv_train["labels"] + offset])
+    test_y = nv_test["labels"] + offset
+    probes = probe_accuracy(train_x.numpy(), train_y.numpy(), nv_test["features"].numpy(), test_y.numpy(), cfg.knn_k)
+    return {"probe_novel": probes["probe"], "knn_novel": probes["knn"],
+            "prototype_novel": prototype_attack(train_x, train_y, nv_test["features"], test_y, cfg.prototype_shots,
+                                                cfg.prototype_draws, seed)}
+
+
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """Linear CKA of two feature matrices of the same images (n × d1, n × d2): 1 = the same up to rotation and
     scale, 0 = unrelated."""
@@ -290,6 +308,21 @@ def membership_images(train, test, split: str, base_held_per_class: int, val_per
     return members, train.subset(torch.nonzero(held_out_mask(train, val_per_class)).flatten())
 
 
+def novel_images(cfg: VerifyConfig, classes: list[str], preprocess) -> tuple | None:
+    """``eval.verify.novel``'s images, ``(train, test)`` at the model's preprocessing; None when none are given.
+    Refuses a class the model knows: it would not stand for a never-learnt one."""
+    if cfg.novel is None:
+        return None
+    from .data import load_data
+
+    splits = load_data(cfg.novel)
+    known = sorted(set(splits.classes) & set(classes))
+    if known:
+        raise ForgetkitError(f"eval.verify.novel holds the model's class {known[0]!r}; give images of classes the "
+                             f"model never trained on")
+    return splits.train.with_preprocess(preprocess), splits.test.with_preprocess(preprocess)
+
+
 def held_per_class(manifest: dict) -> int | None:
     """Validation images per class a checkpoint's pre-training left out (0 when it records none; None when it
     records no pre-training, as for imported weights)."""
@@ -304,13 +337,15 @@ class Verifier:
     see :func:`membership_images`. ``pretrained`` is the model before any forgetting; ``reference`` (optional) a
     model trained without the forgotten classes, with its head aligned to the run's classes (:func:`align_head`).
     ``memo`` keeps the pre-trained and reference rows by what they depend on (models, draws, classes): a bench hands
-    one to every run, so that its methods share those rows instead of measuring them again."""
+    one to every run, so that its methods share those rows instead of measuring them again. ``novel`` (optional):
+    ``(train, test)`` images of classes none of the models trained on (:func:`novel_images`), for the never-learnt
+    level that needs no reference."""
 
     def __init__(self, cfg: VerifyConfig, train, test, seed: int, device, pretrained, reference=None,
-                 references: list | None = None, exact: bool = False, memo: dict | None = None):
+                 references: list | None = None, exact: bool = False, memo: dict | None = None, novel=None):
         require("sklearn", "verification (eval.verify, forgetkit verify)")  # its attacks and probes, before any work
         self.cfg, self.train, self.test, self.seed, self.device = cfg, train, test, seed, device
-        self.pretrained, self.exact = pretrained, exact
+        self.pretrained, self.exact, self.novel = pretrained, exact, novel
         self.memo = memo if memo is not None else {}
         self.references = list(references or []) + ([reference] if reference is not None else [])
 
@@ -334,11 +369,9 @@ class Verifier:
     def _draw(self, images, classes: list[int], per_class: int, purpose: str, part: int | None = None):
         return images.subset(self._pick(images, classes, per_class, purpose, part))
 
-    def __call__(self, model, forgotten: list[int], retained: list[int]) -> dict:
+    def draws(self, forgotten: list[int], retained: list[int]) -> dict:
+        """The images every check of one request reads, by name, drawn from the seed."""
         cfg = self.cfg
-        if not forgotten:
-            raise ForgetkitError("nothing to verify: the model has forgotten no class")
-        reference = self.reference_for(forgotten, retained)
         per = cfg.images_per_class
         forget_test = self._pick(self.test, forgotten, per, "verify_images")
         retain_test = self._pick(self.test, retained, max(1, per // 2), "verify_images")
@@ -354,6 +387,16 @@ class Verifier:
         draws["relearn_held"] = self.test.subset(torch.sort(torch.cat([forget_test, retain_test])).values)
         for k in cfg.relearn_shots:
             draws[f"shots_{k}"] = self._draw(self.train, forgotten + retained, k, "verify_shots", part=k)
+        if self.novel is not None:
+            draws.update(self._novel_draws(len(forgotten)))
+        return draws
+
+    def __call__(self, model, forgotten: list[int], retained: list[int]) -> dict:
+        cfg = self.cfg
+        if not forgotten:
+            raise ForgetkitError("nothing to verify: the model has forgotten no class")
+        reference = self.reference_for(forgotten, retained)
+        draws = self.draws(forgotten, retained)
         pre_ft = outputs(self.pretrained, draws["forget_test"], self.device)
         results = {"forgotten_classes": len(forgotten),
                    "cka_null": cka_null(len(draws["forget_test"]), pre_ft["features"].shape[1],
@@ -382,6 +425,20 @@ class Verifier:
                                               for k, curve in results[name]["relearn_curve"].items()}
         return results
 
+    def _novel_draws(self, count: int) -> dict:
+        """``novel_draws`` draws of as many never-seen classes as the request forgot (all of them if there are
+        fewer), from the seed: ``probe_per_class`` training images each for the probes, ``images_per_class`` test
+        images to score."""
+        train, test = self.novel
+        pool = sorted(set(train.targets.tolist()) & set(test.targets.tolist()))
+        gen = rng(self.seed, "verify_novel_classes")
+        draws = {}
+        for i in range(self.cfg.novel_draws):
+            chosen = sorted(pool[j] for j in torch.randperm(len(pool), generator=gen)[:count])
+            draws[f"novel_probe_{i}"] = self._draw(train, chosen, self.cfg.probe_per_class, "verify_novel", part=i)
+            draws[f"novel_test_{i}"] = self._draw(test, chosen, self.cfg.images_per_class, "verify_novel", part=i)
+        return draws
+
     def _relearn_target(self, results: dict) -> dict[str, float]:
         """Macro-F1 that counts as relearnt, per shot count: ``relearn_threshold`` of what the reference reaches at
         the end of its own curve (it learns the classes from scratch), or, without a reference, of the pre-trained
@@ -391,16 +448,33 @@ class Verifier:
         return {k: round(self.cfg.relearn_threshold * (curve[-1][1] if end else curve[0][1]), 2)
                 for k, curve in row["relearn_curve"].items()}
 
+    def feature_checks(self, net, draws: dict, forgotten: list[int]) -> dict[str, float]:
+        """What the frozen features hold (percent): the probe, k-NN and prototype attack on the forgotten classes,
+        the probe and k-NN on retained ones (the control) and, with never-seen classes, :func:`novel_checks`
+        (the mean over the draws)."""
+        cfg, device = self.cfg, self.device
+        pt, fte = outputs(net, draws["probe_train"], device), outputs(net, draws["forget_test"], device)
+        rte = outputs(net, draws["retain_test"], device)
+        forgotten_probes = probe_accuracy(pt["features"].numpy(), pt["labels"].numpy(),
+                                          fte["features"].numpy(), fte["labels"].numpy(), cfg.knn_k)
+        retained_probes = probe_accuracy(pt["features"].numpy(), pt["labels"].numpy(),
+                                         rte["features"].numpy(), rte["labels"].numpy(), cfg.knn_k)
+        checks = {"probe_forgotten": forgotten_probes["probe"], "knn_forgotten": forgotten_probes["knn"],
+                  "probe_retained": retained_probes["probe"], "knn_retained": retained_probes["knn"],
+                  "prototype_forgotten": prototype_attack(pt["features"], pt["labels"], fte["features"],
+                                                          fte["labels"], cfg.prototype_shots, cfg.prototype_draws,
+                                                          self.seed)}
+        novel = [novel_checks(net, pt, forgotten, draws[f"novel_probe_{i}"], draws[f"novel_test_{i}"], cfg, device,
+                              self.seed) for i in range(cfg.novel_draws) if f"novel_test_{i}" in draws]
+        if novel:
+            checks.update({key: sum(n[key] for n in novel) / len(novel) for key in novel[0]})
+        return checks
+
     def _row(self, name: str, net, draws: dict, forgotten: list[int], reference, pre_ft: dict,
              results: dict) -> dict:
         cfg, device = self.cfg, self.device
         ft, fte = outputs(net, draws["forget_train"], device), outputs(net, draws["forget_test"], device)
         rt, rte = outputs(net, draws["retain_train"], device), outputs(net, draws["retain_test"], device)
-        pt = outputs(net, draws["probe_train"], device)
-        probes_forgotten = probe_accuracy(pt["features"].numpy(), pt["labels"].numpy(),
-                                          fte["features"].numpy(), fte["labels"].numpy(), cfg.knn_k)
-        probes_retained = probe_accuracy(pt["features"].numpy(), pt["labels"].numpy(),
-                                         rte["features"].numpy(), rte["labels"].numpy(), cfg.knn_k)
         row = {
             "acc_forgotten": 100.0 * float((fte["logits"].argmax(1) == fte["labels"]).float().mean()),
             "loss_attack_accuracy": loss_attack_accuracy(losses_of(ft), losses_of(fte), self.seed),
@@ -409,10 +483,7 @@ class Verifier:
             "loss_attack_auc_retained": loss_attack_auc(losses_of(rt), losses_of(rte), cfg.folds, self.seed),
             "mia_confidence_efficacy": confidence_attack_efficacy(confidence_features(rt), confidence_features(rte),
                                                                   confidence_features(ft)),
-            "probe_forgotten": probes_forgotten["probe"], "knn_forgotten": probes_forgotten["knn"],
-            "probe_retained": probes_retained["probe"], "knn_retained": probes_retained["knn"],
-            "prototype_forgotten": prototype_attack(pt["features"], pt["labels"], fte["features"], fte["labels"],
-                                                    cfg.prototype_shots, cfg.prototype_draws, self.seed),
+            **self.feature_checks(net, draws, forgotten),
             "cka_to_pretrained": linear_cka(fte["features"], pre_ft["features"]),
             "retain_rebound": retain_rebound(net, draws["rebound"], draws["forget_test"], cfg, device, self.seed),
         }
@@ -485,7 +556,8 @@ def build_verifier(cfg: VerifyConfig, model, manifest: dict, protocol: Protocol,
         protocol.splits.train, protocol.splits.test, protocol.cfg.eval_split, held_per_class(base_manifest) or 0,
         protocol.cfg.val_per_class, min((h for h in reference_held if h is not None), default=None))
     return Verifier(cfg, members, nonmembers, seed, device, pretrained.eval(), references=references,
-                    exact=isinstance(cfg.reference, list), memo=memo)
+                    exact=isinstance(cfg.reference, list), memo=memo,
+                    novel=novel_images(cfg, classes, model.spec.preprocess))
 
 
 def verification_models(manifest: dict, classes: list[str], device, base: str | None = None,
@@ -537,7 +609,8 @@ def verify_checkpoint(plan: VerifyPlan) -> dict:
                                                                     plan.reference)
         members, nonmembers = membership_images(splits.train, splits.test, "test", held_per_class(base_manifest) or 0,
                                                 0)
-        verifier = Verifier(cfg, members, nonmembers, plan.seed, device, pretrained, references=references)
+        verifier = Verifier(cfg, members, nonmembers, plan.seed, device, pretrained, references=references,
+                            novel=novel_images(cfg, classes, model.spec.preprocess))
         results = verifier(model.to(device), forgotten, retained)
         results["classes"] = plan.forgotten
         failed = deep_failures(results, cfg)
@@ -555,5 +628,8 @@ def verify_checkpoint(plan: VerifyPlan) -> dict:
 def verdict_lines(results: dict) -> list[str]:
     """The verdict of :func:`verify_checkpoint` as markdown lines."""
     verdict = results["verdict"]
-    judged = "" if verdict["reference"] else " (judged without a reference: the retain-only rebound only)"
+    novel = "probe_novel" in results["model"]
+    judged = "" if verdict["reference"] else (
+        " (judged without a reference: the retain-only rebound"
+        + (", and the probes against classes the model never saw)" if novel else " only)"))
     return ["", f"**{'PASS' if verdict['pass'] else 'FAIL'}**{judged}"] + [f"- {line}" for line in verdict["failed"]]

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import from_dict
 from ..errors import ForgetkitError
 
-SOURCE_NAMES = ("fashion_mnist", "mnist_5k", "image_folder", "synthetic", "glyphs60")
+SOURCE_NAMES = ("fashion_mnist", "mnist_5k", "image_folder", "synthetic", "glyphs60", "glyphs_novel")
 """the sources data/sources.py registers (a test keeps the two lists equal)"""
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
@@ -20,7 +20,8 @@ class DataConfig:
     """Which images to use."""
 
     source: str = field(default="fashion_mnist", metadata={"help": "data source: one of fashion_mnist, "
-                                                                   "mnist_5k, image_folder, synthetic"})
+                                                                   "mnist_5k, image_folder, synthetic, glyphs60, "
+                                                                   "glyphs_novel"})
     root: str | None = field(default=None, metadata={"help": "folder of the data (image_folder: ROOT/train/<class>/*"
                                                              " and ROOT/test/<class>/*; fashion_mnist: IDX files)"})
     num_classes: int = field(default=6, metadata={"help": "synthetic only: number of classes"})

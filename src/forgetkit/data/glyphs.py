@@ -16,6 +16,10 @@ generated, deterministically, from a package forgetkit already depends on:
 The ``vit_fmnist`` preset reaches 98.3 % test accuracy on it (docs/benchmarks.md): easier than Fashion-MNIST per
 class, with six times as many classes. The generator, not a file, defines the dataset: ``seed`` (``data.seed``)
 gives another draw of it. Rendering takes about 6 s.
+
+``glyphs_novel`` renders 20 characters outside those 60 the same way (16 Cyrillic capitals unlike any Latin letter
+or digit, 4 Greek small letters): classes no glyphs60 model ever saw, which verification uses as its never-learnt
+level without a reference (``eval.verify.novel``, docs/verify.md).
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ GREEK = [(f"greek_{name}", chr(code)) for name, code in [
     ("eta", 0x3B7), ("theta", 0x3B8), ("lambda", 0x3BB), ("mu", 0x3BC), ("xi", 0x3BE), ("pi", 0x3C0),
     ("rho", 0x3C1), ("sigma", 0x3C3), ("phi", 0x3C6), ("psi", 0x3C8)]]
 GLYPH_CLASSES = DIGITS + CAPITALS + SMALL + GREEK
+CYRILLIC = [(f"cyrillic_{name}", chr(code)) for name, code in [
+    ("be", 0x411), ("ghe", 0x413), ("de", 0x414), ("zhe", 0x416), ("lje", 0x409), ("i", 0x418), ("el", 0x41B),
+    ("pe", 0x41F), ("tse", 0x426), ("che", 0x427), ("sha", 0x428), ("shcha", 0x429), ("yeru", 0x42B),
+    ("e", 0x42D), ("yu", 0x42E), ("ya", 0x42F)]]
+NOVEL_CLASSES = CYRILLIC + [(f"greek_{name}", chr(code)) for name, code in [
+    ("kappa", 0x3BA), ("tau", 0x3C4), ("omega", 0x3C9), ("final_sigma", 0x3C2)]]
 FONT_FILES = [f"{family}{style}.ttf" for family, styles in [
     ("DejaVuSans", ["", "-Bold", "-Oblique", "-BoldOblique"]),
     ("DejaVuSansMono", ["", "-Bold", "-Oblique", "-BoldOblique"]),
@@ -52,7 +62,7 @@ def font_dir() -> Path:
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 
-def _fonts_for_classes() -> list[list[Path]]:
+def _fonts_for_classes(glyph_classes: list[tuple[str, str]]) -> list[list[Path]]:
     """For each class, the font files whose character map has its character."""
     TTFont = require("fontTools.ttLib", "the glyphs60 data source").TTFont
 
@@ -63,8 +73,8 @@ def _fonts_for_classes() -> list[list[Path]]:
         raise ForgetkitError(f"the glyphs60 source renders matplotlib's fonts, but {missing[:3]} are not in {root}; "
                              f"reinstall matplotlib (pip install --force-reinstall matplotlib)")
     cmaps = [set(TTFont(p, lazy=True).getBestCmap()) for p in paths]
-    per_class = [[p for p, cmap in zip(paths, cmaps) if ord(char) in cmap] for _, char in GLYPH_CLASSES]
-    for (name, _), fonts in zip(GLYPH_CLASSES, per_class):
+    per_class = [[p for p, cmap in zip(paths, cmaps) if ord(char) in cmap] for _, char in glyph_classes]
+    for (name, _), fonts in zip(glyph_classes, per_class):
         if len(fonts) < 4:
             raise ForgetkitError(f"only {len(fonts)} of matplotlib's fonts draw class {name}; the glyphs60 source "
                                  f"needs matplotlib's DejaVu and STIX fonts")
@@ -96,12 +106,14 @@ def _render(char: str, font_path: Path, rng: np.random.Generator, cache: dict) -
     return np.clip(small, 0, 255).astype(np.uint8)
 
 
-def render_glyphs(per_class: int, seed: int, split: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_class`` images of every class, drawn from the stream ``(seed, split)`` (0 train, 1 test)."""
-    fonts = _fonts_for_classes()
+def render_glyphs(per_class: int, seed: int, split: int, glyph_classes: list[tuple[str, str]] = GLYPH_CLASSES,
+                  stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` images of every class of ``glyph_classes``, drawn from the streams ``(seed, split, stream +
+    class index)`` (split 0 train, 1 test)."""
+    fonts = _fonts_for_classes(glyph_classes)
     images, labels, cache = [], [], {}
-    for index, ((_, char), class_fonts) in enumerate(zip(GLYPH_CLASSES, fonts)):
-        rng = np.random.default_rng([seed, split, index])
+    for index, ((_, char), class_fonts) in enumerate(zip(glyph_classes, fonts)):
+        rng = np.random.default_rng([seed, split, stream + index])
         for _ in range(per_class):
             images.append(_render(char, class_fonts[int(rng.integers(len(class_fonts)))], rng, cache))
             labels.append(index)
@@ -113,3 +125,11 @@ def glyphs60(seed: int = 0) -> DataSplits:
     train = TensorImages(*render_glyphs(TRAIN_PER_CLASS, seed, 0), classes)
     test = TensorImages(*render_glyphs(TEST_PER_CLASS, seed, 1), classes)
     return DataSplits("glyphs60", train, test)
+
+
+def glyphs_novel(seed: int = 0) -> DataSplits:
+    # streams of their own (from 1000), so no novel image repeats a glyphs60 image's random draws
+    classes = [name for name, _ in NOVEL_CLASSES]
+    train = TensorImages(*render_glyphs(TRAIN_PER_CLASS, seed, 0, NOVEL_CLASSES, stream=1000), classes)
+    test = TensorImages(*render_glyphs(TEST_PER_CLASS, seed, 1, NOVEL_CLASSES, stream=1000), classes)
+    return DataSplits("glyphs_novel", train, test)

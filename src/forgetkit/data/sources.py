@@ -244,3 +244,11 @@ def glyphs60(cfg: DataConfig) -> DataSplits:
     from .glyphs import glyphs60 as make
 
     return make(cfg.seed)
+
+
+@SOURCES.register("glyphs_novel")
+def glyphs_novel(cfg: DataConfig) -> DataSplits:
+    """20 characters outside glyphs60's, rendered the same way (data/glyphs.py): classes a model never saw."""
+    from .glyphs import glyphs_novel as make
+
+    return make(cfg.seed)

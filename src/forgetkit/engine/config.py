@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..config import check_choices, check_device, check_threads
-from ..data.config import DataConfig
+from ..data.config import DataConfig, check_data_config
 from ..errors import ForgetkitError
 from ..methods.configs import MethodConfig, default_method_config
 
@@ -115,17 +115,35 @@ class VerifyConfig:
     rebound_limit: float | None = field(default=5.0, metadata={
         "help": "without a reference, a request passes only if the retain-only rebound is at most this many points "
                 "(null = not judged)"})
+    novel: DataConfig | None = field(default=None, metadata={
+        "help": "images of classes the model never trained on (a data section: e.g. {source: glyphs_novel}, or an "
+                "image_folder of identities outside the training set). Without a reference, the forgotten classes' "
+                "probe, k-NN and prototype attack are judged against what the model's features give on as many of "
+                "these classes (docs/verify.md: how far that can be trusted)"})
+    novel_draws: int = field(default=5, metadata={
+        "help": "draws of never-seen classes (as many as forgotten each) whose checks are averaged: with few "
+                "forgotten classes, one draw's level depends on which classes it drew"})
+    novel_tolerance: float | None = field(default=21.0, metadata={
+        "help": "without a reference, with novel images: a request passes only if probe, k-NN and prototype attack "
+                "on the forgotten classes are at most this many points above the same checks on the novel classes "
+                "(null = reported, not judged). 21: the smallest at which every reference passed on the validation "
+                "splits of MNIST-5k and glyphs60 (bench/novel_calibration.py, docs/verify.md)"})
     folds: int = field(default=5, metadata={"help": "cross-validation folds of the loss attack's AUC"})
 
     def __post_init__(self):
         if min(self.images_per_class, self.probe_per_class, self.prototype_shots, self.prototype_draws,
                self.relearn_max_steps, self.relearn_batch, self.relearn_eval_every, self.rebound_per_class,
-               self.rebound_steps) < 1 or not self.relearn_shots or min(self.relearn_shots) < 1:
+               self.rebound_steps, self.novel_draws) < 1 or not self.relearn_shots or min(self.relearn_shots) < 1:
             raise ForgetkitError("eval.verify's image counts, shots, steps and batch must be at least 1 (forgetkit "
                                  "config eval.verify lists them)")
         if self.knn_k > self.probe_per_class:
             raise ForgetkitError(f"eval.verify.knn_k ({self.knn_k}) exceeds probe_per_class "
                                  f"({self.probe_per_class}); lower knn_k")
+        if self.novel is not None:
+            try:
+                check_data_config(self.novel)
+            except ForgetkitError as err:
+                raise ForgetkitError(f"eval.verify.novel: {err}") from None
 
 
 @dataclass

@@ -355,19 +355,27 @@ def deep_failures(verify: dict | None, cfg) -> list[str]:
     failure lines when the forgotten classes are recoverable from the features more than from a model that never
     learnt them. With a reference row: probe, k-NN and prototype attack at most ``deep_tolerance`` points above the
     reference's, the retain-only rebound at most that many above its, relearning at least as many steps. Without one:
-    the rebound at most ``rebound_limit`` points (docs/verify.md says how far that check can be trusted)."""
+    the rebound at most ``rebound_limit`` points and, with never-seen classes (``eval.verify.novel``), the three
+    probes at most ``novel_tolerance`` points above what they read on those (docs/verify.md says how far these
+    checks can be trusted)."""
     if not verify:
         return []
     model, reference, failed = verify["model"], verify.get("reference"), []
     rebound = model["retain_rebound"]["rebound"]
+    probes = (("probe", "a linear probe"), ("knn", "k-NN"), ("prototype", "the prototype attack"))
     if reference is None:
         if cfg.rebound_limit is not None and rebound > cfg.rebound_limit:
             failed.append(f"retain-only fine-tuning brings the forgotten classes back by {rebound:.1f} points "
                           f"(allowed {cfg.rebound_limit:g}; no reference given)")
+        if cfg.novel_tolerance is not None and "probe_novel" in model:
+            for key, label in probes:
+                seen, novel = model[f"{key}_forgotten"], model[f"{key}_novel"]
+                if seen > novel + cfg.novel_tolerance:
+                    failed.append(f"{label} recognises the forgotten classes at {seen:.1f} % (classes the model "
+                                  f"never saw: {novel:.1f} %, allowed +{cfg.novel_tolerance:g}; no reference given)")
         return failed
     tol = cfg.deep_tolerance
-    for key, label in (("probe_forgotten", "a linear probe"), ("knn_forgotten", "k-NN"),
-                       ("prototype_forgotten", "the prototype attack")):
+    for key, label in ((f"{key}_forgotten", label) for key, label in probes):
         if model[key] > reference[key] + tol:
             failed.append(f"{label} recognises the forgotten classes at {model[key]:.1f} % (a model that never "
                           f"learnt them: {reference[key]:.1f} %, allowed +{tol:g})")
