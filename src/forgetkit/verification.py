@@ -19,6 +19,9 @@ model forgot (and its retained classes as the control), :class:`Verifier` measur
   comes back (it needs no reference: a model that never learnt them has nothing to come back);
 * **CKA** (linear) of the forgotten classes' features to the pre-trained model's and the reference's, beside its
   null: the CKA of independent random features at the same sample size.
+* with images of classes none of the models trained on (``eval.verify.novel``), the probe, k-NN and prototype
+  attack with those classes in the forgotten ones' place: a never-learnt level that needs no reference
+  (:func:`novel_checks`; docs/verify.md measures how far it can be trusted).
 
 Members and non-members follow one rule (:func:`membership_images`): members are the training images the
 pre-trained model trained on; non-members are images it never saw (the test split, or the validation hold-out when
