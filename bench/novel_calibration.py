@@ -23,14 +23,13 @@ from pathlib import Path
 import torch
 import yaml
 from benchdata import DATASETS
-from references import reference_path
+from references import reference_path, retained_after
 
 from forgetkit.data import load_data
 from forgetkit.data.config import DataConfig
 from forgetkit.engine.config import VerifyConfig
 from forgetkit.io import write_json, write_text
 from forgetkit.models.formats import load_checkpoint
-from forgetkit.requests.protocol import class_order
 from forgetkit.runtime import setup_device
 from forgetkit.verification import Verifier, held_per_class, membership_images, novel_images, verification_models
 
@@ -51,11 +50,11 @@ def rows_for(dataset: str, split: str, seed: int, runs: list[Path], novel: str, 
                                             int(entry["val_per_class"]))
     verifier = Verifier(cfg, members, nonmembers, seed, device, model.eval(),
                         novel=novel_images(cfg, classes, model.spec.preprocess))
-    order = class_order(len(classes), 1337)
     rows = []
     for request in range(1, requests + 1):
-        forgotten = sorted(order[len(order) - request * per_request: len(order) - (request - 1) * per_request])
-        retained = sorted(order[: len(order) - request * per_request])
+        retained = sorted(classes.index(c) for c in retained_after(classes, per_request, request))
+        before = {classes.index(c) for c in retained_after(classes, per_request, request - 1)}
+        forgotten = sorted(before - set(retained))
         ref_path = reference_path(dataset, request)
         models = [("pretrained", model)]
         if (ref_path / "model.safetensors").exists():

@@ -23,9 +23,9 @@ from forgetkit.pretraining import pretrain
 from forgetkit.requests.protocol import class_order
 
 
-def retained_after(source: str, per_request: int, request: int, order_seed: int = 1337) -> list[str]:
-    """The class names retained after ``request`` (1-based) of the continual protocol (protocol.class_order)."""
-    classes = load_data(DataConfig(source=source)).classes
+def retained_after(classes: list[str], per_request: int, request: int, order_seed: int = 1337) -> list[str]:
+    """The class names retained after ``request`` (1-based; 0 = all) of the continual protocol over ``classes``
+    (protocol.class_order)."""
     order = class_order(len(classes), order_seed)
     return [classes[i] for i in order[: len(classes) - request * per_request]]
 
@@ -42,12 +42,13 @@ def main() -> None:
     args = parser.parse_args()
     entry = yaml.safe_load(DATASETS.read_text())[args.dataset]
     overrides = dict(o.split("=", 1) for o in entry["overrides"])
+    source_classes = load_data(DataConfig(source=overrides["data.source"])).classes
     for request in [int(r) for r in args.requests.split(",")]:
         out = reference_path(args.dataset, request)
         if (out / "model.safetensors").exists():
             print(f"{out}: exists, kept")
             continue
-        classes = retained_after(overrides["data.source"], int(overrides["protocol.classes_per_request"]), request)
+        classes = retained_after(source_classes, int(overrides["protocol.classes_per_request"]), request)
         cfg = PretrainConfig(data=DataConfig(source=overrides["data.source"], classes=classes),
                              threads=args.threads, out=str(out), **entry["pretrain"])
         _, info = pretrain(cfg, progress=False)

@@ -455,9 +455,14 @@ class Verifier:
         """What the frozen features hold (percent): the probe, k-NN and prototype attack on the forgotten classes,
         the probe and k-NN on retained ones (the control) and, with never-seen classes, :func:`novel_checks`
         (the mean over the draws)."""
+        device = self.device
+        return self._feature_checks(net, draws, forgotten, outputs(net, draws["probe_train"], device),
+                                    outputs(net, draws["forget_test"], device),
+                                    outputs(net, draws["retain_test"], device))
+
+    def _feature_checks(self, net, draws: dict, forgotten: list[int], pt: dict, fte: dict, rte: dict) -> dict:
+        """:meth:`feature_checks` on the probe, forgotten and retained images' :func:`outputs`."""
         cfg, device = self.cfg, self.device
-        pt, fte = outputs(net, draws["probe_train"], device), outputs(net, draws["forget_test"], device)
-        rte = outputs(net, draws["retain_test"], device)
         forgotten_probes = probe_accuracy(pt["features"].numpy(), pt["labels"].numpy(),
                                           fte["features"].numpy(), fte["labels"].numpy(), cfg.knn_k)
         retained_probes = probe_accuracy(pt["features"].numpy(), pt["labels"].numpy(),
@@ -478,6 +483,7 @@ class Verifier:
         cfg, device = self.cfg, self.device
         ft, fte = outputs(net, draws["forget_train"], device), outputs(net, draws["forget_test"], device)
         rt, rte = outputs(net, draws["retain_train"], device), outputs(net, draws["retain_test"], device)
+        pt = outputs(net, draws["probe_train"], device)
         row = {
             "acc_forgotten": 100.0 * float((fte["logits"].argmax(1) == fte["labels"]).float().mean()),
             "loss_attack_accuracy": loss_attack_accuracy(losses_of(ft), losses_of(fte), self.seed),
@@ -486,7 +492,7 @@ class Verifier:
             "loss_attack_auc_retained": loss_attack_auc(losses_of(rt), losses_of(rte), cfg.folds, self.seed),
             "mia_confidence_efficacy": confidence_attack_efficacy(confidence_features(rt), confidence_features(rte),
                                                                   confidence_features(ft)),
-            **self.feature_checks(net, draws, forgotten),
+            **self._feature_checks(net, draws, forgotten, pt, fte, rte),
             "cka_to_pretrained": linear_cka(fte["features"], pre_ft["features"]),
             "retain_rebound": retain_rebound(net, draws["rebound"], draws["forget_test"], cfg, device, self.seed),
         }

@@ -375,7 +375,8 @@ def deep_failures(verify: dict | None, cfg) -> list[str]:
                                   f"never saw: {novel:.1f} %, allowed +{cfg.novel_tolerance:g}; no reference given)")
         return failed
     tol = cfg.deep_tolerance
-    for key, label in ((f"{key}_forgotten", label) for key, label in probes):
+    for check, label in probes:
+        key = f"{check}_forgotten"
         if model[key] > reference[key] + tol:
             failed.append(f"{label} recognises the forgotten classes at {model[key]:.1f} % (a model that never "
                           f"learnt them: {reference[key]:.1f} %, allowed +{tol:g})")
