@@ -48,3 +48,12 @@ def deep_row(request: RequestRecord) -> dict | None:
             "proto": m["prototype_forgotten"] - r["prototype_forgotten"],
             "relearn": (m["relearn_steps"][k], r["relearn_steps"][k]),
             "rebound": m["retain_rebound"]["rebound"] - r["retain_rebound"]["rebound"]}
+
+
+def novel_gap(request: RequestRecord) -> float | None:
+    """The reference-free check of a request (``eval.verify.novel``): the largest of probe, k-NN and prototype attack
+    on the forgotten classes minus the same check on never-seen classes (points), or None when it was not run."""
+    m = (request.verify or {}).get("model", {})
+    if "probe_novel" not in m:
+        return None
+    return max(m[f"{k}_forgotten"] - m[f"{k}_novel"] for k in ("probe", "knn", "prototype"))

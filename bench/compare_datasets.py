@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchdata import dataset_overrides, deep_overrides, deep_row
+from benchdata import dataset_overrides, deep_overrides, deep_row, novel_gap
 
 from forgetkit.bench import load_bench_spec, report_only, run_bench
+from forgetkit.engine.config import VerifyConfig
 from forgetkit.io import write_text
 from forgetkit.report import fmt
 from forgetkit.requests import RunRecord
@@ -78,10 +79,17 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
+def _novel_cells(requests: list, tolerance: float) -> str:
+    """The never-seen columns of a method: its average largest gap, and its requests within ``tolerance``."""
+    gaps = [g for g in (novel_gap(t) for t in requests) if g is not None]
+    return f" {fmt(_mean(gaps), 1)} | {sum(g <= tolerance for g in gaps)}/{len(gaps)} |"
+
+
 def deep_report(out: Path, datasets: list[str], seeds: list[str], methods: list[str] | None) -> list[str]:
     """Per dataset, every method's deep checks averaged over its requests and seeds (points above the reference;
     requests without a reference left out of the gaps), its requests that pass the deep verdict, the blocks its
-    edits leave at zero and its edits' size; and OUT/front.png: average cumulative H against the probe gap."""
+    edits leave at zero and its edits' size, the never-seen gap where it was measured; and OUT/front.png: average
+    cumulative H against the probe gap."""
     from forgetkit.io import atomic_write
     from forgetkit.report import new_figure
 
@@ -89,20 +97,26 @@ def deep_report(out: Path, datasets: list[str], seeds: list[str], methods: list[
              "Gaps in points above the reference (probe, k-NN and prototype attack on the forgotten classes; the "
              "retain-only rebound), averaged over requests with a reference and seeds; relearn: the share of "
              "requests whose model needed at least the reference's steps; deep verdict: requests passing it (all "
-             "requests; those without a reference are judged by the rebound alone).", ""]
+             "requests; those without a reference are judged by the rebound alone). Runs with never-seen classes "
+             "(eval.verify.novel) add the reference-free check: the largest of the three checks' gaps to the same "
+             "check on never-seen classes, and the requests within its default tolerance.", ""]
     front: dict[str, dict[str, tuple]] = {}
+    tolerance = VerifyConfig.novel_tolerance
     for dataset in datasets:
-        lines += [f"## {dataset}", "", "| method | avg cumulative H | probe gap | k-NN gap | prototype gap | "
-                  "rebound gap | relearn ≥ reference | deep verdict passed | Acc_f ≤ 2 and Acc_o ≤ 2 | blocks zeroed "
-                  "per request | edit bytes per request |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         names = methods or sorted({p.name for s in seeds for p in (out / dataset / f"seed{s}").iterdir()
                                    if (p / "results.json").is_file()})
+        by_name = {}
         for name in names:
-            requests = []
-            for seed in seeds:
-                path = out / dataset / f"seed{seed}" / name / "results.json"
-                if path.is_file():
-                    requests += RunRecord.read(path).requests
+            paths = [out / dataset / f"seed{seed}" / name / "results.json" for seed in seeds]
+            by_name[name] = [t for path in paths if path.is_file() for t in RunRecord.read(path).requests]
+        # runs with eval.verify.novel: the reference-free check beside the reference's, to see where they disagree
+        novel = any(novel_gap(t) is not None for requests in by_name.values() for t in requests)
+        lines += [f"## {dataset}", "", "| method | avg cumulative H | probe gap | k-NN gap | prototype gap | "
+                  "rebound gap | relearn ≥ reference | deep verdict passed | Acc_f ≤ 2 and Acc_o ≤ 2 | blocks zeroed "
+                  "per request | edit bytes per request |"
+                  + (f" gap to never-seen | never-seen gap ≤ {tolerance:g} |" if novel else ""),
+                  "|---|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * novel]
+        for name, requests in by_name.items():
             if not requests:
                 continue
             rows = [r for r in (deep_row(t) for t in requests) if r is not None]
@@ -117,7 +131,7 @@ def deep_report(out: Path, datasets: list[str], seeds: list[str], methods: list[
             lines.append(f"| {name} | {fmt(h)} | {fmt(gaps['probe'], 1)} | {fmt(gaps['knn'], 1)} | "
                          f"{fmt(gaps['proto'], 1)} | {fmt(gaps['rebound'], 1)} | "
                          f"{sum(relearn)}/{len(relearn)} | {passed}/{len(requests)} | {strict}/{len(requests)} | "
-                         f"{fmt(zeroed, 1)} | {fmt(size, 0)} |")
+                         f"{fmt(zeroed, 1)} | {fmt(size, 0)} |" + (_novel_cells(requests, tolerance) if novel else ""))
         lines.append("")
     fig, axes = new_figure(1, max(1, len(front)), figsize=(4.2 * max(1, len(front)), 3.8))
     for ax, (dataset, points) in zip(axes if len(front) > 1 else [axes], front.items()):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,16 @@ from forgetkit.data import DataConfig
 from forgetkit.pretraining import PretrainConfig, pretrain
 
 SYNTH = dict(source="synthetic", num_classes=6, image_size=16, train_per_class=60, test_per_class=20, seed=0)
+
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def bench_module(name: str):
+    """A script of bench/ as a module; bench/ goes on the path first, for the modules it imports from there."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
 
 
 @pytest.fixture(scope="session")

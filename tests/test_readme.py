@@ -1,16 +1,14 @@
 """The README's commands and the walkthrough that runs them (bench/readme_walkthrough.py) cannot drift apart."""
 
-import importlib.util
 from pathlib import Path
+
+from conftest import bench_module
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def walkthrough():
-    spec = importlib.util.spec_from_file_location("readme_walkthrough", REPO / "bench" / "readme_walkthrough.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("readme_walkthrough")
 
 
 def test_every_walkthrough_command_is_in_the_readme_word_for_word():

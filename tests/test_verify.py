@@ -2,13 +2,14 @@
 
 import copy
 import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_image_folder
+from conftest import bench_module, make_image_folder
 
 import forgetkit as fk
 from forgetkit.cli import main
@@ -297,13 +298,33 @@ def test_a_reference_head_covers_the_run_s_classes_with_zero_rows_for_the_missin
 def test_verify_command_and_run_option_on_a_forgotten_checkpoint(tiny_model_dir, tmp_path, capsys):
     fast = ["images_per_class=15", "probe_per_class=15", "relearn_shots=[1]", "relearn_max_steps=10", "folds=3",
             "rebound_steps=5", "rebound_per_class=5"]
+    novel = make_image_folder(tmp_path / "novel", classes=("owl", "yak"))
     run = ["-q", "--allow-fail", "-o", "train.steps=16", "-o", "train.threads=1", "-o", "eval.verify.enabled=true",
            *[a for o in fast for a in ("-o", f"eval.verify.{o}")]]
     assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_0", "--out", str(tmp_path / "m"),
                  *run]) == 0
     request = RunRecord.read(tmp_path / "m").requests[0]
     assert set(request.verify) >= {"model", "pretrained", "relearn_target"}
+    assert "probe_novel" not in request.verify["model"]
     assert "Verification after request 1" in (tmp_path / "m" / "report.md").read_text()
+    # the in-run check with never-seen classes: their columns in the record and the report, judged without a
+    # reference, and the deep bench table (bench/compare_datasets.py) shows the gap that the verdict judged
+    novel_run = ["-o", "eval.verify.novel.source=image_folder", "-o", f"eval.verify.novel.root={novel}",
+                 "-o", "eval.verify.novel_draws=2", "-o", "eval.verify.novel_tolerance=0"]
+    assert main(["forget", "--model", str(tiny_model_dir), "--classes", "class_0", "--out", str(tmp_path / "mn"),
+                 *run, *novel_run]) == 0
+    record = RunRecord.read(tmp_path / "mn")
+    checked = record.requests[0].verify["model"]
+    gap = max(checked[f"{k}_forgotten"] - checked[f"{k}_novel"] for k in ("probe", "knn", "prototype"))
+    assert (gap > 0) == any("never saw" in line for line in record.requests[0].verdict["deep_failed"])
+    assert "never-seen classes" in (tmp_path / "mn" / "report.md").read_text()
+    deep = bench_module("compare_datasets")
+    (tmp_path / "deep" / "tiny" / "seed0" / "gs_lora").mkdir(parents=True)
+    shutil.copy(tmp_path / "mn" / "results.json", tmp_path / "deep" / "tiny" / "seed0" / "gs_lora")
+    table = deep.deep_report(tmp_path / "deep", ["tiny"], ["0"], None)
+    header = next(line for line in table if "gap to never-seen" in line)
+    row = table[table.index(header) + 2]
+    assert row.split("|")[-3].strip() == f"{gap:.1f}" and row.split("|")[-2].strip() == f"{int(gap <= 21)}/1"
     capsys.readouterr()
     # the pre-trained model as the "reference" knows the forgotten class: refused in one line
     assert main(["verify", "--model", str(tmp_path / "m"), "--reference", str(tiny_model_dir), "--out",
@@ -316,7 +337,6 @@ def test_verify_command_and_run_option_on_a_forgotten_checkpoint(tiny_model_dir,
     assert code == (0 if saved["verdict"]["pass"] else 3) and saved["verdict"]["reference"] is False
     assert (tmp_path / "v" / "verify.png").is_file() and "| pretrained |" in capsys.readouterr().out
     # never-seen classes from a folder: their checks in every row, and judged (no reference)
-    novel = make_image_folder(tmp_path / "novel", classes=("owl", "yak"))
     code = main(["verify", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "vn"), "--threads", "1",
                  "-o", "novel.source=image_folder", "-o", f"novel.root={novel}", *[a for o in fast for a in ("-o", o)]])
     saved_novel = json.loads((tmp_path / "vn" / "verify.json").read_text())
