@@ -12,6 +12,8 @@ For every request of a dataset's continual protocol this reads, with the draws o
 
     PYTHONPATH=bench .venv/bin/python bench/novel_calibration.py --datasets mnist_5k,glyphs60 --split val \\
         --runs runs/bench-deep --out runs/novel-calibration
+    PYTHONPATH=bench .venv/bin/python bench/novel_calibration.py --datasets mnist_5k --novel mnist_5k \
+        --novel-classes two,three,four,five,six,seven,nine --novel-flip horizontal --out runs/novel-calibration-mirror
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from forgetkit.verification import Verifier, held_per_class, membership_images, 
 CHECKS = ("probe", "knn", "prototype")
 
 
-def rows_for(dataset: str, split: str, seed: int, runs: list[Path], novel: str, images_per_class: int) -> list[dict]:
+def rows_for(dataset: str, split: str, seed: int, runs: list[Path], novel: DataConfig, flip: str,
+             images_per_class: int) -> list[dict]:
     entry = yaml.safe_load(DATASETS.read_text())[dataset]
     overrides = dict(o.split("=", 1) for o in entry["overrides"])
     per_request, requests = int(overrides["protocol.classes_per_request"]), int(overrides["protocol.num_requests"])
@@ -45,7 +48,7 @@ def rows_for(dataset: str, split: str, seed: int, runs: list[Path], novel: str, 
     classes = list(manifest["classes"])
     splits = load_data(DataConfig(source=overrides["data.source"])).select(classes).with_preprocess(
         model.spec.preprocess)
-    cfg = VerifyConfig(images_per_class=images_per_class, novel=DataConfig(source=novel))
+    cfg = VerifyConfig(images_per_class=images_per_class, novel=novel, novel_flip=flip)
     members, nonmembers = membership_images(splits.train, splits.test, split, held_per_class(manifest) or 0,
                                             int(entry["val_per_class"]))
     verifier = Verifier(cfg, members, nonmembers, seed, device, model.eval(),
@@ -133,6 +136,9 @@ def main() -> None:
     parser.add_argument("--split", choices=["val", "test"], default="val")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--novel", default="glyphs_novel", help="data source of the never-seen classes")
+    parser.add_argument("--novel-classes", help="comma-separated classes of --novel (eval.verify.novel.classes)")
+    parser.add_argument("--novel-flip", default="none", choices=["none", "horizontal", "vertical"],
+                        help="flip them into new classes (eval.verify.novel_flip): e.g. the model's own digits")
     parser.add_argument("--images-per-class", type=int, default=60)
     parser.add_argument("--tolerance", type=float, default=VerifyConfig.novel_tolerance,
                         help="the never-seen check's tolerance (eval.verify.novel_tolerance)")
@@ -143,9 +149,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/novel-calibration"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    novel = DataConfig(source=args.novel, classes=args.novel_classes.split(",") if args.novel_classes else None)
     rows = []
     for dataset in args.datasets.split(","):
-        rows += rows_for(dataset, args.split, args.seed, args.runs, args.novel, args.images_per_class)
+        rows += rows_for(dataset, args.split, args.seed, args.runs, novel, args.novel_flip, args.images_per_class)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"calibration_{args.split}.json", rows)
     table = summary(rows, args.tolerance, args.deep_tolerance)

@@ -225,6 +225,26 @@ def test_never_seen_classes_must_be_classes_the_model_does_not_know(tiny):
         novel_images(cfg, data.classes, model.spec.preprocess)
     with pytest.raises(fk.ForgetkitError, match="eval.verify.novel: unknown data source 'glyph_novel'.*glyphs_novel"):
         VerifyConfig(novel=fk.DataConfig(source="glyph_novel"))
+    with pytest.raises(fk.ForgetkitError, match="eval.verify.novel_flip.*diagonal"):
+        VerifyConfig(novel_flip="diagonal")
+
+
+@pytest.mark.parametrize("way, dim", [("horizontal", -1), ("vertical", -2)])
+def test_flipped_images_of_the_model_s_own_classes_stand_for_never_seen_ones(tiny, image_folder, way, dim):
+    from forgetkit.verification import novel_images
+
+    model, data = tiny
+    cfg = VerifyConfig(novel=fk.DataConfig(source="synthetic", classes=["class_1", "class_3"]), novel_flip=way)
+    train, test = novel_images(cfg, data.classes, model.spec.preprocess)
+    assert train.classes == [f"class_1 flipped {way}", f"class_3 flipped {way}"] and test.classes == train.classes
+    original = fk.load_data(cfg.novel).train.with_preprocess(model.spec.preprocess)
+    image, label = train[5]
+    assert label == original[5][1] and torch.equal(image, original[5][0].flip(dim))
+    assert not torch.equal(image, original[5][0])
+    # a folder decodes to the model's channels before the flip
+    folder = VerifyConfig(novel=fk.DataConfig(source="image_folder", root=str(image_folder)), novel_flip=way)
+    flipped, _ = novel_images(folder, data.classes, model.spec.preprocess)
+    assert flipped[0][0].shape == original[0][0].shape and flipped.classes[0] == f"cat flipped {way}"
 
 
 def test_non_members_are_images_the_pre_trained_model_never_saw(tiny):

@@ -317,13 +317,17 @@ def novel_images(cfg: VerifyConfig, classes: list[str], preprocess) -> tuple | N
     if cfg.novel is None:
         return None
     from .data import load_data
+    from .data.datasets import FlippedImages
 
     splits = load_data(cfg.novel)
-    known = sorted(set(splits.classes) & set(classes))
+    train, test = splits.train, splits.test
+    if cfg.novel_flip != "none":
+        train, test = FlippedImages(train, cfg.novel_flip), FlippedImages(test, cfg.novel_flip)
+    known = sorted(set(train.classes) & set(classes))
     if known:
         raise ForgetkitError(f"eval.verify.novel holds the model's class {known[0]!r}; give images of classes the "
-                             f"model never trained on")
-    return splits.train.with_preprocess(preprocess), splits.test.with_preprocess(preprocess)
+                             f"model never trained on, or flip them into new ones (eval.verify.novel_flip)")
+    return train.with_preprocess(preprocess), test.with_preprocess(preprocess)
 
 
 def held_per_class(manifest: dict) -> int | None:

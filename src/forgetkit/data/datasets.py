@@ -173,6 +173,24 @@ class SubsetImages(LabeledImages):
         return self
 
 
+class FlippedImages(LabeledImages):
+    """Another dataset's images flipped ``horizontal`` (left to right) or ``vertical``, each class named
+    ``'<class> flipped <way>'``: classes of the same domain that a model never saw, where a flip makes a new shape
+    (a mirrored 3, a shoe upside down); the never-seen check's stand-ins (``eval.verify.novel_flip``)."""
+
+    def __init__(self, parent: LabeledImages, way: str):
+        self.parent, self.dim = parent, {"horizontal": -1, "vertical": -2}[way]
+        self.classes, self.targets = [f"{name} flipped {way}" for name in parent.classes], parent.targets
+
+    def raw(self, index: int) -> torch.Tensor:
+        return self.parent.raw(index).flip(self.dim)
+
+    def with_preprocess(self, preprocess: Preprocess) -> FlippedImages:
+        self.preprocess = preprocess
+        self.parent.with_preprocess(preprocess)  # a folder decodes to the model's channels
+        return self
+
+
 class UserImages(LabeledImages):
     """A user's ``torch.utils.data.Dataset`` of ``(image tensor, label)`` pairs, images already transformed for the
     model; labels index ``classes``. Targets are read from ``dataset.targets`` when it has them, else by one pass."""

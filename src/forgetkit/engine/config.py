@@ -120,6 +120,12 @@ class VerifyConfig:
                 "image_folder of identities outside the training set). Without a reference, the forgotten classes' "
                 "probe, k-NN and prototype attack are judged against what the model's features give on as many of "
                 "these classes (docs/verify.md: how far that can be trusted)"})
+    novel_flip: Literal["none", "horizontal", "vertical"] = field(default="none", metadata={
+        "help": "make never-seen classes from the model's own domain: flip every novel image this way and name its "
+                "class '<class> flipped <way>' (e.g. novel: {source: mnist_5k, classes: [two, three, four, five, six, "
+                "seven, nine]} with horizontal: mirrored digits). Only for classes whose flip is none of the model's "
+                "classes and no augmentation it trained with (not faces, nor a horizontal flip of a model trained "
+                "with hflip)"})
     novel_draws: int = field(default=5, metadata={
         "help": "draws of never-seen classes (as many as forgotten each) whose checks are averaged: with few "
                 "forgotten classes, one draw's level depends on which classes it drew"})
@@ -131,6 +137,7 @@ class VerifyConfig:
     folds: int = field(default=5, metadata={"help": "cross-validation folds of the loss attack's AUC"})
 
     def __post_init__(self):
+        check_choices(self, "eval.verify")
         if min(self.images_per_class, self.probe_per_class, self.prototype_shots, self.prototype_draws,
                self.relearn_max_steps, self.relearn_batch, self.relearn_eval_every, self.rebound_per_class,
                self.rebound_steps, self.novel_draws) < 1 or not self.relearn_shots or min(self.relearn_shots) < 1:
