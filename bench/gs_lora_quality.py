@@ -46,11 +46,12 @@ def check(results: dict, alpha: float) -> list[dict]:
             "acc_r >= pre - 3": after["acc_r"] >= pre["acc_r"] - 3,
             "H >= 0.95 H_max": t.h_mean >= 0.95 * h_max,
             "trainable <= 5 %": ratio <= 5,
-            "a group near zero": alpha == 0 or t.get("groups_zeroed", 0) >= 1,
+            "a group near zero": alpha == 0 or t.stats.get("groups_zeroed", 0) >= 1,
         }
         rows.append({"task": request_label(t), "h": t.h_mean, "h_max": h_max, "acc_r": after["acc_r"],
                      "acc_r_pre": pre["acc_r"], "acc_f": after["acc_f"], "acc_o": after["acc_o"],
-                     "trainable_pct": ratio, "groups_zeroed": t.get("groups_zeroed"), "num_groups": t.get("num_groups"),
+                     "trainable_pct": ratio, "groups_zeroed": t.stats.get("groups_zeroed"),
+                     "num_groups": t.stats.get("num_groups"),
                      "seconds": t.seconds, "checks": checks})
     return rows
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 
-from benchdata import dataset_overrides, deep_overrides, deep_row
+from benchdata import dataset_overrides, deep_overrides, deep_row, novel_gap
 from gs_lora_quality import ISSUE_10_CHECKS, check
 
 import forgetkit as fk
@@ -67,8 +67,10 @@ def main() -> None:
     summary = ["", "| setting | mean avg H | mean avg cumulative H | failed checks (of all seeds) |",
                "|---|---|---|---|"]
     deep_lines = ["", "Deep checks after each request (points above the reference; relearn steps model / reference):",
-                  "", "| setting | seed | task | probe F | k-NN F | prototype F | relearn steps | rebound | deep "
-                  "verdict |", "|---|---|---|---|---|---|---|---|---|"]
+                  "(never-seen: the largest of the three checks above the same checks on never-seen classes, "
+                  "when the runs set eval.verify.novel)", "",
+                  "| setting | seed | task | probe F | k-NN F | prototype F | relearn steps | rebound | never-seen | "
+                  "deep verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for i, combo in enumerate(parse_grid(args.grid) if args.grid else [[]]):
         name = " ".join(combo) or "as configured"
         h, h_cum, failures = [], [], []
@@ -93,6 +95,7 @@ def main() -> None:
                         f"| {name} | {seed} | {request_label(t)} | {d['probe']:+.1f} | {d['knn']:+.1f} | "
                         f"{d['proto']:+.1f} | {d['relearn'][0] if d['relearn'][0] is not None else '> cap'} / "
                         f"{d['relearn'][1] if d['relearn'][1] is not None else '> cap'} | {d['rebound']:+.1f} | "
+                        f"{'–' if novel_gap(t) is None else f'{novel_gap(t):+.1f}'} | "
                         f"{'pass' if not deep_failed else f'{len(deep_failed)} missed'} |")
             h.append(results.summary["h_mean_avg"])
             h_cum.append(results.summary["h_cumulative_avg"])
