@@ -15,6 +15,7 @@ import forgetkit as fk
 from forgetkit.cli import main
 from forgetkit.requests import RunRecord
 from forgetkit.verification import (
+    RELEARN_FLOOR,
     Verifier,
     VerifyConfig,
     align_head,
@@ -24,6 +25,7 @@ from forgetkit.verification import (
     loss_attack_accuracy,
     loss_attack_auc,
     macro_f1,
+    steps_to,
 )
 
 FAST = VerifyConfig(images_per_class=20, probe_per_class=20, relearn_shots=[1], relearn_max_steps=20, folds=3,
@@ -128,6 +130,19 @@ def test_a_head_biased_to_one_forgotten_class_does_not_count_as_relearnt():
     perfect = type("Perfect", (torch.nn.Module,), {"forward": lambda self, x: F.one_hot(y, 4).float()})()
     assert macro_f1(perfect, x, y, [0, 1]) == pytest.approx(100.0)
     assert macro_f1(Constant(0, 4), x, y, [0, 1]) < 0.5 * 100.0 / 2
+
+
+def test_a_reference_that_relearns_nothing_within_the_cap_does_not_make_step_0_count_as_relearnt(tiny):
+    model, data = tiny
+    verifier = Verifier(FAST, data.train, data.test, 0, torch.device("cpu"), model)
+    flat = [[0, 0.0], [10, 0.0], [20, 0.0]]       # the reference's macro-F1 stays 0 up to the cap
+    target = verifier._relearn_target({"reference": {"relearn_curve": {"1": flat}}})["1"]
+    assert target == RELEARN_FLOOR > 0
+    assert steps_to(flat, target) is None                       # the reference: beyond the cap
+    assert steps_to([[0, 0.0]], target) is None                 # a model still at 0 has not relearnt at step 0
+    assert steps_to([[0, 0.0], [10, 6.0]], target) == 10        # one that rises has, faster than the reference
+    rising = [[0, 0.0], [10, 20.0], [20, 60.0]]
+    assert verifier._relearn_target({"reference": {"relearn_curve": {"1": rising}}})["1"] == 30.0
 
 
 def test_cka_s_null_is_far_from_zero_at_small_samples_and_shrinks_with_more():

@@ -262,6 +262,11 @@ def relearn_curve(model, shots, held_out, forgotten: list[int], cfg: VerifyConfi
     return _fine_tune(model, x, y, cfg, cfg.relearn_max_steps, seed, device, check)
 
 
+# The least macro-F1 (points) that counts as relearnt. A reference that reaches 0 within the cap (glyphs60's
+# 12-class requests at 5 shots, docs/verify.md) would otherwise set a target of 0, which every curve meets at step 0.
+RELEARN_FLOOR = 1.0
+
+
 def steps_to(curve: list[list[float]], target: float) -> int | None:
     """The first step of ``curve`` at or above ``target``; None when it never gets there."""
     return next((int(step) for step, value in curve if value >= target), None)
@@ -449,10 +454,11 @@ class Verifier:
     def _relearn_target(self, results: dict) -> dict[str, float]:
         """Macro-F1 that counts as relearnt, per shot count: ``relearn_threshold`` of what the reference reaches at
         the end of its own curve (it learns the classes from scratch), or, without a reference, of the pre-trained
-        model's."""
+        model's; at least RELEARN_FLOOR, so that a reference that relearns nothing within the cap does not make
+        every model count as relearnt at step 0."""
         row = results.get("reference") or results["pretrained"]
         end = "reference" in results
-        return {k: round(self.cfg.relearn_threshold * (curve[-1][1] if end else curve[0][1]), 2)
+        return {k: max(round(self.cfg.relearn_threshold * (curve[-1][1] if end else curve[0][1]), 2), RELEARN_FLOOR)
                 for k, curve in row["relearn_curve"].items()}
 
     def feature_checks(self, net, draws: dict, forgotten: list[int]) -> dict[str, float]:
