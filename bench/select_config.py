@@ -90,12 +90,12 @@ def main() -> None:
                              f"{fmt(a['acc_o'])} | {fmt(a.get('acc_m'))} | {zeroed} | {', '.join(failed) or '–'} |")
                 d = deep_row(t)
                 if d is not None:
-                    deep_failed = t.verdict["deep_failed"]
+                    deep_failed, novel = t.verdict["deep_failed"], novel_gap(t)
                     deep_lines.append(
                         f"| {name} | {seed} | {request_label(t)} | {d['probe']:+.1f} | {d['knn']:+.1f} | "
                         f"{d['proto']:+.1f} | {d['relearn'][0] if d['relearn'][0] is not None else '> cap'} / "
                         f"{d['relearn'][1] if d['relearn'][1] is not None else '> cap'} | {d['rebound']:+.1f} | "
-                        f"{'–' if novel_gap(t) is None else f'{novel_gap(t):+.1f}'} | "
+                        f"{'–' if novel is None else f'{novel:+.1f}'} | "
                         f"{'pass' if not deep_failed else f'{len(deep_failed)} missed'} |")
             h.append(results.summary["h_mean_avg"])
             h_cum.append(results.summary["h_cumulative_avg"])
